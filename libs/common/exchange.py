@@ -33,7 +33,7 @@ class BinanceUSDMAnyHost(ccxt_async.binanceusdm):
     linear table deliberately so both paths raise identical classes.
     """
 
-    def get_exceptions_by_url(self, url: str | None, exactOrBroad: str) -> dict:  # noqa: N803 (ccxt's name)
+    def get_exceptions_by_url(self, url: str | None, exactOrBroad: str) -> dict:
         linear_base = self.options.get("linearErrorBaseUrl")
         if url is not None and linear_base and url.startswith(linear_base):
             return self.safe_dict(self.safe_dict(self.exceptions, "linear", {}), exactOrBroad, {})

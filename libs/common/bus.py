@@ -1,0 +1,394 @@
+"""Bus helpers: connect, bootstrap the journal, publish exactly-once, consume with dead-lettering.
+
+The JetStream stream is the durable event journal: every intent and every
+lifecycle event is a message in it. Publishes carry a deterministic
+``Nats-Msg-Id`` so a retried publish (nats-py has no publish retry of its own,
+and a timed-out publish may have been stored) is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from libs.common.config import NatsSettings
+from libs.common.logs import RateLimitedLog, log_event
+from libs.common.messages import BusMessage, DeadLetter, DecodeError, decode, encode, family_of, subject_for
+from libs.common.telemetry import BUS_MESSAGES, DEAD_LETTERS, NATS_CONNECTED, PUBLISH_FAILURES
+
+log = logging.getLogger("erl.bus")
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+DLQ_DATA_LIMIT = 4096
+
+
+class BusUnavailable(RuntimeError):
+    """A publish did not get a JetStream ack after every attempt."""
+
+
+async def connect_nats(settings: NatsSettings, service: str, *, fail_fast: bool = False) -> NatsClient:
+    """Connect to NATS.
+
+    Services (``fail_fast=False``) keep reconnecting forever and report not-ready
+    meanwhile: a crash loop would only add restarts to an outage. CLIs fail fast
+    with a readable error. Errors are logged rate-limited instead of one
+    traceback per reconnect attempt.
+    """
+    limited = RateLimitedLog(logging.getLogger(f"erl.{service}.nats"), interval=15.0)
+
+    async def error_cb(e: Exception) -> None:
+        limited("nats.error", error=f"{type(e).__name__}: {e}")
+
+    async def disconnected_cb() -> None:
+        NATS_CONNECTED.labels(service).set(0)
+        limited("nats.disconnected")
+
+    async def reconnected_cb() -> None:
+        NATS_CONNECTED.labels(service).set(1)
+        log_event(log, "nats.reconnected", service=service)
+
+    kwargs: dict[str, Any] = {
+        "servers": [s.strip() for s in settings.url.split(",") if s.strip()],
+        "name": service,
+        "connect_timeout": settings.connect_timeout_sec,
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+        "reconnect_time_wait": 1,
+        "max_reconnect_attempts": 1 if fail_fast else -1,
+        "allow_reconnect": not fail_fast,
+    }
+    if settings.user:
+        kwargs["user"] = settings.user
+        kwargs["password"] = settings.password.get_secret_value() if settings.password else ""
+    nc = await nats.connect(**kwargs)
+    NATS_CONNECTED.labels(service).set(1)
+    return nc
+
+
+async def ensure_journal(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Create or update the journal stream and the guard-knob KV bucket (idempotent)."""
+    cfg = StreamConfig(
+        name=settings.stream,
+        subjects=[f"{settings.subject_prefix}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=settings.max_age_days * 86400,
+        duplicate_window=settings.duplicate_window_sec,
+        num_replicas=settings.replicas,
+        allow_direct=True,
+    )
+    try:
+        await js.add_stream(cfg)
+    except nats.js.errors.BadRequestError as e:
+        if e.err_code != 10058:  # stream name already in use with a different configuration
+            raise
+        await js.update_stream(cfg)
+    try:
+        await js.key_value(settings.kv_bucket)
+    except nats.js.errors.BucketNotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(bucket=settings.kv_bucket, history=16, replicas=settings.replicas)
+        )
+
+
+class Publisher:
+    """Publishes bus messages to the journal with dedup ids and bounded retries."""
+
+    def __init__(self, js: JetStreamContext, settings: NatsSettings, service: str) -> None:
+        self.js, self.settings, self.service = js, settings, service
+        self.prefix = settings.subject_prefix
+
+    def subject(self, msg: BusMessage) -> str:
+        return subject_for(self.prefix, msg)
+
+    async def publish(self, msg: BusMessage, msg_id: str, *, subject: str | None = None) -> PubAck:
+        """Store ``msg`` once. Retries reuse ``msg_id`` so a stored-but-unacked publish is not doubled."""
+        subj = subject or self.subject(msg)
+        payload = encode(msg)
+        headers = {MSG_ID_HEADER: msg_id}
+        delay = 0.05
+        last: Exception | None = None
+        for _ in range(self.settings.publish_attempts):
+            try:
+                return await self.js.publish(
+                    subj, payload, timeout=self.settings.publish_timeout_sec, headers=headers
+                )
+            except (
+                TimeoutError,
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError,
+            ) as e:
+                last = e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        PUBLISH_FAILURES.labels(self.service).inc()
+        raise BusUnavailable(
+            f"publish to {subj} failed after {self.settings.publish_attempts} attempts: {last!r}"
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    durable: str
+    filter_subjects: list[str]
+    ack_wait_sec: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 256
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, spec: ConsumerSpec) -> None:
+    """Create or update a durable pull consumer.
+
+    ``pull_subscribe`` on an existing durable ignores a changed config, so we
+    always go through ``add_consumer``, which creates or updates.
+    """
+    cfg = ConsumerConfig(
+        durable_name=spec.durable,
+        name=spec.durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_sec,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        filter_subjects=spec.filter_subjects if len(spec.filter_subjects) > 1 else None,
+        filter_subject=spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else None,
+    )
+    await js.add_consumer(stream, config=cfg)
+
+
+@dataclass
+class Delivery:
+    """What a handler may know and do about the message it is handling."""
+
+    subject: str
+    stream_seq: int
+    num_delivered: int
+    raw: Msg = field(repr=False)
+
+    @property
+    def redelivered(self) -> bool:
+        return self.num_delivered > 1
+
+
+Handler = Callable[[BusMessage, Delivery], Awaitable[None]]
+
+
+class ConsumerLoop:
+    """Pull, decode, dispatch; ack on success, nak with delay on failure, dead-letter poison.
+
+    Messages with the same ``key_fn`` key are handled strictly in order; different
+    keys run concurrently, bounded by ``max_in_flight``. A malformed message is
+    terminated and copied to ``<prefix>.dlq.<service>`` with the reason; a message
+    whose handler keeps failing is dead-lettered after ``max_deliver`` attempts.
+    Nothing here lets a bad message crash the service or loop forever.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        publisher: Publisher,
+        stream: str,
+        spec: ConsumerSpec,
+        handler: Handler,
+        *,
+        service: str,
+        key_fn: Callable[[BusMessage], str] | None = None,
+        max_in_flight: int = 64,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        self.js, self.publisher, self.stream, self.spec = js, publisher, stream, spec
+        self.handler, self.service, self.key_fn = handler, service, key_fn
+        self.prefix = publisher.prefix
+        self.max_in_flight = max_in_flight
+        self.fetch_timeout = fetch_timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._queues: dict[str, deque[tuple[BusMessage, Msg]]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.consumer"))
+        self.in_flight = 0
+        self.running = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = None
+        self.running = True
+        try:
+            while not stop.is_set():
+                try:
+                    if sub is None:
+                        await ensure_consumer(self.js, self.stream, self.spec)
+                        sub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.stream)
+                    batch = max(1, min(64, self.max_in_flight - self.in_flight))
+                    msgs = await sub.fetch(batch=batch, timeout=self.fetch_timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.js.errors.NotFoundError:
+                    # consumer or stream vanished (fresh server): recreate on next pass
+                    sub = None
+                    self._limited("consumer.recreate", durable=self.spec.durable)
+                    await _pause(stop, 0.5)
+                    continue
+                except Exception as e:  # connection loss and friends: back off, keep going
+                    self._limited("consumer.fetch_failed", error=f"{type(e).__name__}: {e}")
+                    if isinstance(e, nats.errors.BadSubscriptionError | nats.errors.ConnectionClosedError):
+                        sub = None
+                    await _pause(stop, 0.5)
+                    continue
+                for m in msgs:
+                    await self._slots.acquire()
+                    self.in_flight += 1
+                    self._dispatch(m)
+        finally:
+            self.running = False
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+    def _dispatch(self, m: Msg) -> None:
+        try:
+            model = decode(self.prefix, m.subject, m.data)
+        except DecodeError as e:
+            self._spawn(self._dead_letter(m, f"decode: {e}"), release=True)
+            return
+        key = self.key_fn(model) if self.key_fn else m.subject
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append((model, m))  # a worker for this key is running and will drain it
+            return
+        self._queues[key] = deque([(model, m)])
+        self._spawn(self._drain(key), release=False)
+
+    def _spawn(self, coro: Awaitable[None], *, release: bool) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if release:
+                self._release()
+
+        task.add_done_callback(done)
+
+    async def _drain(self, key: str) -> None:
+        queue = self._queues[key]
+        try:
+            while queue:
+                model, m = queue[0]
+                try:
+                    await self._handle(model, m)
+                finally:
+                    queue.popleft()
+                    self._release()
+        finally:
+            del self._queues[key]
+
+    async def _handle(self, model: BusMessage, m: Msg) -> None:
+        meta = m.metadata
+        delivery = Delivery(m.subject, meta.sequence.stream, meta.num_delivered, m)
+        family = family_of(self.prefix, m.subject)
+        beat = asyncio.ensure_future(self._heartbeat(m))
+        try:
+            await self.handler(model, delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            BUS_MESSAGES.labels(self.service, family, "error").inc()
+            log_event(
+                log,
+                "consumer.handler_failed",
+                logging.ERROR,
+                service=self.service,
+                subject=m.subject,
+                deliveries=meta.num_delivered,
+                error=f"{type(e).__name__}: {e}",
+                exc_info=True,
+            )
+            if meta.num_delivered >= self.spec.max_deliver:
+                await self._dead_letter(m, f"handler failed {meta.num_delivered}x: {type(e).__name__}: {e}")
+            else:
+                with contextlib.suppress(Exception):
+                    await m.nak(delay=min(2.0**meta.num_delivered, 30.0))
+            return
+        finally:
+            beat.cancel()
+        BUS_MESSAGES.labels(self.service, family, "ok").inc()
+        with contextlib.suppress(Exception):
+            await m.ack()
+
+    async def _heartbeat(self, m: Msg) -> None:
+        """Long handlers (retries with backoff) must not be redelivered while still running."""
+        interval = max(self.spec.ack_wait_sec / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await m.in_progress()
+
+    async def _dead_letter(self, m: Msg, reason: str) -> None:
+        meta = None
+        with contextlib.suppress(Exception):
+            meta = m.metadata
+        kind = reason.split(":", 1)[0]
+        DEAD_LETTERS.labels(self.service, kind).inc()
+        letter = DeadLetter(
+            service=self.service,
+            subject=m.subject,
+            stream_seq=meta.sequence.stream if meta else None,
+            deliveries=meta.num_delivered if meta else None,
+            reason=reason[:1000],
+            data=m.data[:DLQ_DATA_LIMIT].decode("utf-8", errors="replace"),
+        )
+        log_event(
+            log,
+            "consumer.dead_letter",
+            logging.WARNING,
+            service=self.service,
+            subject=m.subject,
+            reason=reason,
+        )
+        msg_id = f"dlq.{self.service}.{letter.stream_seq}"
+        try:
+            await self.publisher.publish(letter, msg_id)
+        except BusUnavailable:
+            # leave it unacked: it comes back after ack_wait and we try again
+            return
+        with contextlib.suppress(Exception):
+            await m.term()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

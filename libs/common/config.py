@@ -1,0 +1,136 @@
+"""Configuration from the environment, one settings class per concern.
+
+Every knob has a sane default so the local stack runs with no environment at
+all; ``describe_settings`` renders the whole table for the README and
+``/status``. Bad values fail at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(SystemExit):
+    """Raised (as a clean exit, not a traceback) when the environment is invalid."""
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+
+class NatsSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore", frozen=True)
+
+    url: str = Field("nats://127.0.0.1:4222", description="Comma-separated NATS server URLs")
+    user: str | None = Field(None, description="NATS user (per-service credentials in compose)")
+    password: SecretStr | None = Field(None, description="NATS password")
+    stream: str = Field("ERL", description="JetStream stream that is the durable event journal")
+    subject_prefix: str = Field("erl", description="First token of every subject")
+    kv_bucket: str = Field("erl_guard", description="KV bucket holding the guard knobs")
+    duplicate_window_sec: float = Field(120.0, gt=0, description="Nats-Msg-Id dedup window")
+    max_age_days: float = Field(30.0, gt=0, description="Journal retention")
+    replicas: int = Field(1, ge=1, le=5, description="Stream replicas (3 on a cluster)")
+    sync_always: bool = Field(
+        False, description="Ask nats-server to fsync every write (set sync_interval: always on the server)"
+    )
+    connect_timeout_sec: float = Field(2.0, gt=0)
+    publish_timeout_sec: float = Field(2.0, gt=0, description="Per-attempt JetStream publish ack timeout")
+    publish_attempts: int = Field(5, ge=1, description="Publish attempts (same Nats-Msg-Id) before failing")
+
+
+class ExchangeSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="EXCHANGE_", extra="ignore", frozen=True)
+
+    api_url: str | None = Field(
+        "http://127.0.0.1:8090",
+        description="Binance USD-M compatible base URL; empty string = the real Binance fapi hosts",
+    )
+    api_key: SecretStr = Field(SecretStr("sim-key"), description="API key (never logged)")
+    api_secret: SecretStr = Field(SecretStr("sim-secret"), description="API secret (never logged)")
+    timeout_ms: int = Field(5000, ge=100, description="Per-request HTTP timeout")
+
+    @model_validator(mode="after")
+    def _empty_url_means_real_venue(self) -> ExchangeSettings:
+        if self.api_url is not None and not self.api_url.strip():
+            object.__setattr__(self, "api_url", None)
+        return self
+
+
+class GuardSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="GUARD_", extra="ignore", frozen=True)
+
+    require_knobs: bool = Field(
+        False, description="Block entries while no guard knobs are published (set 1 when risk runs)"
+    )
+    stale_after_sec: float = Field(5.0, gt=0, description="Knobs unconfirmed this long -> entries blocked")
+
+
+class RouterSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8101, ge=0, le=65535)
+    retry_max_attempts: int = Field(5, ge=1, le=50, description="Attempts per operation, first included")
+    retry_max_elapsed_sec: float = Field(20.0, gt=0, description="Hard cap on time spent retrying one op")
+    retry_base_delay_sec: float = Field(0.25, ge=0)
+    retry_max_delay_sec: float = Field(4.0, ge=0)
+    retry_jitter: float = Field(0.2, ge=0, le=1, description="Fraction of each delay randomised")
+    max_leverage: int = Field(20, ge=1, le=125, description="Hard entry leverage cap (exits never capped)")
+    intent_max_age_sec: float = Field(30.0, gt=0, description="Entries older than this are refused as stale")
+    cancel_replace_max_attempts: int = Field(3, ge=1, le=20)
+    replace_strict_transitions: bool = Field(True, description="Raise on invalid replace transitions")
+    max_in_flight: int = Field(256, ge=1, description="Intents processed concurrently (per-symbol ordered)")
+    ack_wait_sec: float = Field(30.0, gt=0)
+    max_deliver: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _delays(self) -> RouterSettings:
+        if self.retry_max_delay_sec < self.retry_base_delay_sec:
+            raise ValueError("ROUTER_RETRY_MAX_DELAY_SEC must be >= ROUTER_RETRY_BASE_DELAY_SEC")
+        return self
+
+
+class EntrySettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="ENTRY_", extra="ignore", frozen=True)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8104, ge=0, le=65535)
+    default_leverage: int = Field(5, ge=1, le=125)
+    max_deliver: int = Field(5, ge=1)
+
+
+T = TypeVar("T", bound=BaseSettings)
+
+
+def load(cls: type[T]) -> T:
+    """Instantiate settings; on bad input exit with one readable line per problem."""
+    try:
+        return cls()
+    except ValidationError as e:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = "; ".join(
+            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def describe_settings(*classes: type[BaseSettings]) -> list[dict[str, str]]:
+    """Every setting with its env name, default and description (for docs and /status)."""
+    rows = []
+    for cls in classes:
+        prefix = cls.model_config.get("env_prefix", "")
+        for name, field in cls.model_fields.items():
+            default = field.default
+            if isinstance(default, SecretStr):
+                default = "(secret)"
+            rows.append(
+                {
+                    "env": f"{prefix}{name}".upper(),
+                    "default": "" if default is None else str(default),
+                    "description": field.description or "",
+                }
+            )
+    return rows

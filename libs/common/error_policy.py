@@ -1,0 +1,185 @@
+"""The one error policy: exchange failure -> what the router may do about it.
+
+Pure: takes an exception (normally ccxt's) or a raw code/text, returns a
+decision. The router, the reconciler and the tests all use this mapping, so an
+error is never retried in one place and treated as final in another.
+
+Order of evidence: Binance error code (parsed from the message, ccxt carries no
+``.code``), then well-known message text, then the ccxt exception class.
+Anything unrecognised is ``fatal``: a retry storm on an error we do not
+understand is worse than a visible failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+import ccxt
+
+
+class Policy(StrEnum):
+    RETRYABLE = "retryable"
+    RETRYABLE_WITH_MODIFICATION = "retryable_with_modification"
+    IDEMPOTENT_SAFE = "idempotent_safe"
+    FATAL = "fatal"
+
+
+class Modification(StrEnum):
+    """What must change before a retry_with_modification attempt."""
+
+    RESYNC_CLOCK = "resync_clock"  # -1021: timestamp outside recvWindow
+    RESIZE_REDUCE_ONLY = "resize_reduce_only"  # -2022: re-read position, shrink or drop
+    TRIGGER_CROSSED = "trigger_crossed"  # -2021: the stop level is already through: close at market
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDecision:
+    policy: Policy
+    reason: str
+    code: int | None
+    error_class: str
+    # True when the request may have been executed even though it failed:
+    # the order must be looked up by client id before anything is resent.
+    ambiguous: bool = False
+    modification: Modification | None = None
+    http_status: int | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.policy in (Policy.RETRYABLE, Policy.RETRYABLE_WITH_MODIFICATION)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    policy: Policy
+    reason: str
+    ambiguous: bool = False
+    modification: Modification | None = None
+
+
+_R, _RM, _IS, _F = Policy.RETRYABLE, Policy.RETRYABLE_WITH_MODIFICATION, Policy.IDEMPOTENT_SAFE, Policy.FATAL
+
+# Binance USD-M codes. Kept deliberately explicit: adding a code is a reviewed decision.
+_BY_CODE: dict[int, _Rule] = {
+    -1000: _Rule(_R, "venue_unknown_error", ambiguous=True),
+    -1001: _Rule(_R, "venue_disconnected", ambiguous=True),
+    -1003: _Rule(_R, "rate_limited"),
+    -1006: _Rule(_R, "venue_unexpected_response", ambiguous=True),
+    -1007: _Rule(_R, "venue_timeout_unknown_status", ambiguous=True),
+    -1008: _Rule(_R, "venue_overloaded"),
+    -1015: _Rule(_R, "rate_limited"),
+    -1021: _Rule(_RM, "timestamp_outside_recv_window", modification=Modification.RESYNC_CLOCK),
+    -1022: _Rule(_F, "bad_signature"),
+    -2010: _Rule(_F, "order_rejected"),
+    -2011: _Rule(_IS, "unknown_order"),
+    -2013: _Rule(_IS, "order_does_not_exist"),
+    -2014: _Rule(_F, "bad_api_key_format"),
+    -2015: _Rule(_F, "auth_rejected"),
+    -2019: _Rule(_F, "insufficient_margin"),
+    -2021: _Rule(_RM, "would_immediately_trigger", modification=Modification.TRIGGER_CROSSED),
+    -2022: _Rule(_RM, "reduce_only_rejected", modification=Modification.RESIZE_REDUCE_ONLY),
+    -4116: _Rule(_IS, "duplicate_client_order_id"),
+    -4131: _Rule(_F, "price_protection_rejected"),
+    -4164: _Rule(_F, "notional_too_small"),
+    -5022: _Rule(_F, "post_only_would_take"),
+}
+
+# Message fragments seen from Binance (and from venues whose ccxt errors carry no code).
+_BY_TEXT: tuple[tuple[str, int], ...] = (
+    ("unknown order sent", -2011),
+    ("order does not exist", -2013),
+    ("reduceonly order is rejected", -2022),
+    ("clientorderid is duplicated", -4116),
+    ("order would immediately trigger", -2021),
+    ("margin is insufficient", -2019),
+    ("send status unknown", -1007),
+)
+
+# ccxt class -> rule; walked along the exception's MRO so subclasses we never
+# listed fall back to their nearest listed ancestor.
+_BY_CLASS: dict[type[BaseException], _Rule] = {
+    ccxt.RequestTimeout: _Rule(_R, "request_timeout", ambiguous=True),
+    ccxt.RateLimitExceeded: _Rule(_R, "rate_limited"),
+    ccxt.DDoSProtection: _Rule(_R, "rate_limited"),
+    ccxt.OnMaintenance: _Rule(_R, "venue_maintenance", ambiguous=True),
+    ccxt.ExchangeNotAvailable: _Rule(_R, "venue_unavailable", ambiguous=True),
+    ccxt.InvalidNonce: _Rule(_RM, "invalid_nonce", modification=Modification.RESYNC_CLOCK),
+    ccxt.NetworkError: _Rule(_R, "network_error", ambiguous=True),
+    ccxt.OrderNotFound: _Rule(_IS, "order_not_found"),
+    ccxt.DuplicateOrderId: _Rule(_IS, "duplicate_client_order_id"),
+    ccxt.OrderImmediatelyFillable: _Rule(
+        _RM, "would_immediately_trigger", modification=Modification.TRIGGER_CROSSED
+    ),
+    ccxt.InsufficientFunds: _Rule(_F, "insufficient_funds"),
+    ccxt.AuthenticationError: _Rule(_F, "auth_rejected"),
+    ccxt.PermissionDenied: _Rule(_F, "permission_denied"),
+    ccxt.InvalidOrder: _Rule(_F, "invalid_order"),
+    ccxt.BadRequest: _Rule(_F, "bad_request"),
+    ccxt.BadSymbol: _Rule(_F, "bad_symbol"),
+}
+
+_CODE_IN_JSON = re.compile(r"\{.*\}", re.S)
+_CODE_BARE = re.compile(r'"code"\s*:\s*"?(-\d+)')
+_HTTP_STATUS = re.compile(r"^\S+ (\d{3}) ")
+
+
+def parse_binance_code(text: str) -> int | None:
+    """ccxt puts the raw body in the message (``binanceusdm {"code":-2011,...}``); pull the code out."""
+    m = _CODE_IN_JSON.search(text)
+    if m:
+        try:
+            body = json.loads(m.group(0))
+            code = body.get("code") if isinstance(body, dict) else None
+            if code is not None and int(code) < 0:
+                return int(code)
+        except (ValueError, TypeError):
+            pass
+    m2 = _CODE_BARE.search(text)
+    return int(m2.group(1)) if m2 else None
+
+
+def parse_http_status(text: str) -> int | None:
+    """ccxt's HTTP-level errors read ``binanceusdm 429 Too Many Requests ...``."""
+    m = _HTTP_STATUS.match(text)
+    return int(m.group(1)) if m else None
+
+
+def _decision(rule: _Rule, code: int | None, error_class: str, http_status: int | None) -> ErrorDecision:
+    return ErrorDecision(
+        policy=rule.policy,
+        reason=rule.reason,
+        code=code,
+        error_class=error_class,
+        ambiguous=rule.ambiguous,
+        modification=rule.modification,
+        http_status=http_status,
+    )
+
+
+def classify_order_error_policy(
+    error: BaseException | None = None, *, code: int | None = None, text: str | None = None
+) -> ErrorDecision:
+    """Map an exchange failure to a policy. Unknown -> fatal."""
+    error_class = type(error).__name__ if error is not None else "none"
+    message = text if text is not None else (str(error) if error is not None else "")
+    http_status = parse_http_status(message)
+    if code is None:
+        code = parse_binance_code(message)
+    if code is not None and code in _BY_CODE:
+        return _decision(_BY_CODE[code], code, error_class, http_status)
+    lowered = message.lower()
+    for fragment, mapped in _BY_TEXT:
+        if fragment in lowered:
+            return _decision(_BY_CODE[mapped], code if code is not None else mapped, error_class, http_status)
+    if http_status == 418:
+        # IP ban: resending prolongs it. Retryable only within the router's elapsed cap.
+        return _decision(_Rule(_R, "ip_banned"), code, error_class, http_status)
+    if error is not None:
+        for cls in type(error).__mro__:
+            rule = _BY_CLASS.get(cls)  # type: ignore[arg-type]
+            if rule is not None:
+                return _decision(rule, code, error_class, http_status)
+    return ErrorDecision(Policy.FATAL, "unclassified", code, error_class, http_status=http_status)

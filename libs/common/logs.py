@@ -1,0 +1,73 @@
+"""Structured JSON logs: one line per event, machine-parsable, secrets never included.
+
+Use ``log_event(logger, "order.retry", correlation_id=..., ...)``: the event name is
+the message and the keyword fields become top-level JSON keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def setup_logging(service: str, level: str | None = None) -> logging.Logger:
+    """Route the root logger to stderr as JSON lines; idempotent."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root.handlers[:] = [handler]
+    root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+    # third-party chatter that would drown the events we care about
+    for noisy in ("uvicorn.access", "nats", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return logging.getLogger(service)
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra=fields)
+
+
+class RateLimitedLog:
+    """Log a recurring condition (NATS down, venue down) at most once per ``interval`` seconds."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger, self.interval = logger, interval
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def __call__(self, event: str, level: int = logging.WARNING, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(event, -1e9) >= self.interval:
+            self._last[event] = now
+            fields["suppressed"] = self.suppressed.pop(event, 0)
+            log_event(self.logger, event, level, **fields)
+        else:
+            self.suppressed[event] = self.suppressed.get(event, 0) + 1

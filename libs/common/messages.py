@@ -1,0 +1,335 @@
+"""The one schema per bus message.
+
+Every message carries ``kind`` (what it is) and ``v`` (schema version), so the
+journal is self-describing and a replay years later can tell old shapes from
+new ones. Each kind has exactly one subject family (see ``subject_for``); the
+last subject token is the correlation id where there is one, which lets a
+consumer pull one intent's whole lifecycle with a subject filter.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from libs.common.ids import Bucket
+from libs.common.state_machine import OrderState, ReplaceState
+
+SCHEMA_VERSION = 1
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["market", "limit", "stop_market", "take_profit_market"]
+Qty = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Symbol = Annotated[str, Field(min_length=3, max_length=40, pattern=r"^[A-Z0-9]+/[A-Z0-9]+(:[A-Z0-9]+)?$")]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BusMessage(BaseModel):
+    """Base of every message on the bus."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # the subject family below the prefix, e.g. "intent.order"; the one place subjects come from
+    family: ClassVar[str]
+    v: int = SCHEMA_VERSION
+    ts_ms: int = Field(default_factory=now_ms)
+
+    @field_validator("v")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v > SCHEMA_VERSION:
+            raise ValueError(f"schema version {v} is newer than this build understands ({SCHEMA_VERSION})")
+        return v
+
+    def subject_token(self) -> str:
+        """Last subject token; correlation id for per-intent messages."""
+        return getattr(self, "correlation_id", None) or "all"
+
+
+# ----------------------------------------------------------------------------- signals and intents
+
+
+class Signal(BusMessage):
+    """A strategy's wish to enter; the entry service turns it into an entry intent (or refuses)."""
+
+    family: ClassVar[str] = "signal"
+    kind: Literal["signal"] = "signal"
+    signal_id: Token
+    symbol: Symbol
+    side: Side
+    qty: Qty
+    confidence: float = Field(1.0, ge=0, le=1)
+    leverage: int | None = Field(None, ge=1, le=125)
+    order_type: Literal["market", "limit"] = "market"
+    price: Price | None = None
+    ref_price: Price | None = Field(None, description="price at signal time, for notional caps")
+    stop_loss_price: Price | None = None
+    take_profit_price: Price | None = None
+    source: str = Field("cli", max_length=64)
+
+    @model_validator(mode="after")
+    def _limit_needs_price(self) -> Signal:
+        if self.order_type == "limit" and self.price is None:
+            raise ValueError("a limit signal needs a price")
+        return self
+
+    def subject_token(self) -> str:
+        return self.signal_id
+
+
+class OrderIntent(BusMessage):
+    """Place one order. Ids are derived from the intent, so a resend is the same order."""
+
+    family: ClassVar[str] = "intent.order"
+    kind: Literal["order.intent"] = "order.intent"
+    intent_id: Token
+    correlation_id: Token
+    client_order_id: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9]+$")]
+    bucket: Bucket
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    qty: Qty | None = None  # None only with close_position
+    price: Price | None = None
+    stop_price: Price | None = None
+    reduce_only: bool = False
+    close_position: bool = False
+    leverage: int | None = Field(None, ge=1, le=125)
+    notional_usdt: float | None = Field(None, ge=0, description="qty x reference price, for caps")
+    parent_correlation_id: Token | None = None
+    signal_id: Token | None = None
+    confidence: float | None = Field(None, ge=0, le=1)
+    source: str = Field("entry", max_length=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OrderIntent:
+        if self.order_type == "limit" and self.price is None:
+            raise ValueError("a limit order needs a price")
+        if self.order_type in ("stop_market", "take_profit_market") and self.stop_price is None:
+            raise ValueError(f"a {self.order_type} order needs stop_price")
+        if self.qty is None and not self.close_position:
+            raise ValueError("qty is required unless close_position")
+        if self.bucket is Bucket.ENTRY and (self.reduce_only or self.close_position):
+            raise ValueError("an ENTRY cannot be reduce-only")
+        if self.bucket is not Bucket.ENTRY and not (self.reduce_only or self.close_position):
+            raise ValueError(f"a {self.bucket} order must be reduce-only or close-position")
+        return self
+
+    @property
+    def is_exit(self) -> bool:
+        """Exits and protection are never policy-blocked."""
+        return self.bucket is not Bucket.ENTRY
+
+    @property
+    def is_trigger(self) -> bool:
+        """Conditional orders live on Binance's algo endpoint and need ``trigger`` on lookups."""
+        return self.order_type in ("stop_market", "take_profit_market")
+
+
+class CancelIntent(BusMessage):
+    family: ClassVar[str] = "intent.cancel"
+    kind: Literal["cancel.intent"] = "cancel.intent"
+    correlation_id: Token
+    client_order_id: Annotated[str, Field(min_length=1, max_length=36)]
+    symbol: Symbol
+    is_trigger: bool = False
+    reason: str = Field("", max_length=200)
+    source: str = Field("", max_length=64)
+
+
+class ReplaceIntent(BusMessage):
+    """Cancel ``old_client_order_id`` and place ``new_order`` instead, bounded (stop refreshes)."""
+
+    family: ClassVar[str] = "intent.replace"
+    kind: Literal["replace.intent"] = "replace.intent"
+    correlation_id: Token
+    old_client_order_id: Annotated[str, Field(min_length=1, max_length=36)]
+    old_is_trigger: bool = True
+    new_order: OrderIntent
+    reason: str = Field("", max_length=200)
+    source: str = Field("", max_length=64)
+
+
+# ----------------------------------------------------------------------------- router events (journal)
+
+
+class OrderTransition(BusMessage):
+    """One edge of an order intent's lifecycle. The journal of these is what replay rebuilds."""
+
+    family: ClassVar[str] = "order.transition"
+    kind: Literal["order.transition"] = "order.transition"
+    correlation_id: Token
+    intent_id: Token
+    client_order_id: str
+    symbol: Symbol
+    bucket: Bucket
+    from_state: OrderState
+    to_state: OrderState
+    reason: str = ""
+    attempt: int = Field(0, ge=0)
+    exchange_order_id: str | None = None
+    venue_status: str | None = None
+    filled_qty: float | None = None
+    avg_price: float | None = None
+    error_class: str | None = None
+    code: int | None = None
+    leverage: int | None = None
+
+
+class OrderRetry(BusMessage):
+    """Exactly one per retry attempt."""
+
+    family: ClassVar[str] = "order.retry"
+    kind: Literal["order.retry"] = "order.retry"
+    correlation_id: Token
+    client_order_id: str
+    symbol: Symbol
+    operation: Literal["create", "cancel", "fetch", "leverage"]
+    error_class: str
+    reason: str
+    code: int | None = None
+    policy: str
+    tries: int = Field(ge=1, description="attempts made so far")
+    attempt: int = Field(ge=2, description="the attempt this retry is about to make")
+    delay_sec: float = Field(ge=0)
+    elapsed_sec: float = Field(ge=0)
+
+
+CancelOutcome = Literal["canceled", "already_gone", "filled", "conflict_open", "unknown", "failed"]
+
+
+class CancelResult(BusMessage):
+    family: ClassVar[str] = "order.cancel"
+    kind: Literal["order.cancel"] = "order.cancel"
+    correlation_id: Token
+    client_order_id: str
+    symbol: Symbol
+    outcome: CancelOutcome
+    status: str | None = Field(None, description="venue status from the cross-check fetch")
+    filled_qty: float | None = None
+    reason: str = ""
+    code: int | None = None
+
+
+class ReplaceTransition(BusMessage):
+    family: ClassVar[str] = "order.replace"
+    kind: Literal["order.replace"] = "order.replace"
+    correlation_id: Token
+    old_client_order_id: str
+    new_client_order_id: str
+    symbol: Symbol
+    from_state: ReplaceState
+    to_state: ReplaceState
+    attempt: int = Field(ge=0)
+    reason: str = ""
+
+
+class CancelReplaceGiveup(BusMessage):
+    family: ClassVar[str] = "order.cancel_replace_giveup"
+    kind: Literal["order.cancel_replace_giveup"] = "order.cancel_replace_giveup"
+    correlation_id: Token
+    old_client_order_id: str
+    new_client_order_id: str
+    symbol: Symbol
+    state: ReplaceState
+    attempts: int
+    reason: str
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+class GuardKnobs(BusMessage):
+    """The one guard-knob surface. Stored in KV (current value) and journaled (every change)."""
+
+    family: ClassVar[str] = "risk.guard"
+    kind: Literal["guard.knobs"] = "guard.knobs"
+    allow_entries: bool = True
+    max_notional_usdt: float = Field(1_000_000.0, ge=0)
+    max_leverage: int = Field(125, ge=1, le=125)
+    min_entry_conf: float = Field(0.0, ge=0, le=1)
+    entry_cooldown_sec: float = Field(0.0, ge=0)
+    max_open_orders: int = Field(1000, ge=0)
+    mode: Literal["normal", "cautious", "defensive", "halted"] = "normal"
+    reason: str = ""
+    revision: int = Field(0, ge=0)
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+class DeadLetter(BusMessage):
+    """A message a service could not process; terminated, never redelivered forever."""
+
+    family: ClassVar[str] = "dlq"
+    kind: Literal["dlq"] = "dlq"
+    service: Token
+    subject: str
+    stream_seq: int | None = None
+    deliveries: int | None = None
+    reason: str
+    data: str = Field(description="original payload, utf-8 with replacement, truncated")
+
+    def subject_token(self) -> str:
+        return self.service
+
+
+MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
+    Signal,
+    OrderIntent,
+    CancelIntent,
+    ReplaceIntent,
+    OrderTransition,
+    OrderRetry,
+    CancelResult,
+    ReplaceTransition,
+    CancelReplaceGiveup,
+    GuardKnobs,
+    DeadLetter,
+)
+_BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}
+assert len(_BY_FAMILY) == len(MESSAGE_TYPES), "two messages share a subject family"
+
+
+class DecodeError(ValueError):
+    """The bytes on a subject are not a valid message for it."""
+
+
+def subject_for(prefix: str, msg: BusMessage) -> str:
+    return f"{prefix}.{msg.family}.{msg.subject_token()}"
+
+
+def family_of(prefix: str, subject: str) -> str:
+    if not subject.startswith(prefix + "."):
+        raise DecodeError(f"subject {subject!r} is outside prefix {prefix!r}")
+    return subject[len(prefix) + 1 : subject.rindex(".")]
+
+
+def model_for_subject(prefix: str, subject: str) -> type[BusMessage]:
+    family = family_of(prefix, subject)
+    model = _BY_FAMILY.get(family)
+    if model is None:
+        raise DecodeError(f"no schema for subject family {family!r}")
+    return model
+
+
+def decode(prefix: str, subject: str, data: bytes) -> BusMessage:
+    """Bytes on ``subject`` -> the one model for that subject, or DecodeError with a readable reason."""
+    model = model_for_subject(prefix, subject)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(body)"
+        raise DecodeError(f"{model.__name__}: {loc}: {first['msg']} ({e.error_count()} error(s))") from None
+
+
+def encode(msg: BusMessage) -> bytes:
+    return msg.model_dump_json(exclude_none=True).encode()

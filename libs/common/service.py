@@ -1,0 +1,212 @@
+"""Thin service shell shared by every microservice: NATS + journal + REST + metrics + signals.
+
+A service subclasses ``Service`` and implements ``run_tasks`` (its bus work)
+plus ``status``. The REST side is always up, even while NATS is unreachable,
+so ``/healthz`` answers and ``/readyz`` says why the service is not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from libs.common.bus import Publisher, connect_nats, ensure_journal
+from libs.common.config import NatsSettings
+from libs.common.journal import Journal
+from libs.common.logs import RateLimitedLog, log_event
+from libs.common.telemetry import HTTP_REQUESTS
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn server that leaves signal handling to the service (it re-raises signals otherwise)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    name: str = "service"
+
+    def __init__(self, nats_settings: NatsSettings, http_host: str, http_port: int) -> None:
+        self.nats_settings = nats_settings
+        self.http_host, self.http_port = http_host, http_port
+        self.log = logging.getLogger(f"erl.{self.name}")
+        self.stop_event = asyncio.Event()
+        self.nc: NatsClient | None = None
+        self.js: JetStreamContext | None = None
+        self.publisher: Publisher | None = None
+        self.journal: Journal | None = None
+        self.started_at = time.time()
+        self._tasks: list[asyncio.Task] = []
+        self._server: _QuietServer | None = None
+        self._bus_ready = asyncio.Event()
+        self.app = self._make_app()
+
+    # ------------------------------------------------------------------ to override
+
+    async def run_tasks(self) -> list[Awaitable[None]]:
+        """Coroutines to run once the bus is ready (consumers, watchers, loops)."""
+        return []
+
+    def status(self) -> dict:
+        return {}
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._bus_ready.is_set():
+            return False, "bus not ready"
+        if self.nc is None or not self.nc.is_connected:
+            return False, "nats disconnected"
+        return True, "ok"
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Extra REST routes."""
+
+    async def on_stop(self) -> None:
+        """Release service resources (exchange clients ...)."""
+
+    # ------------------------------------------------------------------ REST
+
+    def _make_app(self) -> FastAPI:
+        app = FastAPI(title=f"erl-{self.name}", version="0.1.0")
+        service = self.name
+
+        @app.middleware("http")
+        async def timing(request: Request, call_next: Callable) -> Response:
+            t = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(service, request.method, path, str(response.status_code)).observe(
+                time.perf_counter() - t
+            )
+            return response
+
+        @app.get("/healthz")
+        async def healthz() -> dict:
+            return {"status": "ok", "service": service}
+
+        @app.get("/readyz")
+        async def readyz() -> JSONResponse:
+            ok, why = self.readiness()
+            return JSONResponse({"ready": ok, "reason": why}, status_code=200 if ok else 503)
+
+        @app.get("/status")
+        async def status() -> dict:
+            ok, why = self.readiness()
+            return {
+                "service": service,
+                "ready": ok,
+                "ready_reason": why,
+                "uptime_sec": round(time.time() - self.started_at, 1),
+                "nats_connected": bool(self.nc and self.nc.is_connected),
+                "journal_backlog": self.journal.backlog if self.journal else None,
+                **self.status(),
+            }
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+        self.add_routes(app)
+        return app
+
+    @property
+    def bound_port(self) -> int | None:
+        if self._server is None or not self._server.started:
+            return None
+        for server in self._server.servers:
+            for sock in server.sockets:
+                return sock.getsockname()[1]
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _connect_bus(self) -> None:
+        limited = RateLimitedLog(self.log, 15.0)
+        while not self.stop_event.is_set():
+            try:
+                self.nc = await connect_nats(self.nats_settings, self.name)
+                self.js = self.nc.jetstream()
+                await ensure_journal(self.js, self.nats_settings)
+                break
+            except Exception as e:
+                limited("bus.connect_failed", error=f"{type(e).__name__}: {e}")
+                if self.nc is not None:
+                    with contextlib.suppress(Exception):
+                        await self.nc.close()
+                    self.nc = None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), 1.0)
+        if self.stop_event.is_set():
+            return
+        self.publisher = Publisher(self.js, self.nats_settings, self.name)
+        self.journal = Journal(self.publisher, self.name)
+        self._bus_ready.set()
+        log_event(self.log, "service.bus_ready", service=self.name)
+
+    async def start(self) -> None:
+        """Start REST and bus work in the running loop; returns once REST is listening."""
+        config = uvicorn.Config(
+            self.app,
+            host=self.http_host,
+            port=self.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = _QuietServer(config)
+        self._tasks.append(asyncio.ensure_future(self._server.serve()))
+        while not self._server.started:
+            if self._tasks[0].done():
+                self._tasks[0].result()  # surfaces bind errors
+                raise RuntimeError("REST server exited during start")
+            await asyncio.sleep(0.01)
+        self._tasks.append(asyncio.ensure_future(self._bus_then_tasks()))
+        log_event(self.log, "service.started", service=self.name, port=self.bound_port)
+
+    async def _bus_then_tasks(self) -> None:
+        await self._connect_bus()
+        if self.stop_event.is_set():
+            return
+        work = [self.journal.run_flusher(self.stop_event), *await self.run_tasks()]
+        results = await asyncio.gather(*work, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                self.log.error("task ended with %r", r)
+
+    async def wait_ready(self, within_sec: float = 10.0) -> None:
+        await asyncio.wait_for(self._bus_ready.wait(), within_sec)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        _, pending = await asyncio.wait(self._tasks, timeout=10.0)
+        for t in pending:
+            t.cancel()
+        await self.on_stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        log_event(self.log, "service.stopped", service=self.name)
+
+    async def serve_forever(self) -> None:
+        """Entry point for ``python -m services.X``: run until SIGINT/SIGTERM, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        await self.start()
+        await self.stop_event.wait()
+        await self.stop()

@@ -1,0 +1,53 @@
+"""Every Prometheus metric, defined once.
+
+Services import the metric they update from here, so a metric name can never be
+spelled two ways. Labels are low-cardinality by design: no symbol or order id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# --- bus / plumbing
+NATS_CONNECTED = Gauge("erl_nats_connected", "1 while the service holds a NATS connection", ["service"])
+DEAD_LETTERS = Counter(
+    "erl_dead_letters_total", "Messages terminated and dead-lettered", ["service", "reason"]
+)
+BUS_MESSAGES = Counter("erl_bus_messages_total", "Messages consumed", ["service", "family", "outcome"])
+PUBLISH_FAILURES = Counter(
+    "erl_publish_failures_total", "Journal publishes that failed every attempt", ["service"]
+)
+HTTP_REQUESTS = Histogram(
+    "erl_http_request_duration_seconds",
+    "REST request latency",
+    ["service", "method", "route", "status"],
+    buckets=_LAT_BUCKETS,
+)
+
+# --- order path
+INTENTS = Counter("erl_intents_total", "Intents received", ["service", "kind", "bucket"])
+ORDERS = Counter("erl_orders_total", "Order intents by terminal/settled outcome", ["bucket", "outcome"])
+ORDER_TRANSITIONS = Counter("erl_order_transitions_total", "Order lifecycle transitions", ["to_state"])
+RETRIES = Counter("erl_order_retries_total", "Retry attempts", ["operation", "error_class", "reason"])
+RETRY_DELAY = Histogram("erl_order_retry_delay_seconds", "Backoff before a retry", buckets=_LAT_BUCKETS)
+SUBMIT_LATENCY = Histogram(
+    "erl_order_submit_latency_seconds",
+    "Venue round trip of one create attempt",
+    ["outcome"],
+    buckets=_LAT_BUCKETS,
+)
+INTENT_LATENCY = Histogram(
+    "erl_intent_to_settled_seconds",
+    "Intent receipt to settled state (acked/filled/final)",
+    buckets=_LAT_BUCKETS,
+)
+CANCELS = Counter("erl_cancels_total", "Cancel requests by outcome", ["outcome"])
+CANCEL_REPLACE_GIVEUPS = Counter("erl_cancel_replace_giveups_total", "Cancel/replace give-ups", ["state"])
+POLICY_BLOCKS = Counter("erl_policy_blocks_total", "Intents refused by policy", ["service", "reason"])
+LEVERAGE_CAPPED = Counter("erl_leverage_capped_total", "Entries whose leverage was capped")
+UNKNOWN_ORDERS = Gauge("erl_orders_unknown", "Orders whose venue outcome is not yet known")
+
+# --- entry
+SIGNALS = Counter("erl_signals_total", "Signals by decision", ["decision"])

@@ -1,0 +1,119 @@
+"""Idempotent cancel, cross-checked with a fetch.
+
+"Unknown order" from a cancel is success (already gone) *unless* a fetch shows
+the order still open / new / partially filled: some venues answer -2011 for
+an order they have not finished routing, and treating that as gone would leave
+a live order nobody tracks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.common.error_policy import Policy, classify_order_error_policy
+from libs.common.journal import EventSink
+from libs.common.messages import CancelOutcome, CancelResult
+from libs.common.state_machine import OrderState
+from libs.common.telemetry import CANCELS
+from services.router.lookup import lookup_order
+from services.router.retrying import Budget, emit_retry_and_wait
+from services.router.venue import Venue, VenueOrder
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReport:
+    outcome: CancelOutcome
+    order: VenueOrder | None
+    reason: str = ""
+    code: int | None = None
+
+    @property
+    def gone(self) -> bool:
+        """The order can no longer fill: safe to place a replacement."""
+        return self.outcome in ("canceled", "already_gone")
+
+
+def _outcome_from_fetch(order: VenueOrder | None) -> CancelOutcome:
+    if order is None:
+        return "already_gone"
+    if order.is_open:
+        return "conflict_open"
+    if order.state is OrderState.FILLED:
+        return "filled"
+    if order.state is OrderState.UNKNOWN:
+        return "unknown"
+    return "already_gone"
+
+
+async def cancel_order(
+    venue: Venue,
+    sink: EventSink,
+    budget: Budget,
+    *,
+    symbol: str,
+    client_order_id: str,
+    trigger: bool,
+    correlation_id: str,
+) -> CancelReport:
+    tries = 0
+    report: CancelReport
+    while True:
+        tries += 1
+        try:
+            order = await venue.cancel(symbol, client_order_id, trigger)
+        except Exception as e:
+            d = classify_order_error_policy(e)
+            if d.policy is Policy.IDEMPOTENT_SAFE:
+                res = await lookup_order(
+                    venue,
+                    sink,
+                    budget,
+                    symbol=symbol,
+                    client_order_id=client_order_id,
+                    trigger=trigger,
+                    correlation_id=correlation_id,
+                )
+                outcome = _outcome_from_fetch(res.order) if res.known else "already_gone"
+                reason = d.reason if res.known else f"{d.reason}:unverified"
+                report = CancelReport(outcome, res.order, reason, d.code)
+                if outcome != "conflict_open":
+                    break
+            elif d.retryable:
+                report = CancelReport("unknown", None, d.reason, d.code)
+            else:
+                report = CancelReport("failed", None, d.reason, d.code)
+                break
+            delay = budget.next_delay(tries)
+            if delay is None:
+                break
+            await emit_retry_and_wait(
+                sink,
+                budget,
+                operation="cancel",
+                decision=d,
+                tries=tries,
+                delay=delay,
+                correlation_id=correlation_id,
+                client_order_id=client_order_id,
+                symbol=symbol,
+            )
+            continue
+        if order.state is OrderState.CANCELED:
+            report = CancelReport("canceled", order, "venue")
+        else:
+            report = CancelReport(_outcome_from_fetch(order), order, f"venue_status:{order.venue_status}")
+        break
+    CANCELS.labels(report.outcome).inc()
+    await sink.emit(
+        CancelResult(
+            correlation_id=correlation_id,
+            client_order_id=client_order_id,
+            symbol=symbol,
+            outcome=report.outcome,
+            status=report.order.venue_status if report.order else None,
+            filled_qty=report.order.filled if report.order else None,
+            reason=report.reason,
+            code=report.code,
+        )
+    )
+    return report

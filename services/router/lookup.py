@@ -1,0 +1,57 @@
+"""Look an order up by client id, retrying within the intent's budget.
+
+This is what makes resends safe: after any ambiguous failure the router asks
+the venue whether the order exists before it sends anything again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.common.error_policy import Policy, classify_order_error_policy
+from libs.common.journal import EventSink
+from services.router.retrying import Budget, emit_retry_and_wait
+from services.router.venue import Venue, VenueOrder
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    known: bool  # False: we still do not know whether the order exists
+    order: VenueOrder | None = None  # None with known=True: the venue says it does not exist
+    reason: str = ""
+
+
+async def lookup_order(
+    venue: Venue,
+    sink: EventSink,
+    budget: Budget,
+    *,
+    symbol: str,
+    client_order_id: str,
+    trigger: bool,
+    correlation_id: str,
+) -> LookupResult:
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            order = await venue.fetch(symbol, client_order_id, trigger)
+            return LookupResult(True, order)
+        except Exception as e:
+            d = classify_order_error_policy(e)
+            if d.policy is Policy.IDEMPOTENT_SAFE:  # -2013 / -2011 as a plain error: does not exist
+                return LookupResult(True, None, d.reason)
+            delay = budget.next_delay(tries) if d.retryable else None
+            if delay is None:
+                return LookupResult(False, None, d.reason)
+            await emit_retry_and_wait(
+                sink,
+                budget,
+                operation="fetch",
+                decision=d,
+                tries=tries,
+                delay=delay,
+                correlation_id=correlation_id,
+                client_order_id=client_order_id,
+                symbol=symbol,
+            )

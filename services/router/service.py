@@ -1,0 +1,366 @@
+"""Router service: JetStream intents in, ccxt orders out, every step journaled.
+
+Thin shell: decoding, ordering and dead-lettering are in ``ConsumerLoop``; the
+decisions are in ``policy`` / ``submit`` / ``cancel`` / ``replace``. What lives
+here is the wiring, the in-memory registry of recent orders, and the resolver
+that keeps asking the venue about orders whose outcome is still unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+
+from fastapi import FastAPI, HTTPException
+
+from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
+from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
+from libs.common.error_policy import classify_order_error_policy
+from libs.common.exchange import make_exchange
+from libs.common.guard import GuardView
+from libs.common.logs import log_event
+from libs.common.messages import BusMessage, CancelIntent, OrderIntent, ReplaceIntent
+from libs.common.replay import fold, order_subjects, read_journal
+from libs.common.retry import RetryPolicy
+from libs.common.service import Service
+from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
+from libs.common.telemetry import (
+    INTENT_LATENCY,
+    INTENTS,
+    LEVERAGE_CAPPED,
+    ORDERS,
+    POLICY_BLOCKS,
+    UNKNOWN_ORDERS,
+)
+from services.router.cancel import cancel_order
+from services.router.lifecycle import Lifecycle
+from services.router.lookup import lookup_order
+from services.router.policy import entry_policy
+from services.router.replace import cancel_replace_order
+from services.router.retrying import Budget, emit_retry_and_wait
+from services.router.submit import OrderSubmitter
+from services.router.venue import Venue
+
+REGISTRY_SIZE = 10_000
+
+
+class RouterService(Service):
+    name = "router"
+
+    def __init__(
+        self,
+        nats_settings: NatsSettings,
+        exchange_settings: ExchangeSettings,
+        settings: RouterSettings,
+        guard_settings: GuardSettings | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.exchange_settings = exchange_settings
+        self.guard_settings = guard_settings or GuardSettings()
+        self.retry_policy = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            max_elapsed_sec=settings.retry_max_elapsed_sec,
+            base_delay_sec=settings.retry_base_delay_sec,
+            max_delay_sec=settings.retry_max_delay_sec,
+            jitter=settings.retry_jitter,
+        )
+        self.rng = rng or random.Random()
+        self.venue = Venue(
+            make_exchange(
+                api_url=exchange_settings.api_url,
+                api_key=exchange_settings.api_key.get_secret_value(),
+                api_secret=exchange_settings.api_secret.get_secret_value(),
+                timeout_ms=exchange_settings.timeout_ms,
+            )
+        )
+        self.orders: OrderedDict[str, Lifecycle] = OrderedDict()  # client_order_id -> lifecycle
+        self.unknown: dict[str, Lifecycle] = {}
+        self.leverage: dict[str, int] = {}
+        self.guard: GuardView | None = None
+        self.consumer: ConsumerLoop | None = None
+        self.counts: dict[str, int] = {}
+        super().__init__(nats_settings, settings.http_host, settings.http_port)
+
+    # ------------------------------------------------------------------ wiring
+
+    async def run_tasks(self) -> list[Awaitable[None]]:
+        assert self.js and self.publisher and self.nc
+        self.guard = GuardView(
+            self.nc,
+            self.nats_settings.kv_bucket,
+            require_knobs=self.guard_settings.require_knobs,
+            stale_after_sec=self.guard_settings.stale_after_sec,
+        )
+        prefix = self.nats_settings.subject_prefix
+        spec = ConsumerSpec(
+            durable="router",
+            filter_subjects=[f"{prefix}.intent.>"],
+            ack_wait_sec=self.settings.ack_wait_sec,
+            max_deliver=self.settings.max_deliver,
+            max_ack_pending=self.settings.max_in_flight,
+        )
+        self.consumer = ConsumerLoop(
+            self.js,
+            self.publisher,
+            self.nats_settings.stream,
+            spec,
+            self.handle,
+            service=self.name,
+            key_fn=_symbol_of,
+            max_in_flight=self.settings.max_in_flight,
+        )
+        await self._recover_unknown_from_journal()
+        return [
+            self.guard.run(self.stop_event),
+            self.consumer.run(self.stop_event),
+            self._resolver(),
+        ]
+
+    def budget(self) -> Budget:
+        return Budget(self.retry_policy, rng=self.rng)
+
+    def _remember(self, life: Lifecycle) -> None:
+        self.orders[life.intent.client_order_id] = life
+        self.orders.move_to_end(life.intent.client_order_id)
+        while len(self.orders) > REGISTRY_SIZE:
+            self.orders.popitem(last=False)
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ handlers
+
+    async def handle(self, msg: BusMessage, delivery: Delivery) -> None:
+        if isinstance(msg, OrderIntent):
+            await self.on_order(msg, delivery)
+        elif isinstance(msg, CancelIntent):
+            await self.on_cancel(msg)
+        elif isinstance(msg, ReplaceIntent):
+            await self.on_replace(msg)
+
+    async def on_order(self, intent: OrderIntent, delivery: Delivery) -> None:
+        INTENTS.labels(self.name, "order", intent.bucket.value).inc()
+        t0 = time.perf_counter()
+        known = self.orders.get(intent.client_order_id)
+        if known is not None and known.state not in (OrderState.CREATED,):
+            # already handled in this process (redelivery after a lost ack): nothing to send
+            self._count("duplicate_delivery")
+            return
+        life = Lifecycle(intent, self.journal)
+        self._remember(life)
+        outcome = await OrderSubmitter(self.venue, self.journal).submit(
+            life, self.budget(), redelivered=delivery.redelivered, gate=self._gate
+        )
+        INTENT_LATENCY.observe(time.perf_counter() - t0)
+        ORDERS.labels(intent.bucket.value, outcome.state.value).inc()
+        self._count(f"order_{outcome.state.value}")
+        if outcome.state is OrderState.UNKNOWN:
+            self._track_unknown(life)
+
+    async def _gate(self, life: Lifecycle, budget: Budget) -> str:
+        """Entry-only policy + leverage cap; returns a refusal reason or ""."""
+        intent = life.intent
+        decision = entry_policy(
+            intent,
+            self.guard.current() if self.guard else None,
+            hard_max_leverage=self.settings.max_leverage,
+            max_age_sec=self.settings.intent_max_age_sec,
+            now_ms=int(time.time() * 1000),
+        )
+        if not decision.allowed:
+            POLICY_BLOCKS.labels(self.name, decision.reason.split(":", 1)[0]).inc()
+            return decision.reason
+        if decision.leverage is None:
+            return ""
+        if decision.leverage_capped:
+            LEVERAGE_CAPPED.inc()
+        life.leverage = decision.leverage
+        return await self._ensure_leverage(intent, decision.leverage, budget)
+
+    async def _ensure_leverage(self, intent: OrderIntent, leverage: int, budget: Budget) -> str:
+        if self.leverage.get(intent.symbol) == leverage:
+            return ""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await self.venue.set_leverage(intent.symbol, leverage)
+                self.leverage[intent.symbol] = leverage
+                return ""
+            except Exception as e:
+                d = classify_order_error_policy(e)
+                delay = budget.next_delay(tries) if d.retryable else None
+                if delay is None:
+                    return f"leverage_not_set:{d.reason}"
+                await emit_retry_and_wait(
+                    self.journal,
+                    budget,
+                    operation="leverage",
+                    decision=d,
+                    tries=tries,
+                    delay=delay,
+                    correlation_id=intent.correlation_id,
+                    client_order_id=intent.client_order_id,
+                    symbol=intent.symbol,
+                )
+
+    async def on_cancel(self, msg: CancelIntent) -> None:
+        INTENTS.labels(self.name, "cancel", "-").inc()
+        life = self.orders.get(msg.client_order_id)
+        if life is not None and life.state in (OrderState.ACKED, OrderState.PARTIALLY_FILLED):
+            await life.move(OrderState.CANCEL_PENDING, msg.reason or "cancel requested")
+        report = await cancel_order(
+            self.venue,
+            self.journal,
+            self.budget(),
+            symbol=msg.symbol,
+            client_order_id=msg.client_order_id,
+            trigger=msg.is_trigger,
+            correlation_id=msg.correlation_id,
+        )
+        self._count(f"cancel_{report.outcome}")
+        if life is None or life.state is not OrderState.CANCEL_PENDING:
+            return
+        if report.outcome == "canceled":
+            await life.move(OrderState.CANCELED, "cancel acked", order=report.order)
+        elif report.outcome == "filled":
+            await life.move(OrderState.FILLED, "filled before cancel", order=report.order)
+        elif report.outcome == "unknown":
+            await life.move(OrderState.UNKNOWN, f"cancel outcome unknown: {report.reason}")
+            self._track_unknown(life)
+        elif report.order is not None and report.order.state is not OrderState.UNKNOWN:
+            await life.move(report.order.state, f"cancel {report.outcome}", order=report.order)
+        elif report.outcome == "already_gone":
+            await life.move(OrderState.CANCELED, "already gone")
+        else:
+            await life.move(OrderState.ACKED, f"cancel {report.outcome}: {report.reason}")
+
+    async def on_replace(self, msg: ReplaceIntent) -> None:
+        INTENTS.labels(self.name, "replace", msg.new_order.bucket.value).inc()
+        submitter = OrderSubmitter(self.venue, self.journal)
+        outcome = await cancel_replace_order(
+            self.venue,
+            self.journal,
+            submitter,
+            msg,
+            self.budget(),
+            max_attempts=self.settings.cancel_replace_max_attempts,
+            strict=self.settings.replace_strict_transitions,
+        )
+        self._count(f"replace_{outcome.state.value}")
+        if outcome.new_lifecycle is not None:
+            self._remember(outcome.new_lifecycle)
+            if outcome.new_lifecycle.state is OrderState.UNKNOWN:
+                self._track_unknown(outcome.new_lifecycle)
+
+    # ------------------------------------------------------------------ unknown outcomes
+
+    def _track_unknown(self, life: Lifecycle) -> None:
+        self.unknown[life.intent.client_order_id] = life
+        UNKNOWN_ORDERS.set(len(self.unknown))
+
+    async def _resolver(self, interval: float = 2.0) -> None:
+        """Keep asking the venue about orders we could not resolve; never forget them."""
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+            for cid, life in list(self.unknown.items()):
+                await self.resolve_once(life)
+                if life.state is not OrderState.UNKNOWN:
+                    self.unknown.pop(cid, None)
+            UNKNOWN_ORDERS.set(len(self.unknown))
+
+    async def resolve_once(self, life: Lifecycle) -> None:
+        intent = life.intent
+        single_try = Budget(RetryPolicy(max_attempts=1), rng=self.rng)
+        res = await lookup_order(
+            self.venue,
+            self.journal,
+            single_try,
+            symbol=intent.symbol,
+            client_order_id=intent.client_order_id,
+            trigger=intent.is_trigger,
+            correlation_id=intent.correlation_id,
+        )
+        if not res.known:
+            return
+        if res.order is None:
+            # never reached the venue: the intent failed; protection gaps are the reconciler's to repair
+            await life.move(OrderState.FAILED, "resolver: not on venue")
+        else:
+            await life.settle(res.order, "resolver")
+        log_event(self.log, "order.resolved", correlation_id=intent.correlation_id, state=life.state.value)
+
+    async def _recover_unknown_from_journal(self, hours: float = 24.0) -> None:
+        """At boot: intents whose last journaled state is UNKNOWN go back to the resolver."""
+        assert self.js
+        prefix = self.nats_settings.subject_prefix
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+        try:
+            entries = [
+                e
+                async for e in read_journal(
+                    self.js, self.nats_settings.stream, prefix, order_subjects(prefix), since=since
+                )
+            ]
+        except Exception as e:
+            log_event(self.log, "router.recover_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
+            return
+        recovered = 0
+        for t in fold(entries).values():
+            if t.intent is None or t.state is None:
+                continue
+            if t.state is OrderState.UNKNOWN:
+                life = Lifecycle(t.intent, self.journal, state=OrderState.UNKNOWN)
+                self._remember(life)
+                self._track_unknown(life)
+                recovered += 1
+            elif t.state in OPEN_ORDER_STATES:
+                self._remember(Lifecycle(t.intent, self.journal, state=t.state))
+        log_event(self.log, "router.recovered", unknown=recovered, scanned=len(entries))
+
+    # ------------------------------------------------------------------ REST
+
+    def status(self) -> dict:
+        return {
+            "counts": dict(sorted(self.counts.items())),
+            "unknown_orders": sorted(self.unknown),
+            "tracked_orders": len(self.orders),
+            "guard": self.guard.status() if self.guard else None,
+            "consumer_in_flight": self.consumer.in_flight if self.consumer else 0,
+            "retry_policy": {
+                "max_attempts": self.retry_policy.max_attempts,
+                "max_elapsed_sec": self.retry_policy.max_elapsed_sec,
+            },
+        }
+
+    def add_routes(self, app: FastAPI) -> None:
+        @app.get("/orders/{client_order_id}")
+        async def order(client_order_id: str) -> dict:
+            life = self.orders.get(client_order_id)
+            if life is None:
+                raise HTTPException(404, f"no order {client_order_id} in the router's recent registry")
+            return {
+                "client_order_id": client_order_id,
+                "correlation_id": life.intent.correlation_id,
+                "state": life.state.value,
+                "reason": life.reason,
+                "attempt": life.attempt,
+            }
+
+    async def on_stop(self) -> None:
+        await self.venue.close()
+
+
+def _symbol_of(msg: BusMessage) -> str:
+    if isinstance(msg, ReplaceIntent):
+        return msg.new_order.symbol
+    return getattr(msg, "symbol", "-")

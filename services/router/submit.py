@@ -1,0 +1,189 @@
+"""Submit one order intent: bounded retries, never a duplicate order.
+
+Rules, in the order they matter:
+1. After any failure whose outcome is ambiguous (timeout, 5xx, -1007, a
+   redelivered intent after a crash, -4116 duplicate id) the order is looked up
+   by client id before anything is resent. If the lookup itself cannot answer,
+   the intent stays UNKNOWN and is handed to the resolver; it is never resent
+   blind.
+2. Retries are bounded by attempts and by an elapsed cap; each retry emits
+   exactly one ``order.retry``.
+3. Errors the policy calls fatal end the intent as REJECTED at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from libs.common.error_policy import ErrorDecision, Modification, Policy, classify_order_error_policy
+from libs.common.journal import EventSink
+from libs.common.messages import OrderIntent
+from libs.common.state_machine import OrderState
+from libs.common.telemetry import SUBMIT_LATENCY
+from services.router.lifecycle import Lifecycle
+from services.router.lookup import lookup_order
+from services.router.retrying import Budget, emit_retry_and_wait
+from services.router.venue import Venue
+
+log = logging.getLogger("erl.router.submit")
+
+# Runs right before the first send (after any redelivery lookup); returns a refusal reason or "".
+Gate = Callable[[Lifecycle, Budget], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    state: OrderState
+    reason: str
+    lifecycle: Lifecycle
+
+
+def reducible_qty(side: str, position_qty: float, qty: float | None) -> float | None:
+    """How much a reduce-only order on ``side`` may still close; None if it would not reduce anything."""
+    if side == "sell" and position_qty > 0:
+        return position_qty if qty is None else min(qty, position_qty)
+    if side == "buy" and position_qty < 0:
+        return -position_qty if qty is None else min(qty, -position_qty)
+    return None
+
+
+def as_market_exit(intent: OrderIntent) -> OrderIntent:
+    """A stop whose trigger is already crossed: close at market instead (same client id, never placed)."""
+    return intent.model_copy(
+        update={"order_type": "market", "stop_price": None, "close_position": False, "reduce_only": True}
+    )
+
+
+class OrderSubmitter:
+    def __init__(self, venue: Venue, sink: EventSink) -> None:
+        self.venue, self.sink = venue, sink
+
+    async def submit(
+        self,
+        life: Lifecycle,
+        budget: Budget,
+        *,
+        redelivered: bool = False,
+        gate: Gate | None = None,
+    ) -> SubmitOutcome:
+        """Drive ``life`` to a settled state. ``gate`` runs once, right before the first send."""
+        intent = life.intent
+        qty = intent.qty
+        if redelivered and life.state is OrderState.CREATED:
+            # we may have sent it before a crash: find out before sending again
+            await life.move(OrderState.UNKNOWN, "redelivered")
+        if life.state is OrderState.UNKNOWN:
+            found = await self._resolve(life, budget, intent)
+            if found is not None:
+                return found
+        if gate is not None:
+            refusal = await gate(life, budget)
+            if refusal:
+                await life.move(OrderState.BLOCKED, refusal)
+                return SubmitOutcome(OrderState.BLOCKED, refusal, life)
+        tries = 0
+        while True:
+            tries += 1
+            life.attempt = tries
+            await life.move(OrderState.SUBMITTING, f"attempt {tries}")
+            t = time.perf_counter()
+            try:
+                order = await self.venue.create(intent, qty)
+            except Exception as e:
+                SUBMIT_LATENCY.labels("error").observe(time.perf_counter() - t)
+                d = classify_order_error_policy(e)
+                if d.ambiguous or d.policy is Policy.IDEMPOTENT_SAFE:
+                    await life.move(OrderState.UNKNOWN, d.reason, error_class=d.error_class, code=d.code)
+                    found = await self._resolve(life, budget, intent)
+                    if found is not None:
+                        return found
+                    # confirmed absent: a resend cannot duplicate it
+                elif d.policy is Policy.RETRYABLE_WITH_MODIFICATION:
+                    modified = await self._modify(life, budget, intent, qty, d)
+                    if isinstance(modified, SubmitOutcome):
+                        return modified
+                    intent, qty = modified
+                    life.intent = intent
+                elif d.policy is not Policy.RETRYABLE:
+                    await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
+                    return SubmitOutcome(OrderState.REJECTED, d.reason, life)
+                delay = budget.next_delay(tries)
+                if delay is None:
+                    reason = f"retries_exhausted:{d.reason}"
+                    await life.move(OrderState.FAILED, reason, error_class=d.error_class, code=d.code)
+                    return SubmitOutcome(OrderState.FAILED, reason, life)
+                await life.move(OrderState.RETRY_WAIT, d.reason, error_class=d.error_class, code=d.code)
+                await emit_retry_and_wait(
+                    self.sink,
+                    budget,
+                    operation="create",
+                    decision=d,
+                    tries=tries,
+                    delay=delay,
+                    correlation_id=intent.correlation_id,
+                    client_order_id=intent.client_order_id,
+                    symbol=intent.symbol,
+                )
+                continue
+            SUBMIT_LATENCY.labels("ok").observe(time.perf_counter() - t)
+            await life.settle(order)
+            return SubmitOutcome(life.state, "venue", life)
+
+    async def _resolve(self, life: Lifecycle, budget: Budget, intent: OrderIntent) -> SubmitOutcome | None:
+        """From UNKNOWN: settle if the venue has the order, park if it cannot say, None if absent."""
+        res = await lookup_order(
+            self.venue,
+            self.sink,
+            budget,
+            symbol=intent.symbol,
+            client_order_id=intent.client_order_id,
+            trigger=intent.is_trigger,
+            correlation_id=intent.correlation_id,
+        )
+        if not res.known:
+            return SubmitOutcome(OrderState.UNKNOWN, f"lookup_failed:{res.reason}", life)
+        if res.order is None:
+            return None
+        await life.settle(res.order, "found_by_client_id")
+        return SubmitOutcome(life.state, "found_by_client_id", life)
+
+    async def _modify(
+        self, life: Lifecycle, budget: Budget, intent: OrderIntent, qty: float | None, d: ErrorDecision
+    ) -> tuple[OrderIntent, float | None] | SubmitOutcome:
+        """Apply the modification the error policy asked for, or end the intent."""
+        if d.modification is Modification.RESYNC_CLOCK:
+            try:
+                await self.venue.resync_clock()
+            except Exception as e:  # the retry itself will tell whether it helped
+                log.warning("clock resync failed: %s", e)
+            return intent, qty
+        resize = d.modification is Modification.RESIZE_REDUCE_ONLY and (
+            intent.reduce_only or intent.close_position
+        )
+        if d.modification is Modification.TRIGGER_CROSSED and intent.is_trigger:
+            was_close_position = intent.close_position
+            intent = as_market_exit(intent)
+            if not was_close_position:
+                return intent, qty
+            resize = True  # a closePosition stop has no size: take it from the position
+        if resize:
+            try:
+                position = await self.venue.position_qty(intent.symbol)
+            except Exception as e:
+                reason = f"{d.reason}:position_unavailable"
+                await life.move(OrderState.FAILED, reason, error_class=type(e).__name__)
+                return SubmitOutcome(OrderState.FAILED, reason, life)
+            new_qty = reducible_qty(intent.side, position, qty)
+            if new_qty is None or new_qty <= 0:
+                await life.move(OrderState.MOOT, f"{d.reason}:no_position_to_reduce")
+                return SubmitOutcome(OrderState.MOOT, "no_position_to_reduce", life)
+            if qty is not None and new_qty >= qty:
+                # the venue refused a size that fits the position: nothing left to modify
+                await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
+                return SubmitOutcome(OrderState.REJECTED, d.reason, life)
+            return intent, new_qty
+        await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
+        return SubmitOutcome(OrderState.REJECTED, d.reason, life)

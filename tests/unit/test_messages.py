@@ -1,0 +1,82 @@
+import pytest
+
+from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
+from libs.common.messages import (
+    DecodeError,
+    OrderIntent,
+    OrderRetry,
+    Signal,
+    decode,
+    encode,
+    model_for_subject,
+    subject_for,
+)
+
+
+def intent(**kw):
+    iid = make_intent_id("t", "1", Bucket.ENTRY)
+    base = dict(
+        intent_id=iid,
+        correlation_id=make_correlation_id(iid),
+        client_order_id=make_client_order_id(iid, Bucket.ENTRY),
+        bucket=Bucket.ENTRY,
+        symbol="BTC/USDT:USDT",
+        side="buy",
+        order_type="market",
+        qty=0.01,
+    )
+    base.update(kw)
+    return OrderIntent(**base)
+
+
+def test_round_trip_through_subject():
+    i = intent()
+    subj = subject_for("erl", i)
+    assert subj == f"erl.intent.order.{i.correlation_id}"
+    back = decode("erl", subj, encode(i))
+    assert back == i and back.v == 1
+
+
+def test_every_family_maps_to_one_model():
+    assert model_for_subject("erl", "erl.order.retry.c123") is OrderRetry
+    assert model_for_subject("erl", "erl.signal.abc") is Signal
+    with pytest.raises(DecodeError):
+        model_for_subject("erl", "erl.nope.x")
+    with pytest.raises(DecodeError):
+        model_for_subject("erl", "other.signal.x")
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (b"not json", "Invalid JSON"),
+        (b'{"kind":"order.intent"}', "Field required"),
+        (b'{"v": 99}', "newer than this build"),
+    ],
+)
+def test_malformed_payloads_raise_decode_error_with_reason(data, needle):
+    with pytest.raises(DecodeError) as e:
+        decode("erl", "erl.intent.order.c1", data)
+    assert needle in str(e.value)
+
+
+def test_intent_invariants():
+    with pytest.raises(ValueError, match="reduce-only"):
+        intent(bucket=Bucket.SL, order_type="stop_market", stop_price=1.0)
+    with pytest.raises(ValueError, match="cannot be reduce-only"):
+        intent(reduce_only=True)
+    with pytest.raises(ValueError, match="needs stop_price"):
+        intent(bucket=Bucket.SL, order_type="stop_market", reduce_only=True)
+    with pytest.raises(ValueError, match="needs a price"):
+        intent(order_type="limit")
+    with pytest.raises(ValueError):
+        intent(qty=-1)
+    with pytest.raises(ValueError):
+        intent(symbol="BTCUSDT")  # unified symbols only
+    sl = intent(bucket=Bucket.SL, order_type="stop_market", stop_price=1.0, close_position=True, qty=None)
+    assert sl.is_exit and sl.is_trigger
+
+
+def test_extra_fields_rejected():
+    with pytest.raises(ValueError):
+        Signal(signal_id="a", symbol="BTC/USDT:USDT", side="buy", qty=1, surprise=1)
