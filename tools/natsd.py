@@ -78,7 +78,7 @@ class NatsServer:
         return cmd
 
     def start(self, ready_timeout: float = 15.0) -> NatsServer:
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, start_new_session=True)
         self.wait_ready(ready_timeout)
         return self
@@ -89,7 +89,9 @@ class NatsServer:
         url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {' '.join(self.command())}")
+                raise RuntimeError(
+                    f"nats-server exited with {self.proc.returncode}: {' '.join(self.command())}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=0.5) as r:
                     if r.status == 200:

@@ -266,10 +266,16 @@ class ConsumerLoop:
                     await self._slots.acquire()
                     self.in_flight += 1
                     self._dispatch(m)
-        finally:
-            self.running = False
+            # graceful stop: let handlers in flight finish (their messages get acked)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # hard stop: abandon handlers; their messages stay unacked and are redelivered
+            for t in list(self._tasks):
+                t.cancel()
+            raise
+        finally:
+            self.running = False
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -310,6 +316,8 @@ class ConsumerLoop:
                 model, m = queue[0]
                 try:
                     await self._handle(model, m)
+                except Exception:  # our own bookkeeping failed: never let it stop the key's queue
+                    log.exception("consumer bookkeeping failed for %s", m.subject)
                 finally:
                     queue.popleft()
                     self._release()

@@ -49,7 +49,7 @@ class GuardView:
         self._confirmed_at = float("-inf")
         self._error: str | None = "not loaded"
         self._limited = RateLimitedLog(log)
-        self.changed = asyncio.Event()
+        self._changed = asyncio.Condition()
 
     # --- reading
 
@@ -73,7 +73,7 @@ class GuardView:
 
     # --- updating from the bucket
 
-    def _apply(self, raw: bytes | None, revision: int, deleted: bool = False) -> None:
+    async def _apply(self, raw: bytes | None, revision: int, deleted: bool = False) -> None:
         self._confirmed_at = time.monotonic()
         if revision and revision == self._revision and self._error is None:
             return
@@ -92,16 +92,24 @@ class GuardView:
                 self._error = f"unparsable knobs: {e.errors()[0]['msg']}"
                 self._limited("guard.unparsable", logging.ERROR, error=self._error)
         self._revision = revision
-        self.changed.set()
         if self.on_change is not None:
             self.on_change(self._knobs)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(
+        self, predicate: Callable[[GuardKnobs | None], bool], within_sec: float = 5.0
+    ) -> None:
+        """Wait until ``predicate(current())`` holds (re-checked on every change)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.current())), within_sec)
 
     async def _get(self, kv: KeyValue) -> None:
         try:
             e = await kv.get(GUARD_KEY)
-            self._apply(e.value, e.revision or 0, e.operation in (KV_DEL, KV_PURGE))
+            await self._apply(e.value, e.revision or 0, e.operation in (KV_DEL, KV_PURGE))
         except nats.js.errors.KeyNotFoundError:
-            self._apply(None, 0)
+            await self._apply(None, 0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch + poll until ``stop``; survives bus outages."""
@@ -119,7 +127,7 @@ class GuardView:
                         continue
                     if entry is None:
                         continue
-                    self._apply(entry.value, entry.revision or 0, entry.operation in (KV_DEL, KV_PURGE))
+                    await self._apply(entry.value, entry.revision or 0, entry.operation in (KV_DEL, KV_PURGE))
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -50,9 +50,13 @@ def setup_logging(service: str, level: str | None = None) -> logging.Logger:
     return logging.getLogger(service)
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+def log_event(
+    logger: logging.Logger, event: str, level: int = logging.INFO, *, exc_info: bool = False, **fields: Any
+) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra=fields)
+        # LogRecord attribute names (msg, args, module ...) cannot be extra keys: prefix them
+        safe = {(f"f_{k}" if k in _RESERVED else k): v for k, v in fields.items()}
+        logger.log(level, event, exc_info=exc_info, extra=safe)
 
 
 class RateLimitedLog:

@@ -181,6 +181,7 @@ class OrderTransition(BusMessage):
     error_class: str | None = None
     code: int | None = None
     leverage: int | None = None
+    venue_ms: float | None = Field(None, description="duration of the venue call that produced this state")
 
 
 class OrderRetry(BusMessage):

@@ -202,6 +202,17 @@ class Service:
                 await self.nc.drain()
         log_event(self.log, "service.stopped", service=self.name)
 
+    async def crash(self) -> None:
+        """Tests only: die like a killed process (no drain, handlers abandoned mid-flight)."""
+        self.stop_event.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        await self.on_stop()
+
     async def serve_forever(self) -> None:
         """Entry point for ``python -m services.X``: run until SIGINT/SIGTERM, then shut down cleanly."""
         loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ class Lifecycle:
         order: VenueOrder | None = None,
         error_class: str | None = None,
         code: int | None = None,
+        venue_ms: float | None = None,
     ) -> None:
         src = self.state
         # raises TransitionError before anything is journaled: a bug must not reach the journal
@@ -58,6 +59,7 @@ class Lifecycle:
             error_class=error_class,
             code=code,
             leverage=self.leverage if to is OrderState.SUBMITTING else None,
+            venue_ms=venue_ms,
         )
         log_event(
             log,
@@ -73,7 +75,7 @@ class Lifecycle:
         )
         await self.sink.emit(event)
 
-    async def settle(self, order: VenueOrder, reason: str = "venue") -> None:
+    async def settle(self, order: VenueOrder, reason: str = "venue", venue_ms: float | None = None) -> None:
         """Move to whatever state the venue reports; an unknown venue status stays UNKNOWN."""
         if order.state is OrderState.UNKNOWN:
             self.last_order = order
@@ -83,4 +85,4 @@ class Lifecycle:
         if order.state is self.state and order.state is not OrderState.PARTIALLY_FILLED:
             self.last_order = order
             return
-        await self.move(order.state, reason, order=order)
+        await self.move(order.state, reason, order=order, venue_ms=venue_ms)

@@ -26,7 +26,7 @@ from libs.common.exchange import make_exchange
 from libs.common.guard import GuardView
 from libs.common.logs import log_event
 from libs.common.messages import BusMessage, CancelIntent, OrderIntent, ReplaceIntent
-from libs.common.replay import fold, order_subjects, read_journal
+from libs.common.replay import order_subjects, replay_timelines
 from libs.common.retry import RetryPolicy
 from libs.common.service import Service
 from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
@@ -305,17 +305,19 @@ class RouterService(Service):
         prefix = self.nats_settings.subject_prefix
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
         try:
-            entries = [
-                e
-                async for e in read_journal(
-                    self.js, self.nats_settings.stream, prefix, order_subjects(prefix), since=since
-                )
-            ]
+            timelines, scanned = await replay_timelines(
+                self.js,
+                self.nats_settings.stream,
+                prefix,
+                order_subjects(prefix),
+                since=since,
+                keep_entries=False,
+            )
         except Exception as e:
             log_event(self.log, "router.recover_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
             return
         recovered = 0
-        for t in fold(entries).values():
+        for t in timelines.values():
             if t.intent is None or t.state is None:
                 continue
             if t.state is OrderState.UNKNOWN:
@@ -325,7 +327,7 @@ class RouterService(Service):
                 recovered += 1
             elif t.state in OPEN_ORDER_STATES:
                 self._remember(Lifecycle(t.intent, self.journal, state=t.state))
-        log_event(self.log, "router.recovered", unknown=recovered, scanned=len(entries))
+        log_event(self.log, "router.recovered", unknown=recovered, scanned=scanned)
 
     # ------------------------------------------------------------------ REST
 

@@ -128,8 +128,9 @@ class OrderSubmitter:
                     symbol=intent.symbol,
                 )
                 continue
-            SUBMIT_LATENCY.labels("ok").observe(time.perf_counter() - t)
-            await life.settle(order)
+            took = time.perf_counter() - t
+            SUBMIT_LATENCY.labels("ok").observe(took)
+            await life.settle(order, venue_ms=round(took * 1000, 3))
             return SubmitOutcome(life.state, "venue", life)
 
     async def _resolve(self, life: Lifecycle, budget: Budget, intent: OrderIntent) -> SubmitOutcome | None:

@@ -32,14 +32,32 @@ CASES = [
     # code, policy, reason, ambiguous, modification
     (-1003, Policy.RETRYABLE, "rate_limited", False, None),
     (-1007, Policy.RETRYABLE, "venue_timeout_unknown_status", True, None),
-    (-1021, Policy.RETRYABLE_WITH_MODIFICATION, "timestamp_outside_recv_window", False, Modification.RESYNC_CLOCK),
+    (
+        -1021,
+        Policy.RETRYABLE_WITH_MODIFICATION,
+        "timestamp_outside_recv_window",
+        False,
+        Modification.RESYNC_CLOCK,
+    ),
     (-1022, Policy.FATAL, "bad_signature", False, None),
     (-2011, Policy.IDEMPOTENT_SAFE, "unknown_order", False, None),
     (-2013, Policy.IDEMPOTENT_SAFE, "order_does_not_exist", False, None),
     (-2015, Policy.FATAL, "auth_rejected", False, None),
     (-2019, Policy.FATAL, "insufficient_margin", False, None),
-    (-2021, Policy.RETRYABLE_WITH_MODIFICATION, "would_immediately_trigger", False, Modification.TRIGGER_CROSSED),
-    (-2022, Policy.RETRYABLE_WITH_MODIFICATION, "reduce_only_rejected", False, Modification.RESIZE_REDUCE_ONLY),
+    (
+        -2021,
+        Policy.RETRYABLE_WITH_MODIFICATION,
+        "would_immediately_trigger",
+        False,
+        Modification.TRIGGER_CROSSED,
+    ),
+    (
+        -2022,
+        Policy.RETRYABLE_WITH_MODIFICATION,
+        "reduce_only_rejected",
+        False,
+        Modification.RESIZE_REDUCE_ONLY,
+    ),
     (-4116, Policy.IDEMPOTENT_SAFE, "duplicate_client_order_id", False, None),
     (-4164, Policy.FATAL, "notional_too_small", False, None),
 ]
@@ -111,7 +129,7 @@ def test_explicit_code_argument():
 def test_parsers():
     assert parse_binance_code('binanceusdm {"code":-2011,"msg":"Unknown order sent."}') == -2011
     assert parse_binance_code('binanceusdm {"code":"-1003"}') == -1003
-    assert parse_binance_code("binanceusdm {not json} \"code\": -2019") == -2019
+    assert parse_binance_code('binanceusdm {not json} "code": -2019') == -2019
     assert parse_binance_code("no code here") is None
     assert parse_http_status("binanceusdm 429 Too Many Requests {}") == 429
     assert parse_http_status("binanceusdm {}") is None

