@@ -1,0 +1,113 @@
+"""Stop-coverage evaluation and anti-churn refresh gating. Pure.
+
+A position is protected when reduce-only (or close-position) stop orders on
+the closing side cover its size. Close-position stops cover any size. We never
+call a position protected on the strength of orders that could *add* to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class StopView:
+    """A resting protective order as the venue reports it."""
+
+    client_order_id: str
+    side: str  # "buy" | "sell"
+    qty: float | None  # None with close_position
+    trigger_price: float | None
+    reduce_only: bool
+    close_position: bool
+    is_stop_loss: bool = True  # take-profits are not protection against loss
+
+
+class CoverageStatus(StrEnum):
+    FLAT = "flat"  # no position: nothing to protect
+    COVERED = "covered"
+    UNDER_COVERED = "under_covered"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    status: CoverageStatus
+    position_qty: float
+    covered_qty: float
+    close_position: bool
+    stops: tuple[StopView, ...]
+    excess: bool = False  # more than one covering stop: not dangerous (reduce-only) but churn to clean
+
+    @property
+    def protected(self) -> bool:
+        return self.status in (CoverageStatus.FLAT, CoverageStatus.COVERED)
+
+    @property
+    def shortfall(self) -> float:
+        return max(abs(self.position_qty) - self.covered_qty, 0.0)
+
+
+def closing_side(position_qty: float) -> str:
+    return "sell" if position_qty > 0 else "buy"
+
+
+def evaluate_coverage(
+    position_qty: float, orders: list[StopView], *, qty_tolerance: float = 1e-9
+) -> Coverage:
+    """How well ``orders`` protect a position of signed size ``position_qty``."""
+    if abs(position_qty) <= qty_tolerance:
+        return Coverage(CoverageStatus.FLAT, 0.0, 0.0, False, ())
+    side = closing_side(position_qty)
+    stops = tuple(
+        o for o in orders if o.is_stop_loss and o.side == side and (o.reduce_only or o.close_position)
+    )
+    close_pos = any(o.close_position for o in stops)
+    covered = abs(position_qty) if close_pos else sum(o.qty or 0.0 for o in stops)
+    need = abs(position_qty)
+    if not stops:
+        status = CoverageStatus.MISSING
+    elif close_pos or covered + qty_tolerance >= need:
+        status = CoverageStatus.COVERED
+    else:
+        status = CoverageStatus.UNDER_COVERED
+    return Coverage(status, position_qty, min(covered, need), close_pos, stops, excess=len(stops) > 1)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshDecision:
+    refresh: bool
+    reason: str
+
+
+def should_refresh(
+    coverage: Coverage,
+    *,
+    now: float,
+    last_refresh_at: float | None,
+    min_delta_ratio: float,
+    max_refresh_interval_sec: float,
+    cooldown_sec: float,
+) -> RefreshDecision:
+    """Gate a stop repair so we fix real gaps fast without churning on noise.
+
+    - a missing stop is repaired as soon as the cooldown allows;
+    - an undersized stop is refreshed when the shortfall is at least
+      ``min_delta_ratio`` of the position, or when a smaller shortfall has been
+      left alone for ``max_refresh_interval_sec`` (we do converge eventually);
+    - never twice inside ``cooldown_sec`` (RECONCILE_REPAIR_COOLDOWN_SEC).
+    """
+    if coverage.protected:
+        return RefreshDecision(False, "protected")
+    since = None if last_refresh_at is None else now - last_refresh_at
+    if since is not None and since < cooldown_sec:
+        return RefreshDecision(False, "cooldown")
+    if coverage.status is CoverageStatus.MISSING:
+        return RefreshDecision(True, "missing_stop")
+    ratio = coverage.shortfall / abs(coverage.position_qty)
+    if ratio >= min_delta_ratio:
+        return RefreshDecision(True, f"under_covered:{ratio:.3f}")
+    if since is None or since >= max_refresh_interval_sec:
+        return RefreshDecision(True, f"under_covered_small_but_stale:{ratio:.3f}")
+    return RefreshDecision(False, f"anti_churn:{ratio:.3f}<{min_delta_ratio}")

@@ -1,0 +1,114 @@
+"""Kill switch: API error rate, stale data, equity drawdown, reconcile mismatch storm. Pure.
+
+Each trigger has its own release rule, because each means something different:
+- api errors and stale data release as soon as the condition clears (plus a
+  short hold so a flapping condition does not flap entries);
+- a mismatch storm holds the halt for at least KILL_RECONCILE_MISMATCH_HALT_SEC
+  and until the streak is back under the threshold;
+- an equity drawdown latches: money was lost, an operator must ``/resume``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Trigger(StrEnum):
+    API_ERRORS = "api_errors"
+    STALE_DATA = "stale_data"
+    DRAWDOWN = "equity_drawdown"
+    MISMATCH_STORM = "reconcile_mismatch_storm"
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitchConfig:
+    api_error_max: int = 20  # errors inside the window that trip
+    api_error_window_sec: float = 60.0
+    api_error_hold_sec: float = 30.0
+    stale_data_sec: float = 30.0  # no reconcile data for this long trips
+    max_drawdown_pct: float = 10.0  # from peak equity; latches
+    mismatch_streak_max: int = 6  # KILL_RECONCILE_MISMATCH_STREAK_MAX
+    mismatch_halt_sec: float = 300.0  # KILL_RECONCILE_MISMATCH_HALT_SEC
+
+
+@dataclass(frozen=True, slots=True)
+class KillInputs:
+    now: float
+    api_errors_in_window: int = 0
+    data_age_sec: float | None = None  # None: no data yet (not stale until the grace period passes)
+    equity: float | None = None
+    mismatch_streak: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KillState:
+    tripped: bool
+    reasons: tuple[str, ...]
+    newly_tripped: tuple[str, ...] = ()
+    released: tuple[str, ...] = ()
+    drawdown_pct: float = 0.0
+    peak_equity: float | None = None
+
+
+@dataclass
+class KillSwitch:
+    config: KillSwitchConfig
+    started_at: float = 0.0
+    peak_equity: float | None = None
+    # trigger -> earliest time it may release (inf = latched)
+    active: dict[Trigger, float] = field(default_factory=dict)
+    trips: dict[str, int] = field(default_factory=dict)
+
+    def _trip(self, t: Trigger, release_at: float, newly: list[str]) -> None:
+        if t not in self.active:
+            newly.append(t.value)
+            self.trips[t.value] = self.trips.get(t.value, 0) + 1
+            self.active[t] = release_at
+        else:
+            self.active[t] = max(self.active[t], release_at)
+
+    def evaluate(self, x: KillInputs) -> KillState:
+        c = self.config
+        newly: list[str] = []
+        conditions: dict[Trigger, bool] = {}
+
+        conditions[Trigger.API_ERRORS] = x.api_errors_in_window >= c.api_error_max
+        if conditions[Trigger.API_ERRORS]:
+            self._trip(Trigger.API_ERRORS, x.now + c.api_error_hold_sec, newly)
+
+        age = x.data_age_sec if x.data_age_sec is not None else x.now - self.started_at
+        conditions[Trigger.STALE_DATA] = age > c.stale_data_sec
+        if conditions[Trigger.STALE_DATA]:
+            self._trip(Trigger.STALE_DATA, x.now, newly)
+
+        drawdown = 0.0
+        if x.equity is not None and x.equity > 0:
+            self.peak_equity = max(self.peak_equity or x.equity, x.equity)
+            drawdown = (self.peak_equity - x.equity) / self.peak_equity * 100
+        conditions[Trigger.DRAWDOWN] = drawdown >= c.max_drawdown_pct
+        if conditions[Trigger.DRAWDOWN]:
+            self._trip(Trigger.DRAWDOWN, float("inf"), newly)
+
+        conditions[Trigger.MISMATCH_STORM] = x.mismatch_streak >= c.mismatch_streak_max
+        if conditions[Trigger.MISMATCH_STORM] and Trigger.MISMATCH_STORM not in self.active:
+            # the hold runs from the trip; release also needs the streak back under the threshold
+            self._trip(Trigger.MISMATCH_STORM, x.now + c.mismatch_halt_sec, newly)
+
+        released = []
+        for t, release_at in list(self.active.items()):
+            if not conditions.get(t, False) and x.now >= release_at:
+                del self.active[t]
+                released.append(t.value)
+        reasons = tuple(sorted(t.value for t in self.active))
+        return KillState(
+            bool(self.active), reasons, tuple(newly), tuple(released), round(drawdown, 4), self.peak_equity
+        )
+
+    def reset_latched(self, equity: float | None = None) -> list[str]:
+        """Operator ``/resume``: clear latched triggers and re-base the equity peak."""
+        cleared = [t.value for t, r in self.active.items() if r == float("inf")]
+        for t in [t for t, r in self.active.items() if r == float("inf")]:
+            del self.active[t]
+        self.peak_equity = equity
+        return cleared

@@ -1,0 +1,76 @@
+import pytest
+
+from services.reconciler.gaps import GapTracker
+from services.reconciler.protection import CoverageStatus, StopView, evaluate_coverage, should_refresh
+
+
+def stop(side="sell", qty=1.0, close=False, reduce_only=True, sl=True, cid="SL1"):
+    return StopView(cid, side, None if close else qty, 90.0, reduce_only, close, sl)
+
+
+@pytest.mark.parametrize(
+    "pos,orders,status,covered",
+    [
+        (0.0, [stop()], CoverageStatus.FLAT, 0.0),
+        (1.0, [], CoverageStatus.MISSING, 0.0),
+        (1.0, [stop(qty=1.0)], CoverageStatus.COVERED, 1.0),
+        (1.0, [stop(qty=0.4)], CoverageStatus.UNDER_COVERED, 0.4),
+        (1.0, [stop(qty=0.4), stop(qty=0.6, cid="SL2")], CoverageStatus.COVERED, 1.0),
+        (5.0, [stop(close=True)], CoverageStatus.COVERED, 5.0),  # close-position covers any size
+        (1.0, [stop(side="buy")], CoverageStatus.MISSING, 0.0),  # wrong side adds to the position
+        (1.0, [stop(reduce_only=False)], CoverageStatus.MISSING, 0.0),  # could open exposure: not protection
+        (1.0, [stop(sl=False)], CoverageStatus.MISSING, 0.0),  # a take-profit is not a stop
+        (-2.0, [stop(side="buy", qty=2.0)], CoverageStatus.COVERED, 2.0),
+    ],
+)
+def test_coverage(pos, orders, status, covered):
+    c = evaluate_coverage(pos, orders)
+    assert c.status is status and c.covered_qty == pytest.approx(covered)
+
+
+def test_excess_stops_flagged():
+    c = evaluate_coverage(1.0, [stop(qty=1.0), stop(qty=1.0, cid="SL2")])
+    assert c.protected and c.excess
+
+
+def decide(cov, last=None, now=100.0, cooldown=10.0):
+    return should_refresh(
+        cov,
+        now=now,
+        last_refresh_at=last,
+        min_delta_ratio=0.1,
+        max_refresh_interval_sec=60,
+        cooldown_sec=cooldown,
+    )
+
+
+def test_refresh_gating():
+    missing = evaluate_coverage(1.0, [])
+    assert decide(missing).refresh and decide(missing).reason == "missing_stop"
+    assert decide(missing, last=95.0).reason == "cooldown"  # RECONCILE_REPAIR_COOLDOWN_SEC
+    big_gap = evaluate_coverage(1.0, [stop(qty=0.5)])
+    assert decide(big_gap, last=50.0).refresh
+    small_gap = evaluate_coverage(1.0, [stop(qty=0.95)])
+    assert not decide(small_gap, last=80.0).refresh  # anti-churn: 5% < 10%
+    assert decide(small_gap, last=30.0).refresh  # but converge after max_refresh_interval
+    assert not decide(evaluate_coverage(1.0, [stop()])).refresh
+
+
+def test_gap_tracker_ttl():
+    g = GapTracker(ttl_sec=10)
+    u = g.observe("BTC", True, 0.0, "missing_stop")
+    assert u.newly_opened and not u.newly_breached
+    assert not g.observe("BTC", True, 10.0).newly_breached
+    u = g.observe("BTC", True, 10.5)
+    assert u.newly_breached and g.breached() == ["BTC"]
+    assert not g.observe("BTC", True, 20.0).newly_breached  # reported once
+    u = g.observe("BTC", False, 21.0)
+    assert u.closed and u.age_sec == 21.0 and g.breached() == [] and g.closed_ages == [21.0]
+    assert not g.observe("ETH", False, 21.0).closed
+
+
+def test_asserted_gap_starts_the_clock_early():
+    g = GapTracker(ttl_sec=5)
+    g.assert_gap("BTC", 0.0, "stage1_failed")
+    u = g.observe("BTC", True, 6.0)
+    assert u.newly_breached and u.reason == "stage1_failed"
