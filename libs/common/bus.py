@@ -235,6 +235,8 @@ class ConsumerLoop:
         self._tasks: set[asyncio.Task] = set()
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.consumer"))
         self.in_flight = 0
+        self.handled = 0  # messages finished (acked, nak'ed or dead-lettered)
+        self._handled_cond = asyncio.Condition()
         self.running = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -288,7 +290,7 @@ class ConsumerLoop:
         try:
             model = decode(self.prefix, m.subject, m.data)
         except DecodeError as e:
-            self._spawn(self._dead_letter(m, f"decode: {e}"), release=True)
+            self._spawn(self._dead_letter_and_mark(m, f"decode: {e}"), release=True)
             return
         key = self.key_fn(model) if self.key_fn else m.subject
         queue = self._queues.get(key)
@@ -321,6 +323,7 @@ class ConsumerLoop:
                 finally:
                     queue.popleft()
                     self._release()
+                    await self._mark_handled()
         finally:
             del self._queues[key]
 
@@ -357,6 +360,16 @@ class ConsumerLoop:
         with contextlib.suppress(Exception):
             await m.ack()
 
+    async def _mark_handled(self) -> None:
+        self.handled += 1
+        async with self._handled_cond:
+            self._handled_cond.notify_all()
+
+    async def wait_handled(self, count: int, within_sec: float = 15.0) -> None:
+        """Wait until ``count`` messages have been handled in total (tests, benchmarks)."""
+        async with self._handled_cond:
+            await asyncio.wait_for(self._handled_cond.wait_for(lambda: self.handled >= count), within_sec)
+
     async def _heartbeat(self, m: Msg) -> None:
         """Long handlers (retries with backoff) must not be redelivered while still running."""
         interval = max(self.spec.ack_wait_sec / 3, 0.5)
@@ -364,6 +377,10 @@ class ConsumerLoop:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
                 await m.in_progress()
+
+    async def _dead_letter_and_mark(self, m: Msg, reason: str) -> None:
+        await self._dead_letter(m, reason)
+        await self._mark_handled()
 
     async def _dead_letter(self, m: Msg, reason: str) -> None:
         meta = None

@@ -61,6 +61,11 @@ class GuardView:
             return None
         return self._knobs
 
+    @property
+    def loaded(self) -> bool:
+        """The bucket has answered at least once (with knobs, a deletion or 'no key')."""
+        return self._confirmed_at > float("-inf")
+
     def status(self) -> dict:
         k = self.current()
         return {

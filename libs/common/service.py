@@ -56,6 +56,9 @@ class Service:
 
     # ------------------------------------------------------------------ to override
 
+    async def prepare(self) -> None:
+        """One-off start-up work once the bus is up (journal recovery...); the service is ready after it."""
+
     async def run_tasks(self) -> list[Awaitable[None]]:
         """Coroutines to run once the bus is ready (consumers, watchers, loops)."""
         return []
@@ -153,6 +156,7 @@ class Service:
             return
         self.publisher = Publisher(self.js, self.nats_settings, self.name)
         self.journal = Journal(self.publisher, self.name)
+        await self.prepare()
         self._bus_ready.set()
         log_event(self.log, "service.bus_ready", service=self.name)
 

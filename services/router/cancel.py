@@ -100,6 +100,23 @@ async def cancel_order(
             continue
         if order.state is OrderState.CANCELED:
             report = CancelReport("canceled", order, "venue")
+        elif order.state is OrderState.UNKNOWN:
+            # a bare ack without a status (Binance algo cancels): the fetch tells what happened
+            res = await lookup_order(
+                venue,
+                sink,
+                budget,
+                symbol=symbol,
+                client_order_id=client_order_id,
+                trigger=trigger,
+                correlation_id=correlation_id,
+            )
+            if res.known and res.order is not None and res.order.state is OrderState.CANCELED:
+                report = CancelReport("canceled", res.order, "venue_ack+fetch")
+            elif res.known:
+                report = CancelReport(_outcome_from_fetch(res.order), res.order, "venue_ack+fetch")
+            else:
+                report = CancelReport("canceled", order, "venue_ack:unverified")
         else:
             report = CancelReport(_outcome_from_fetch(order), order, f"venue_status:{order.venue_status}")
         break

@@ -91,6 +91,9 @@ class RouterService(Service):
 
     # ------------------------------------------------------------------ wiring
 
+    async def prepare(self) -> None:
+        await self._recover_unknown_from_journal()
+
     async def run_tasks(self) -> list[Awaitable[None]]:
         assert self.js and self.publisher and self.nc
         self.guard = GuardView(
@@ -117,12 +120,18 @@ class RouterService(Service):
             key_fn=_symbol_of,
             max_in_flight=self.settings.max_in_flight,
         )
-        await self._recover_unknown_from_journal()
-        return [
-            self.guard.run(self.stop_event),
-            self.consumer.run(self.stop_event),
-            self._resolver(),
-        ]
+        return [self.guard.run(self.stop_event), self._consume_when_guard_loaded(), self._resolver()]
+
+    async def _consume_when_guard_loaded(self) -> None:
+        """Entries arriving before the knobs load would be refused as 'guard_unavailable'; wait a little.
+
+        If the knobs cannot be read within the staleness window we consume anyway:
+        exits and stop repairs must flow, and entries stay blocked until the view is live.
+        """
+        assert self.guard and self.consumer
+        with contextlib.suppress(TimeoutError):
+            await self.guard.wait_until(lambda k: self.guard.loaded, self.guard_settings.stale_after_sec)
+        await self.consumer.run(self.stop_event)
 
     def budget(self) -> Budget:
         return Budget(self.retry_policy, rng=self.rng)

@@ -81,7 +81,9 @@ async def test_unknown_order_while_still_open_is_a_conflict_not_success(bus, sim
     assert r.outcome == "canceled"
     (retry,) = retries(bus.tap, intent, "cancel")
     assert retry.code == -2011 and retry.policy == "idempotent_safe"
-    assert not [o for o in sim.state()["orders"] if o["clientOrderId"] == intent.client_order_id]
+    assert [o["status"] for o in sim.state()["orders"] if o["clientOrderId"] == intent.client_order_id] == [
+        "CANCELED"
+    ]
 
 
 async def test_fill_on_cancel_race_reports_filled(bus, sim, router_factory):

@@ -183,25 +183,45 @@ async def test_insufficient_margin_is_fatal_without_retry(bus, sim, router_facto
 
 
 async def test_duplicate_client_id_4116_is_resolved_by_lookup(bus, sim, router_factory):
-    """A resting order and a second delivery of its intent to a fresh router: -4116, lookup, no second order."""
-    first = await router_factory()
+    """The venue already holds an open order with this client id (placed by an earlier deployment whose
+    journal is gone): the natural -4116 leads to a lookup, never to a second order."""
+    from libs.common.exchange import make_exchange
+
     intent = make_intent(order_type="limit", price=1000.0)  # far below the market: rests
-    await bus.publish(intent, "first")
-    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
-    await first.stop()
-    await router_factory()  # empty registry: it cannot know it handled this before
-    await bus.publish(intent, "second")  # a different msg id defeats bus dedup on purpose
-    await bus.tap.wait_for(lambda: len(path_of(bus.tap, intent)) >= 6)
-    p = path_of(bus.tap, intent)
-    assert p[-3:] == ["SUBMITTING", "UNKNOWN", "ACKED"]
+    ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")
+    try:
+        await ex.create_order(BTC, "limit", "buy", 0.01, 1000.0, {"clientOrderId": intent.client_order_id})
+    finally:
+        await ex.close()
+    await router_factory()
+    await bus.publish(intent)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED, S.FAILED, S.REJECTED))
+    assert t.to_state is S.ACKED and t.reason == "found_by_client_id"
+    assert path_of(bus.tap, intent) == ["CREATED", "SUBMITTING", "UNKNOWN", "ACKED"]
     unknown = [
         x
         for x in bus.tap.of(OrderTransition, client_order_id=intent.client_order_id)
         if x.to_state is S.UNKNOWN
     ]
-    assert unknown[-1].code == -4116
-    open_orders = [o for o in sim.state()["orders"] if o["clientOrderId"] == intent.client_order_id]
-    assert len(open_orders) == 1
+    assert (unknown[0].code, unknown[0].reason) == (-4116, "duplicate_client_order_id")
+    assert len([o for o in sim.state()["orders"] if o["clientOrderId"] == intent.client_order_id]) == 1
+
+
+async def test_restarted_router_recognises_open_orders_from_the_journal(bus, sim, router_factory):
+    """A second delivery of an intent after a restart: the journal says it is live, nothing is sent."""
+    first = await router_factory()
+    intent = make_intent(order_type="limit", price=1000.0)
+    await bus.publish(intent, "first")
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    await first.stop()
+    second = await router_factory()
+    assert second.orders[intent.client_order_id].state is S.ACKED  # rebuilt from the journal
+    sim.clear_requests()
+    await bus.publish(intent, "second")  # a different msg id defeats bus dedup on purpose
+    await second.consumer.wait_handled(1)
+    assert second.counts.get("duplicate_delivery") == 1
+    assert creates(sim, intent.client_order_id) == []
+    assert len([o for o in sim.state()["orders"] if o["clientOrderId"] == intent.client_order_id]) == 1
 
 
 async def test_injected_4116_without_an_order_is_retried_after_lookup(bus, sim, router_factory):

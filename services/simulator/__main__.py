@@ -1,0 +1,53 @@
+"""python -m services.simulator: the Binance USD-M wire-format exchange simulator."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import uvicorn
+
+from libs.common.config import ConfigError
+from services.simulator.app import create_app
+from services.simulator.config import SimulatorSettings
+
+
+def main() -> int:
+    try:
+        from pydantic import ValidationError
+
+        try:
+            settings = SimulatorSettings()
+        except ValidationError as e:
+            raise ConfigError(
+                "invalid configuration: "
+                + "; ".join(f"SIM_{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
+            ) from None
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "ts": round(time.time(), 3),
+                "level": "info",
+                "service": "simulator",
+                "event": "simulator.start",
+                "url": f"http://{settings.host}:{settings.port}",
+                "symbols": len(settings.symbol_list()),
+                "tick_ms": settings.tick_ms,
+            }
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
+    # uvicorn handles SIGINT/SIGTERM with a graceful shutdown
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

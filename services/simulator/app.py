@@ -1,0 +1,496 @@
+"""FastAPI app: Binance USD-M REST under /fapi, fault injection and test controls under /_sim.
+
+Every /fapi request goes through one dispatcher: log it, apply "before"
+faults, check the signature, run the handler against the engine, apply
+"after" faults. The control API is unauthenticated on purpose: it is a test
+and operator tool and the simulator binds to loopback by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.simulator import wire
+from services.simulator.auth import check_signed_request
+from services.simulator.config import SimulatorSettings
+from services.simulator.engine import AlgoOrder, Engine, SimError
+from services.simulator.faults import CANCEL_KINDS, POST_KINDS, PRE_KINDS, FaultBook, FaultRule
+
+Params = dict[str, str]
+Handler = Callable[[Engine, Params], Any]
+
+PUBLIC = {
+    "/fapi/v1/ping",
+    "/fapi/v1/time",
+    "/fapi/v1/exchangeInfo",
+    "/fapi/v1/premiumIndex",
+    "/fapi/v1/ticker/price",
+    "/fapi/v2/ticker/price",
+}
+
+HTTP_ERROR_BODIES = {
+    429: '{"code":-1003,"msg":"Too many requests; current limit of IP(127.0.0.1) is 2400 requests per minute."}',
+    418: '{"code":-1003,"msg":"Way too many requests; IP(127.0.0.1) banned until 4102444800000."}',
+}
+
+
+def _f(p: Params, key: str) -> float | None:
+    v = p.get(key)
+    if v is None or v == "":
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise SimError(
+            400,
+            -1102,
+            f"Illegal characters found in parameter '{key}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'.",
+        ) from None
+
+
+def _i(p: Params, key: str) -> int | None:
+    v = _f(p, key)
+    return int(v) if v is not None else None
+
+
+def _b(p: Params, key: str) -> bool:
+    return str(p.get(key, "false")).lower() == "true"
+
+
+def _need(p: Params, key: str) -> str:
+    v = p.get(key)
+    if not v:
+        raise SimError(400, -1102, f"Mandatory parameter '{key}' was not sent, was empty/null, or malformed.")
+    return v
+
+
+# ----------------------------------------------------------------------------- Binance handlers
+
+
+def h_ping(e: Engine, p: Params) -> Any:
+    return {}
+
+
+def h_time(e: Engine, p: Params) -> Any:
+    return {"serverTime": e.now_ms()}
+
+
+def h_exchange_info(e: Engine, p: Params) -> Any:
+    return wire.exchange_info(e)
+
+
+def h_premium_index(e: Engine, p: Params) -> Any:
+    if p.get("symbol"):
+        e.market(p["symbol"])
+        return wire.premium_index(e, p["symbol"])
+    return [wire.premium_index(e, s) for s in e.markets]
+
+
+def h_ticker_price(e: Engine, p: Params) -> Any:
+    if p.get("symbol"):
+        e.market(p["symbol"])
+        return wire.ticker_price(e, p["symbol"])
+    return [wire.ticker_price(e, s) for s in e.markets]
+
+
+def h_new_order(e: Engine, p: Params) -> Any:
+    typ = _need(p, "type").upper()
+    if typ not in ("MARKET", "LIMIT"):
+        raise SimError(
+            400,
+            -4120,
+            "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.",
+        )
+    o = e.place_order(
+        symbol=_need(p, "symbol"),
+        side=_need(p, "side"),
+        type=typ,
+        qty=_f(p, "quantity"),
+        price=_f(p, "price"),
+        client_id=p.get("newClientOrderId"),
+        reduce_only=_b(p, "reduceOnly"),
+        time_in_force=p.get("timeInForce", "GTC"),
+    )
+    return wire.order(o)
+
+
+def h_get_order(e: Engine, p: Params) -> Any:
+    return wire.order(e.get_order(_need(p, "symbol"), _i(p, "orderId"), p.get("origClientOrderId")))
+
+
+def h_cancel_order(e: Engine, p: Params) -> Any:
+    return wire.order(e.cancel_order(_need(p, "symbol"), _i(p, "orderId"), p.get("origClientOrderId")))
+
+
+def h_open_orders(e: Engine, p: Params) -> Any:
+    if p.get("symbol"):
+        e.market(p["symbol"])
+    return [wire.order(o) for o in e.open_orders(p.get("symbol") or None)]
+
+
+def h_all_orders(e: Engine, p: Params) -> Any:
+    sym = _need(p, "symbol")
+    e.market(sym)
+    return [wire.order(o) for o in e.orders.values() if o.symbol == sym]
+
+
+def h_new_algo(e: Engine, p: Params) -> Any:
+    if p.get("algoType", "CONDITIONAL") != "CONDITIONAL":
+        raise SimError(400, -1116, "Invalid algoType.")
+    a = e.place_algo(
+        symbol=_need(p, "symbol"),
+        side=_need(p, "side"),
+        order_type=_need(p, "type"),
+        qty=_f(p, "quantity"),
+        price=_f(p, "price"),
+        trigger_price=_f(p, "triggerPrice"),
+        client_id=p.get("clientAlgoId"),
+        reduce_only=_b(p, "reduceOnly"),
+        close_position=_b(p, "closePosition"),
+        time_in_force=p.get("timeInForce", "GTC"),
+        working_type=p.get("workingType", "CONTRACT_PRICE"),
+    )
+    return wire.algo(a)
+
+
+def h_get_algo(e: Engine, p: Params) -> Any:
+    return wire.algo(e.get_algo(p.get("symbol") or None, _i(p, "algoId"), p.get("clientAlgoId")))
+
+
+def h_cancel_algo(e: Engine, p: Params) -> Any:
+    return wire.algo_cancel(e.cancel_algo(p.get("symbol") or None, _i(p, "algoId"), p.get("clientAlgoId")))
+
+
+def h_open_algos(e: Engine, p: Params) -> Any:
+    if p.get("symbol"):
+        e.market(p["symbol"])
+    return [wire.algo(a) for a in e.open_algos(p.get("symbol") or None)]
+
+
+def h_all_algos(e: Engine, p: Params) -> Any:
+    sym = p.get("symbol")
+    return [wire.algo(a) for a in e.algos.values() if sym is None or a.symbol == sym]
+
+
+def h_leverage(e: Engine, p: Params) -> Any:
+    sym = _need(p, "symbol")
+    lev = e.set_leverage(sym, _i(p, "leverage") or 0)
+    return {"leverage": lev, "maxNotionalValue": "50000000", "symbol": sym}
+
+
+def h_position_risk(e: Engine, p: Params) -> Any:
+    if p.get("symbol"):
+        e.market(p["symbol"])
+        return [wire.position_risk(e, p["symbol"])]
+    # Binance v3 lists only symbols with a position or open orders
+    return [wire.position_risk(e, s) for s, pos in e.positions.items() if pos.qty]
+
+
+def h_account(e: Engine, p: Params) -> Any:
+    return wire.account(e)
+
+
+def h_balance(e: Engine, p: Params) -> Any:
+    return wire.balances(e)
+
+
+def h_leverage_bracket(e: Engine, p: Params) -> Any:
+    return wire.leverage_brackets(e)
+
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("GET", "/fapi/v1/ping"): h_ping,
+    ("GET", "/fapi/v1/time"): h_time,
+    ("GET", "/fapi/v1/exchangeInfo"): h_exchange_info,
+    ("GET", "/fapi/v1/premiumIndex"): h_premium_index,
+    ("GET", "/fapi/v1/ticker/price"): h_ticker_price,
+    ("GET", "/fapi/v2/ticker/price"): h_ticker_price,
+    ("POST", "/fapi/v1/order"): h_new_order,
+    ("GET", "/fapi/v1/order"): h_get_order,
+    ("DELETE", "/fapi/v1/order"): h_cancel_order,
+    ("GET", "/fapi/v1/openOrders"): h_open_orders,
+    ("GET", "/fapi/v1/allOrders"): h_all_orders,
+    ("POST", "/fapi/v1/algoOrder"): h_new_algo,
+    ("GET", "/fapi/v1/algoOrder"): h_get_algo,
+    ("DELETE", "/fapi/v1/algoOrder"): h_cancel_algo,
+    ("GET", "/fapi/v1/openAlgoOrders"): h_open_algos,
+    ("GET", "/fapi/v1/allAlgoOrders"): h_all_algos,
+    ("POST", "/fapi/v1/leverage"): h_leverage,
+    ("GET", "/fapi/v2/positionRisk"): h_position_risk,
+    ("GET", "/fapi/v3/positionRisk"): h_position_risk,
+    ("GET", "/fapi/v2/account"): h_account,
+    ("GET", "/fapi/v3/account"): h_account,
+    ("GET", "/fapi/v2/balance"): h_balance,
+    ("GET", "/fapi/v3/balance"): h_balance,
+    ("GET", "/fapi/v1/leverageBracket"): h_leverage_bracket,
+}
+
+CANCEL_ROUTES = {("DELETE", "/fapi/v1/order"), ("DELETE", "/fapi/v1/algoOrder")}
+
+
+# ----------------------------------------------------------------------------- control API bodies
+
+
+class PriceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    symbol: str
+    price: float = Field(gt=0, allow_inf_nan=False)
+
+
+class OrderRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    symbol: str
+    clientOrderId: str = Field(min_length=1)
+
+
+class PositionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    symbol: str
+    amount: float = Field(allow_inf_nan=False, description="signed: long > 0, short < 0")
+    entryPrice: float | None = Field(None, gt=0)
+
+
+class Simulator:
+    """The running simulator: engine + faults + request log."""
+
+    def __init__(self, settings: SimulatorSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or Engine(
+            settings.symbol_list(),
+            start_balance=settings.start_balance,
+            default_leverage=settings.default_leverage,
+            max_leverage=settings.max_leverage,
+            seed=settings.seed,
+        )
+        self.faults = FaultBook()
+        self.requests: deque[dict] = deque(maxlen=settings.request_log_size)
+
+    async def dispatch(self, request: Request) -> Response:
+        method, path = request.method, request.url.path
+        query = request.url.query
+        body = (await request.body()).decode() if method in ("POST", "PUT") else ""
+        payload = body if method in ("POST", "PUT") else query
+        params: Params = {k: v for k, v in parse_qsl(payload, keep_blank_values=True) if k != "signature"}
+        if method in ("POST", "PUT") and query:
+            params.update({k: v for k, v in parse_qsl(query) if k != "signature"})
+        entry = {
+            "ts": time.time(),
+            "method": method,
+            "path": path,
+            "params": params,
+            "status": None,
+            "code": None,
+        }
+        self.requests.append(entry)
+
+        def done(resp: Response, code: int | None = None) -> Response:
+            entry["status"], entry["code"] = resp.status_code, code
+            return resp
+
+        def error(e: SimError) -> Response:
+            return done(JSONResponse({"code": e.code, "msg": e.msg}, status_code=e.http_status), e.code)
+
+        symbol = params.get("symbol")
+        for rule in self.faults.take(PRE_KINDS, method, path, symbol):
+            if rule.kind == "latency":
+                await asyncio.sleep(rule.delay_ms / 1000)
+            elif rule.kind == "http_error":
+                text = HTTP_ERROR_BODIES.get(rule.status, "Service Unavailable.")
+                media = "application/json" if text.startswith("{") else "text/plain"
+                return done(Response(text, status_code=rule.status, media_type=media))
+            elif rule.kind == "binance_error":
+                return error(SimError(400, rule.code, rule.msg or "Injected error."))
+
+        handler = ROUTES.get((method, path))
+        if handler is None:
+            return error(SimError(404, -5000, f"Path {path}, Method {method} is invalid"))
+        if path not in PUBLIC:
+            try:
+                check_signed_request(
+                    api_key_header=request.headers.get("X-MBX-APIKEY"),
+                    payload=payload,
+                    timestamp_ms=int(params["timestamp"]) if params.get("timestamp", "").isdigit() else None,
+                    recv_window_ms=int(params["recvWindow"])
+                    if params.get("recvWindow", "").isdigit()
+                    else None,
+                    now_ms=self.engine.now_ms(),
+                    api_key=self.settings.api_key,
+                    api_secret=self.settings.api_secret,
+                    default_recv_window_ms=self.settings.recv_window_ms,
+                )
+            except SimError as e:
+                return error(e)
+
+        try:
+            if (method, path) in CANCEL_ROUTES:
+                result = self._cancel_with_races(method, path, params, handler)
+            else:
+                result = handler(self.engine, params)
+        except SimError as e:
+            return error(e)
+
+        for rule in self.faults.take(POST_KINDS, method, path, symbol):
+            if rule.kind == "timeout_after_accept":
+                await asyncio.sleep(rule.delay_ms / 1000)
+            elif rule.kind == "unknown_after_accept":
+                return error(
+                    SimError(
+                        503,
+                        -1007,
+                        "Timeout waiting for response from backend server. "
+                        "Send status unknown; execution status unknown.",
+                    )
+                )
+        return done(JSONResponse(result))
+
+    def _cancel_with_races(self, method: str, path: str, params: Params, handler: Handler) -> Any:
+        races = self.faults.take(CANCEL_KINDS, method, path, params.get("symbol"))
+        if not races:
+            return handler(self.engine, params)
+        e = self.engine
+        target = self._cancel_target(path, params)
+        if races[0].kind == "fill_on_cancel":
+            e.fill_then_report(target)
+            raise SimError(400, -2011, "Unknown order sent.")
+        # fill_after_cancel_ack: answer as if cancelled, while the venue records the fill
+        with e.lock:
+            if isinstance(target, AlgoOrder):
+                answer = wire.algo_cancel(target)
+            else:
+                answer = {**wire.order(target), "status": "CANCELED"}
+            e.fill_then_report(target)
+        return answer
+
+    def _cancel_target(self, path: str, params: Params) -> Any:
+        e = self.engine
+        if path.endswith("algoOrder"):
+            a = e.get_algo(params.get("symbol") or None, _i(params, "algoId"), params.get("clientAlgoId"))
+            if not a.open:
+                raise SimError(400, -2011, "Unknown order sent.")
+            return a
+        o = e.get_order(_need(params, "symbol"), _i(params, "orderId"), params.get("origClientOrderId"))
+        if not o.open:
+            raise SimError(400, -2011, "Unknown order sent.")
+        return o
+
+    def state(self) -> dict:
+        e = self.engine
+        with e.lock:
+            return {
+                "prices": dict(e.prices),
+                "orders": [wire.order(o) for o in e.orders.values()],
+                "algo_orders": [wire.algo(a) for a in e.algos.values()],
+                "positions": [wire.position_risk(e, s) for s, p in e.positions.items() if p.qty],
+                "account": wire.account(e),
+                "leverage": dict(e.leverage),
+            }
+
+
+def create_app(settings: SimulatorSettings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or SimulatorSettings()
+    sim = Simulator(settings, engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if settings.tick_ms > 0:
+
+            async def walk() -> None:
+                while True:
+                    await asyncio.sleep(settings.tick_ms / 1000)
+                    sim.engine.random_walk()
+
+            task = asyncio.ensure_future(walk())
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = FastAPI(title="erl exchange simulator (Binance USD-M wire format)", lifespan=lifespan)
+    app.state.sim = sim
+
+    def control(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except SimError as e:
+            raise HTTPException(400 if e.http_status < 500 else e.http_status, f"{e.code} {e.msg}") from None
+
+    @app.post("/_sim/faults")
+    async def add_fault(rule: FaultRule) -> dict:
+        return {"id": sim.faults.add(rule).id}
+
+    @app.get("/_sim/faults")
+    async def list_faults() -> list[dict]:
+        return [r.view() for r in sim.faults.rules]
+
+    @app.delete("/_sim/faults")
+    async def clear_faults() -> dict:
+        sim.faults.clear()
+        return {"cleared": True}
+
+    @app.delete("/_sim/faults/{rule_id}")
+    async def delete_fault(rule_id: int) -> dict:
+        if not sim.faults.remove(rule_id):
+            raise HTTPException(404, f"no fault rule {rule_id}")
+        return {"deleted": rule_id}
+
+    @app.post("/_sim/price")
+    async def set_price(body: PriceBody) -> dict:
+        touched = control(lambda: sim.engine.set_price(body.symbol, body.price))
+        return {"symbol": body.symbol, "price": sim.engine.prices[body.symbol], "touched": touched}
+
+    @app.post("/_sim/reset")
+    async def reset() -> dict:
+        sim.engine.reset()
+        sim.faults.clear()
+        sim.requests.clear()
+        return {"reset": True}
+
+    @app.get("/_sim/state")
+    async def state() -> dict:
+        return sim.state()
+
+    @app.post("/_sim/orders/cancel")
+    async def operator_cancel(body: OrderRef) -> dict:
+        kind = control(lambda: sim.engine.operator_cancel(body.symbol, body.clientOrderId))
+        return {"canceled": body.clientOrderId, "kind": kind}
+
+    @app.post("/_sim/orders/fill")
+    async def operator_fill(body: OrderRef) -> dict:
+        o = control(lambda: sim.engine.operator_fill(body.symbol, body.clientOrderId))
+        return wire.order(o) if o is not None else {"filled": body.clientOrderId}
+
+    @app.post("/_sim/positions")
+    async def set_position(body: PositionBody) -> dict:
+        control(lambda: sim.engine.set_position(body.symbol, body.amount, body.entryPrice))
+        return wire.position_risk(sim.engine, body.symbol)
+
+    @app.get("/_sim/requests")
+    async def requests_log() -> list[dict]:
+        return list(sim.requests)
+
+    @app.delete("/_sim/requests")
+    async def clear_requests() -> dict:
+        sim.requests.clear()
+        return {"cleared": True}
+
+    @app.api_route("/fapi/{rest:path}", methods=["GET", "POST", "DELETE", "PUT"])
+    async def binance(request: Request) -> Response:
+        return await sim.dispatch(request)
+
+    @app.get("/")
+    async def root() -> PlainTextResponse:
+        return PlainTextResponse(
+            "erl exchange simulator: Binance USD-M REST under /fapi, controls under /_sim\n"
+        )
+
+    return app

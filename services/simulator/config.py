@@ -1,0 +1,49 @@
+"""Simulator settings (env prefix SIM_)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PRICES = {"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0, "SOLUSDT": 150.0}
+
+
+class SimulatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIM_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Bind address")
+    port: int = Field(8090, ge=0, le=65535, description="HTTP port")
+    api_key: str = Field("sim-key", description="Accepted X-MBX-APIKEY")
+    api_secret: str = Field("sim-secret", description="HMAC secret for signatures")
+    symbols: str = Field(
+        "BTCUSDT,ETHUSDT,SOLUSDT",
+        description="Comma list of USDT perpetuals, or an integer N for N synthetic ones on top",
+    )
+    start_balance: float = Field(10_000.0, gt=0, description="USDT wallet balance")
+    tick_ms: int = Field(
+        500, ge=0, description="Random-walk step period; 0 = price moves only via /_sim/price"
+    )
+    seed: int | None = Field(None, description="Random-walk seed")
+    default_leverage: int = Field(20, ge=1, le=125)
+    max_leverage: int = Field(125, ge=1, le=125)
+    recv_window_ms: int = Field(60_000, ge=1)
+    request_log_size: int = Field(10_000, ge=10, description="Requests kept for /_sim/requests")
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("SIM_SYMBOLS must not be empty")
+        if not v.isdigit():
+            for s in v.split(","):
+                s = s.strip()
+                if not (s.endswith("USDT") and s[:-4].isalnum() and len(s) > 4):
+                    raise ValueError(f"SIM_SYMBOLS entry {s!r} is not a USDT perpetual like BTCUSDT")
+        return v
+
+    def symbol_list(self) -> list[str]:
+        if self.symbols.isdigit():
+            n = int(self.symbols)
+            return [*DEFAULT_PRICES, *(f"S{i:03d}USDT" for i in range(1, n + 1))]
+        return [s.strip() for s in self.symbols.split(",")]

@@ -1,0 +1,604 @@
+"""In-memory USD-M futures matching engine. Pure: no I/O, no asyncio.
+
+One-way mode (positionSide BOTH), USDT margin, market/limit orders and
+conditional ("algo") orders, with the venue rules our reliability layer must
+cope with: reduce-only rejection (-2022), client-id uniqueness among *open*
+orders only (-4116), unknown-order cancels (-2011), lookups of unknown orders
+(-2013), stops that would trigger immediately (-2021), insufficient margin
+(-2019). A lock makes it safe to drive from the HTTP loop and a test thread.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services.simulator.config import DEFAULT_PRICES
+
+
+class SimError(Exception):
+    """A venue refusal: HTTP status + Binance error code + message."""
+
+    def __init__(self, http_status: int, code: int, msg: str) -> None:
+        super().__init__(f"{code} {msg}")
+        self.http_status, self.code, self.msg = http_status, code, msg
+
+
+def _bad(code: int, msg: str) -> SimError:
+    return SimError(400, code, msg)
+
+
+@dataclass(frozen=True)
+class Market:
+    symbol: str
+    base: str
+    quote: str = "USDT"
+    tick: float = 0.1
+    step: float = 0.001
+    min_qty: float = 0.001
+    min_notional: float = 5.0
+    price_precision: int = 1
+    qty_precision: int = 3
+
+
+@dataclass
+class Order:
+    order_id: int
+    client_id: str
+    symbol: str
+    side: str  # BUY / SELL
+    type: str  # MARKET / LIMIT
+    qty: float
+    price: float
+    reduce_only: bool
+    time_in_force: str
+    time: int
+    update_time: int
+    status: str = "NEW"
+    executed: float = 0.0
+    avg_price: float = 0.0
+    cum_quote: float = 0.0
+    close_position: bool = False
+    orig_type: str = ""
+    stop_price: float = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.status in ("NEW", "PARTIALLY_FILLED")
+
+
+@dataclass
+class AlgoOrder:
+    algo_id: int
+    client_id: str
+    symbol: str
+    side: str
+    order_type: str  # STOP_MARKET / TAKE_PROFIT_MARKET / STOP / TAKE_PROFIT
+    qty: float
+    price: float
+    trigger_price: float
+    reduce_only: bool
+    close_position: bool
+    time_in_force: str
+    create_time: int
+    update_time: int
+    working_type: str = "CONTRACT_PRICE"
+    status: str = "NEW"
+    trigger_time: int = 0
+    actual_order_id: int | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.status == "NEW"
+
+    @property
+    def is_stop(self) -> bool:
+        return self.order_type in ("STOP_MARKET", "STOP")
+
+
+@dataclass
+class Position:
+    qty: float = 0.0  # signed
+    entry_price: float = 0.0
+    update_time: int = 0
+
+
+def _round(x: float, step: float) -> float:
+    return round(round(x / step) * step, 10)
+
+
+@dataclass
+class Engine:
+    symbols: list[str]
+    start_balance: float = 10_000.0
+    default_leverage: int = 20
+    max_leverage: int = 125
+    seed: int | None = None
+    clock: Callable[[], float] = time.time
+    markets: dict[str, Market] = field(default_factory=dict)
+    prices: dict[str, float] = field(default_factory=dict)
+    orders: dict[int, Order] = field(default_factory=dict)
+    algos: dict[int, AlgoOrder] = field(default_factory=dict)
+    positions: dict[str, Position] = field(default_factory=dict)
+    leverage: dict[str, int] = field(default_factory=dict)
+    wallet: float = 0.0
+    realized_pnl: float = 0.0
+    fills: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        self.rng = random.Random(self.seed)
+        self._next_id = 1_000_000
+        self.reset()
+
+    # ------------------------------------------------------------------ setup
+
+    def reset(self) -> None:
+        with self.lock:
+            self.markets.clear()
+            self.prices.clear()
+            for i, sym in enumerate(self.symbols):
+                base = sym[:-4]
+                px = DEFAULT_PRICES.get(sym, 10.0 + i)
+                tick, step, pp, qp = (
+                    (0.1, 0.001, 1, 3)
+                    if px >= 1000
+                    else (0.01, 0.01, 2, 2)
+                    if px >= 50
+                    else (0.001, 0.1, 3, 1)
+                )
+                self.markets[sym] = Market(
+                    sym, base, tick=tick, step=step, min_qty=step, price_precision=pp, qty_precision=qp
+                )
+                self.prices[sym] = px
+            self.orders.clear()
+            self.algos.clear()
+            self.positions.clear()
+            self.leverage.clear()
+            self.fills.clear()
+            self.wallet = self.start_balance
+            self.realized_pnl = 0.0
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def market(self, symbol: str | None) -> Market:
+        if not symbol:
+            raise _bad(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        m = self.markets.get(symbol)
+        if m is None:
+            raise _bad(-1121, "Invalid symbol.")
+        return m
+
+    # ------------------------------------------------------------------ account
+
+    def position(self, symbol: str) -> Position:
+        return self.positions.setdefault(symbol, Position())
+
+    def lev(self, symbol: str) -> int:
+        return self.leverage.get(symbol, self.default_leverage)
+
+    def unrealized(self, symbol: str) -> float:
+        p = self.positions.get(symbol)
+        if p is None or p.qty == 0:
+            return 0.0
+        return p.qty * (self.prices[symbol] - p.entry_price)
+
+    def used_margin(self) -> float:
+        used = sum(abs(p.qty) * p.entry_price / self.lev(s) for s, p in self.positions.items() if p.qty)
+        for o in self.orders.values():
+            if o.open and not o.reduce_only:
+                used += (o.qty - o.executed) * (o.price or self.prices[o.symbol]) / self.lev(o.symbol)
+        return used
+
+    def equity(self) -> float:
+        return self.wallet + sum(self.unrealized(s) for s in self.positions)
+
+    def available(self) -> float:
+        return self.equity() - self.used_margin()
+
+    def set_leverage(self, symbol: str, leverage: int) -> int:
+        with self.lock:
+            self.market(symbol)
+            if not 1 <= leverage <= self.max_leverage:
+                raise _bad(-4028, f"Leverage {leverage} is not valid")
+            self.leverage[symbol] = leverage
+            return leverage
+
+    # ------------------------------------------------------------------ validation helpers
+
+    def _open_client_ids(self) -> set[str]:
+        ids = {o.client_id for o in self.orders.values() if o.open}
+        ids |= {a.client_id for a in self.algos.values() if a.open}
+        return ids
+
+    def _check_client_id(self, client_id: str) -> None:
+        if client_id in self._open_client_ids():
+            raise _bad(-4116, "ClientOrderId is duplicated.")
+
+    def _reduce_qty(self, symbol: str, side: str, qty: float | None) -> float:
+        """How much a reduce-only order may execute; -2022 if it would not reduce."""
+        pos = self.position(symbol).qty
+        if (side == "SELL" and pos <= 0) or (side == "BUY" and pos >= 0):
+            raise _bad(-2022, "ReduceOnly Order is rejected.")
+        return abs(pos) if qty is None else min(qty, abs(pos))
+
+    def _check_margin(self, symbol: str, side: str, qty: float, price: float) -> None:
+        pos = self.position(symbol).qty
+        signed = qty if side == "BUY" else -qty
+        increase = abs(pos + signed) - abs(pos)
+        if increase <= 0:
+            return
+        need = increase * price / self.lev(symbol)
+        if need > self.available() + 1e-9:
+            raise _bad(-2019, "Margin is insufficient.")
+
+    # ------------------------------------------------------------------ fills
+
+    def _fill(self, o: Order, qty: float, price: float) -> None:
+        if qty <= 0:
+            return
+        p = self.position(o.symbol)
+        signed = qty if o.side == "BUY" else -qty
+        if p.qty == 0 or (p.qty > 0) == (signed > 0):
+            total = abs(p.qty) + qty
+            p.entry_price = (abs(p.qty) * p.entry_price + qty * price) / total
+            p.qty = round(p.qty + signed, 10)
+        else:
+            closing = min(abs(signed), abs(p.qty))
+            pnl = closing * (price - p.entry_price) * (1 if p.qty > 0 else -1)
+            self.wallet += pnl
+            self.realized_pnl += pnl
+            rest = abs(signed) - closing
+            p.qty = round(p.qty + signed, 10)
+            if abs(p.qty) < 1e-12:
+                p.qty, p.entry_price = 0.0, 0.0
+            elif rest > 0:  # flipped through zero
+                p.entry_price = price
+        p.update_time = self.now_ms()
+        o.cum_quote += qty * price
+        o.executed = round(o.executed + qty, 10)
+        o.avg_price = o.cum_quote / o.executed
+        o.status = "FILLED" if o.executed >= o.qty - 1e-12 else "PARTIALLY_FILLED"
+        o.update_time = self.now_ms()
+        self.fills.append({"order_id": o.order_id, "client_id": o.client_id, "qty": qty, "price": price})
+
+    def _execute(self, o: Order) -> None:
+        """Match a new or resting order against the mark price."""
+        px = self.prices[o.symbol]
+        if o.type == "MARKET":
+            qty = o.qty - o.executed
+            if o.reduce_only:
+                try:
+                    qty = self._reduce_qty(o.symbol, o.side, qty)
+                except SimError:
+                    o.status = "EXPIRED"  # position gone before a reduce-only could execute
+                    return
+                if qty < o.qty - o.executed:
+                    o.qty = o.executed + qty
+            self._fill(o, qty, px)
+        elif o.type == "LIMIT":
+            marketable = (o.side == "BUY" and px <= o.price) or (o.side == "SELL" and px >= o.price)
+            if marketable:
+                self._fill(o, o.qty - o.executed, o.price)
+
+    # ------------------------------------------------------------------ orders
+
+    def place_order(
+        self,
+        *,
+        symbol: str,
+        side: str,
+        type: str,
+        qty: float | None,
+        price: float | None,
+        client_id: str | None,
+        reduce_only: bool = False,
+        time_in_force: str = "GTC",
+    ) -> Order:
+        with self.lock:
+            m = self.market(symbol)
+            side, type = (side or "").upper(), (type or "").upper()
+            if side not in ("BUY", "SELL"):
+                raise _bad(-1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
+            if type not in ("MARKET", "LIMIT"):
+                raise _bad(-1116, "Invalid orderType.")
+            if qty is None:
+                raise _bad(
+                    -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
+                )
+            if qty <= 0:
+                raise _bad(-4003, "Quantity less than or equal to zero.")
+            qty = _round(qty, m.step)
+            if qty < m.min_qty:
+                raise _bad(-4003, "Quantity less than or equal to zero.")
+            if type == "LIMIT":
+                if price is None or price <= 0:
+                    raise _bad(
+                        -1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed."
+                    )
+                price = _round(price, m.tick)
+            client_id = client_id or f"sim{self._next_id + 1}"
+            self._check_client_id(client_id)
+            ref = price if type == "LIMIT" else self.prices[symbol]
+            if reduce_only:
+                qty = self._reduce_qty(symbol, side, qty)
+            else:
+                if qty * ref < m.min_notional:
+                    raise _bad(
+                        -4164,
+                        f"Order's notional must be no smaller than {m.min_notional:g} (unless you choose reduce only).",
+                    )
+                self._check_margin(symbol, side, qty, ref)
+            now = self.now_ms()
+            o = Order(
+                self._id(),
+                client_id,
+                symbol,
+                side,
+                type,
+                qty,
+                price or 0.0,
+                reduce_only,
+                time_in_force,
+                now,
+                now,
+                orig_type=type,
+            )
+            self.orders[o.order_id] = o
+            self._execute(o)
+            return o
+
+    def place_algo(
+        self,
+        *,
+        symbol: str,
+        side: str,
+        order_type: str,
+        qty: float | None,
+        price: float | None,
+        trigger_price: float | None,
+        client_id: str | None,
+        reduce_only: bool = False,
+        close_position: bool = False,
+        time_in_force: str = "GTC",
+        working_type: str = "CONTRACT_PRICE",
+    ) -> AlgoOrder:
+        with self.lock:
+            m = self.market(symbol)
+            side, order_type = (side or "").upper(), (order_type or "").upper()
+            if side not in ("BUY", "SELL"):
+                raise _bad(-1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
+            if order_type not in ("STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT"):
+                raise _bad(-1116, "Invalid orderType.")
+            if trigger_price is None or trigger_price <= 0:
+                raise _bad(
+                    -1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed."
+                )
+            if not close_position:
+                if qty is None or qty <= 0:
+                    raise _bad(
+                        -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
+                    )
+                qty = _round(qty, m.step)
+            if order_type in ("STOP", "TAKE_PROFIT") and (price is None or price <= 0):
+                raise _bad(-1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed.")
+            trigger_price = _round(trigger_price, m.tick)
+            client_id = client_id or f"simalgo{self._next_id + 1}"
+            self._check_client_id(client_id)
+            if reduce_only or close_position:
+                self._reduce_qty(symbol, side, qty)  # -2022 when there is nothing to reduce
+            if self._crossed(symbol, side, order_type, trigger_price):
+                raise _bad(-2021, "Order would immediately trigger.")
+            now = self.now_ms()
+            a = AlgoOrder(
+                self._id(),
+                client_id,
+                symbol,
+                side,
+                order_type,
+                qty or 0.0,
+                price or 0.0,
+                trigger_price,
+                reduce_only,
+                close_position,
+                time_in_force,
+                now,
+                now,
+                working_type,
+            )
+            self.algos[a.algo_id] = a
+            return a
+
+    def _crossed(self, symbol: str, side: str, order_type: str, trigger: float) -> bool:
+        px = self.prices[symbol]
+        stop = order_type in ("STOP_MARKET", "STOP")
+        # a sell stop triggers when price falls to it; a sell take-profit when it rises to it
+        if side == "SELL":
+            return px <= trigger if stop else px >= trigger
+        return px >= trigger if stop else px <= trigger
+
+    def _find_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order | None:
+        if order_id is not None:
+            o = self.orders.get(order_id)
+            return o if o is not None and o.symbol == symbol else None
+        if client_id:
+            # newest first: a client id may be reused once the earlier order closed
+            for o in sorted(self.orders.values(), key=lambda x: -x.order_id):
+                if o.client_id == client_id and o.symbol == symbol:
+                    return o
+        return None
+
+    def _find_algo(self, symbol: str | None, algo_id: int | None, client_id: str | None) -> AlgoOrder | None:
+        if algo_id is not None:
+            a = self.algos.get(algo_id)
+            return a if a is not None and (symbol is None or a.symbol == symbol) else None
+        if client_id:
+            for a in sorted(self.algos.values(), key=lambda x: -x.algo_id):
+                if a.client_id == client_id and (symbol is None or a.symbol == symbol):
+                    return a
+        return None
+
+    def get_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order:
+        with self.lock:
+            self.market(symbol)
+            o = self._find_order(symbol, order_id, client_id)
+            if o is None:
+                raise _bad(-2013, "Order does not exist.")
+            return o
+
+    def get_algo(self, symbol: str | None, algo_id: int | None, client_id: str | None) -> AlgoOrder:
+        with self.lock:
+            a = self._find_algo(symbol, algo_id, client_id)
+            if a is None:
+                raise _bad(-2013, "Order does not exist.")
+            return a
+
+    def cancel_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order:
+        with self.lock:
+            self.market(symbol)
+            o = self._find_order(symbol, order_id, client_id)
+            if o is None or not o.open:
+                raise _bad(-2011, "Unknown order sent.")
+            o.status = "CANCELED"
+            o.update_time = self.now_ms()
+            return o
+
+    def cancel_algo(self, symbol: str | None, algo_id: int | None, client_id: str | None) -> AlgoOrder:
+        with self.lock:
+            a = self._find_algo(symbol, algo_id, client_id)
+            if a is None or not a.open:
+                raise _bad(-2011, "Unknown order sent.")
+            a.status = "CANCELED"
+            a.update_time = self.now_ms()
+            return a
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        with self.lock:
+            return [o for o in self.orders.values() if o.open and (symbol is None or o.symbol == symbol)]
+
+    def open_algos(self, symbol: str | None = None) -> list[AlgoOrder]:
+        with self.lock:
+            return [a for a in self.algos.values() if a.open and (symbol is None or a.symbol == symbol)]
+
+    # ------------------------------------------------------------------ prices and triggers
+
+    def set_price(self, symbol: str, price: float) -> list[int]:
+        """Move the mark price, then match resting limits and trigger conditional orders."""
+        with self.lock:
+            m = self.market(symbol)
+            if not (price > 0 and math.isfinite(price)):
+                raise _bad(-1102, "price must be positive")
+            self.prices[symbol] = _round(price, m.tick)
+            return self._match(symbol)
+
+    def _match(self, symbol: str) -> list[int]:
+        touched: list[int] = []
+        for o in list(self.orders.values()):
+            if o.symbol == symbol and o.open and o.type == "LIMIT":
+                before = o.executed
+                self._execute(o)
+                if o.executed != before:
+                    touched.append(o.order_id)
+        for a in list(self.algos.values()):
+            if a.symbol == symbol and a.open and self._crossed(symbol, a.side, a.order_type, a.trigger_price):
+                touched.append(self._trigger(a))
+        return touched
+
+    def _trigger(self, a: AlgoOrder) -> int:
+        """A triggered conditional order becomes a regular order carrying the same client id."""
+        a.trigger_time = a.update_time = self.now_ms()
+        qty: float | None = None if a.close_position else a.qty
+        reduce = a.reduce_only or a.close_position
+        if reduce:
+            try:
+                qty = self._reduce_qty(a.symbol, a.side, qty)
+            except SimError:
+                a.status = "EXPIRED"  # nothing left to close
+                return a.algo_id
+        now = self.now_ms()
+        typ = "MARKET" if a.order_type.endswith("MARKET") else "LIMIT"
+        o = Order(
+            self._id(),
+            a.client_id,
+            a.symbol,
+            a.side,
+            typ,
+            qty or 0.0,
+            a.price,
+            reduce,
+            a.time_in_force,
+            now,
+            now,
+            close_position=a.close_position,
+            orig_type=a.order_type,
+            stop_price=a.trigger_price,
+        )
+        self.orders[o.order_id] = o
+        a.actual_order_id = o.order_id
+        self._execute(o)
+        a.status = "FINISHED" if not o.open else "TRIGGERED"
+        return a.algo_id
+
+    def random_walk(self, vol: float = 0.0005) -> None:
+        with self.lock:
+            for sym in self.markets:
+                px = self.prices[sym] * math.exp(self.rng.gauss(0.0, vol))
+                self.prices[sym] = _round(px, self.markets[sym].tick)
+                self._match(sym)
+
+    # ------------------------------------------------------------------ operator hooks (tests / chaos)
+
+    def operator_cancel(self, symbol: str, client_id: str) -> str:
+        """Cancel behind our back (venue housekeeping, another session, a human)."""
+        with self.lock:
+            o = self._find_order(symbol, None, client_id)
+            if o is not None and o.open:
+                o.status = "CANCELED"
+                return "order"
+            a = self._find_algo(symbol, None, client_id)
+            if a is not None and a.open:
+                a.status = "CANCELED"
+                return "algo"
+            raise _bad(-2011, "Unknown order sent.")
+
+    def operator_fill(self, symbol: str, client_id: str) -> Order:
+        """Fill a resting order at the mark price (or its limit), as if the market came to it."""
+        with self.lock:
+            o = self._find_order(symbol, None, client_id)
+            if o is not None and o.open:
+                self._fill(o, o.qty - o.executed, o.price or self.prices[symbol])
+                return o
+            a = self._find_algo(symbol, None, client_id)
+            if a is not None and a.open:
+                self._trigger(a)
+                return self.orders[a.actual_order_id] if a.actual_order_id else None  # type: ignore[return-value]
+            raise _bad(-2011, "Unknown order sent.")
+
+    def fill_then_report(self, o: Order | AlgoOrder) -> None:
+        """The race behind 'fill after cancel': the order executes before the cancel lands."""
+        with self.lock:
+            if isinstance(o, AlgoOrder):
+                if o.open:
+                    self._trigger(o)
+            elif o.open:
+                self._fill(o, o.qty - o.executed, o.price or self.prices[o.symbol])
+
+    def set_position(self, symbol: str, amount: float, entry_price: float | None = None) -> Position:
+        with self.lock:
+            self.market(symbol)
+            p = self.position(symbol)
+            p.qty = float(amount)
+            p.entry_price = (
+                float(entry_price if entry_price is not None else self.prices[symbol]) if amount else 0.0
+            )
+            p.update_time = self.now_ms()
+            return p

@@ -1,0 +1,133 @@
+"""Run the simulator in a background thread for tests and benchmarks, with a typed control client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+
+from services.simulator.app import create_app
+from services.simulator.config import SimulatorSettings
+from services.simulator.engine import Engine
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the test process owns its signals
+        yield
+
+
+class SimulatorThread:
+    """``with SimulatorThread() as sim: ...`` -> a live simulator on a free loopback port."""
+
+    def __init__(self, **settings: Any) -> None:
+        settings.setdefault("tick_ms", 0)
+        settings.setdefault("port", 0)
+        settings.setdefault("start_balance", 1_000_000.0)
+        self.settings = SimulatorSettings(**settings)
+        self.app = create_app(self.settings)
+        self.engine: Engine = self.app.state.sim.engine
+        self._server = _Server(
+            uvicorn.Config(
+                self.app,
+                host=self.settings.host,
+                port=self.settings.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+            )
+        )
+        self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
+        self.base_url = ""
+        self._http: httpx.Client | None = None
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve())
+
+    def start(self, within_sec: float = 10.0) -> SimulatorThread:
+        self._thread.start()
+        deadline = time.monotonic() + within_sec
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("simulator did not start")
+            time.sleep(0.005)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://{self.settings.host}:{port}"
+        self._http = httpx.Client(base_url=self.base_url, timeout=10.0)
+        self._http.get("/fapi/v1/ping").raise_for_status()
+        return self
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+        self._server.should_exit = True
+        self._thread.join(10)
+
+    def __enter__(self) -> SimulatorThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ control API
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        assert self._http is not None, "simulator not started"
+        r = self._http.request(method, path, **kw)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{method} {path} -> {r.status_code}: {r.text}")
+        return r.json()
+
+    def add_fault(self, **rule: Any) -> int:
+        return self._call("POST", "/_sim/faults", json=rule)["id"]
+
+    def faults(self) -> list[dict]:
+        return self._call("GET", "/_sim/faults")
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/_sim/faults")
+
+    def set_price(self, symbol: str, price: float) -> dict:
+        return self._call("POST", "/_sim/price", json={"symbol": symbol, "price": price})
+
+    def price(self, symbol: str) -> float:
+        return self.engine.prices[symbol]
+
+    def set_position(self, symbol: str, amount: float, entry_price: float | None = None) -> dict:
+        return self._call(
+            "POST", "/_sim/positions", json={"symbol": symbol, "amount": amount, "entryPrice": entry_price}
+        )
+
+    def position(self, symbol: str) -> float:
+        p = self.engine.positions.get(symbol)
+        return p.qty if p else 0.0
+
+    def leverage(self, symbol: str) -> int:
+        return self.engine.lev(symbol)
+
+    def cancel_behind_back(self, symbol: str, client_order_id: str) -> dict:
+        return self._call(
+            "POST", "/_sim/orders/cancel", json={"symbol": symbol, "clientOrderId": client_order_id}
+        )
+
+    def fill(self, symbol: str, client_order_id: str) -> dict:
+        return self._call(
+            "POST", "/_sim/orders/fill", json={"symbol": symbol, "clientOrderId": client_order_id}
+        )
+
+    def state(self) -> dict:
+        return self._call("GET", "/_sim/state")
+
+    def requests_log(self) -> list[dict]:
+        return self._call("GET", "/_sim/requests")
+
+    def clear_requests(self) -> None:
+        self._call("DELETE", "/_sim/requests")
+
+    def reset(self) -> None:
+        self._call("POST", "/_sim/reset")
