@@ -23,7 +23,7 @@ from bench.common import dist, machine
 from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings
 from libs.common.ids import Bucket, make_client_order_id, make_intent_id
-from libs.common.messages import OrderTransition, Signal, decode
+from libs.common.messages import OrderIntent, OrderTransition, Signal, decode
 from libs.common.state_machine import OrderState
 from tools.stack import ENTRY, ROUTER, SIMULATOR, LocalStack
 
@@ -61,8 +61,50 @@ async def drive(nats_url: str, n: int, warmup: int) -> dict:
             e2e.append(total)
             venue.append(venue_ms)
             overhead.append(total - venue_ms)
+    breakdown = await hop_breakdown(nc, settings)
     await nc.close()
-    return {"end_to_end_ms": dist(e2e), "venue_call_ms": dist(venue), "internal_overhead_ms": dist(overhead)}
+    return {
+        "end_to_end_ms": dist(e2e),
+        "venue_call_ms": dist(venue),
+        "internal_overhead_ms": dist(overhead),
+        "hops_ms (server store times)": breakdown,
+    }
+
+
+async def hop_breakdown(nc, settings: NatsSettings) -> dict:
+    """Where the time goes, from JetStream's own store timestamps of each message of a chain."""
+    stored: dict[tuple[str, str], float] = {}
+    sub = await nc.jetstream().subscribe(f"{settings.subject_prefix}.>", ordered_consumer=True)
+    info = await sub.consumer_info()
+    for _ in range(info.num_pending):
+        m = await sub.next_msg(timeout=5)
+        msg = decode(settings.subject_prefix, m.subject, m.data)
+        ts = m.metadata.timestamp.timestamp()
+        if isinstance(msg, Signal):
+            stored[("signal", msg.signal_id)] = ts
+        elif isinstance(msg, OrderIntent):
+            stored[("intent", msg.signal_id or "")] = ts
+            stored[("cid", msg.client_order_id)] = msg.signal_id or ""  # type: ignore[assignment]
+        elif isinstance(msg, OrderTransition) and msg.to_state in (OrderState.SUBMITTING, OrderState.FILLED):
+            stored[(msg.to_state.value, msg.client_order_id)] = ts
+    await sub.unsubscribe()
+    hops: dict[str, list[float]] = {
+        "signal->intent (entry)": [],
+        "intent->SUBMITTING (router)": [],
+        "SUBMITTING->FILLED (venue+router)": [],
+    }
+    for (kind, cid), sid in list(stored.items()):
+        if kind != "cid":
+            continue
+        try:
+            t_sig, t_int = stored[("signal", sid)], stored[("intent", sid)]
+            t_sub, t_fill = stored[("SUBMITTING", cid)], stored[("FILLED", cid)]
+        except KeyError:
+            continue
+        hops["signal->intent (entry)"].append((t_int - t_sig) * 1000)
+        hops["intent->SUBMITTING (router)"].append((t_sub - t_int) * 1000)
+        hops["SUBMITTING->FILLED (venue+router)"].append((t_fill - t_sub) * 1000)
+    return {k: dist(v) for k, v in hops.items()}
 
 
 def main() -> None:

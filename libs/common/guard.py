@@ -124,9 +124,15 @@ class GuardView:
                 kv = await self.nc.jetstream().key_value(self.bucket)
                 await self._get(kv)
                 watcher = await kv.watch(GUARD_KEY)
+                stopping = asyncio.ensure_future(stop.wait())
                 while not stop.is_set():
+                    update = asyncio.ensure_future(watcher.updates(timeout=self.poll_sec))
+                    await asyncio.wait({update, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if not update.done():
+                        update.cancel()
+                        break
                     try:
-                        entry = await watcher.updates(timeout=self.poll_sec)
+                        entry = update.result()
                     except nats.errors.TimeoutError:
                         await self._get(kv)  # liveness proof when nothing changes
                         continue

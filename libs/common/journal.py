@@ -1,10 +1,14 @@
-"""Journal writer: emit lifecycle events to the stream without ever blocking the money path.
+"""Journal writer: lifecycle events go to the stream in order, off the money path.
 
-An order already sent to the venue must keep being handled even if NATS is
-briefly unreachable, so ``emit`` never raises: events that cannot be stored
-wait in an ordered in-memory backlog that a flusher drains when the bus is
-back. Each event gets a unique ``Nats-Msg-Id`` when first emitted and keeps it
-across publish retries, so a retried publish is stored once.
+``emit`` only enqueues: the venue call that follows a SUBMITTING transition
+must not wait for a JetStream round trip. One sender task publishes the queue
+strictly in order, each event with a ``Nats-Msg-Id`` fixed when it was
+emitted, so a publish retried after a timeout is stored once. If NATS is
+unreachable the queue simply grows (bounded) and drains when it is back.
+
+Durability point: a consumer must ``await journal.flush()`` before it acks
+the message that caused the events, so an acked intent always has its
+lifecycle in the journal.
 """
 
 from __future__ import annotations
@@ -22,21 +26,30 @@ from libs.common.bus import BusUnavailable, Publisher
 from libs.common.logs import RateLimitedLog
 from libs.common.messages import BusMessage
 
-JOURNAL_BACKLOG = Gauge("erl_journal_backlog", "Events waiting for the bus", ["service"])
+JOURNAL_BACKLOG = Gauge("erl_journal_backlog", "Events waiting to be stored in the journal", ["service"])
+
+
+class JournalNotFlushed(RuntimeError):
+    """Events could not be stored in time; the triggering message must not be acked."""
 
 
 class EventSink(Protocol):
     async def emit(self, msg: BusMessage) -> None: ...
 
+    async def flush(self, within_sec: float = 10.0) -> None: ...
+
 
 class MemorySink:
-    """Collects events; used by unit tests of the pure-ish order logic."""
+    """Collects events; used by unit tests of the order logic."""
 
     def __init__(self) -> None:
         self.events: list[BusMessage] = []
 
     async def emit(self, msg: BusMessage) -> None:
         self.events.append(msg)
+
+    async def flush(self, within_sec: float = 10.0) -> None:
+        return None
 
     def of(self, kind: type[BusMessage]) -> list:
         return [e for e in self.events if isinstance(e, kind)]
@@ -45,48 +58,68 @@ class MemorySink:
 class Journal:
     def __init__(self, publisher: Publisher, service: str, max_backlog: int = 100_000) -> None:
         self.publisher, self.service = publisher, service
+        self.max_backlog = max_backlog
         self._boot = os.urandom(6).hex()
-        self._seq = 0
-        self._backlog: deque[tuple[BusMessage, str]] = deque(maxlen=max_backlog)
+        self._seq = 0  # last sequence handed out
+        self._stored = 0  # last sequence stored in the stream
+        self._queue: deque[tuple[int, BusMessage, str]] = deque()
         self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.journal"))
         self.dropped = 0
 
-    def _next_id(self) -> str:
-        self._seq += 1
-        return f"{self.service}.{self._boot}.{self._seq}"
-
     @property
     def backlog(self) -> int:
-        return len(self._backlog)
+        return len(self._queue)
 
     async def emit(self, msg: BusMessage) -> None:
-        msg_id = self._next_id()
-        if not self._backlog:
-            try:
-                await self.publisher.publish(msg, msg_id)
-                return
-            except BusUnavailable as e:
-                self._limited("journal.backlogging", error=str(e))
-        if len(self._backlog) == self._backlog.maxlen:
-            self.dropped += 1  # visible in /status; the alternative is unbounded memory
-        self._backlog.append((msg, msg_id))
-        JOURNAL_BACKLOG.labels(self.service).set(len(self._backlog))
+        if len(self._queue) >= self.max_backlog:
+            # bounded memory beats an OOM during a long outage; visible in /status and logs
+            self._queue.popleft()
+            self.dropped += 1
+            self._limited("journal.dropped_oldest", logging.ERROR, dropped=self.dropped)
+        self._seq += 1
+        self._queue.append((self._seq, msg, f"{self.service}.{self._boot}.{self._seq}"))
+        JOURNAL_BACKLOG.labels(self.service).set(len(self._queue))
         self._wake.set()
 
+    def wake(self) -> None:
+        """Let the sender notice a stop without waiting for its idle timeout."""
+        self._wake.set()
+
+    async def flush(self, within_sec: float = 10.0) -> None:
+        """Wait until everything emitted so far is stored."""
+        target = self._seq
+        if self._stored >= target:
+            return
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self._stored >= target), within_sec)
+        except TimeoutError:
+            raise JournalNotFlushed(f"{target - self._stored} event(s) not stored after {within_sec}s") from None
+
     async def run_flusher(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if not self._backlog:
+        """The one sender: publish the queue head, in order, until stopped (then drain what it can)."""
+        while True:
+            if not self._queue:
+                if stop.is_set():
+                    return
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 continue
-            msg, msg_id = self._backlog[0]
+            seq, msg, msg_id = self._queue[0]
             try:
                 await self.publisher.publish(msg, msg_id)
-            except BusUnavailable:
-                with contextlib.suppress(asyncio.TimeoutError):
+            except BusUnavailable as e:
+                self._limited("journal.backlogging", error=str(e), backlog=len(self._queue))
+                if stop.is_set():
+                    return
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
                 continue
-            self._backlog.popleft()
-            JOURNAL_BACKLOG.labels(self.service).set(len(self._backlog))
+            self._queue.popleft()
+            self._stored = seq
+            JOURNAL_BACKLOG.labels(self.service).set(len(self._queue))
+            async with self._progress:
+                self._progress.notify_all()

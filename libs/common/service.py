@@ -195,6 +195,8 @@ class Service:
 
     async def stop(self) -> None:
         self.stop_event.set()
+        if self.journal is not None:
+            self.journal.wake()
         if self._server is not None:
             self._server.should_exit = True
         _, pending = await asyncio.wait(self._tasks, timeout=10.0)
@@ -208,10 +210,10 @@ class Service:
 
     async def crash(self) -> None:
         """Tests only: die like a killed process (no drain, handlers abandoned mid-flight)."""
-        self.stop_event.set()
-        for t in self._tasks:
+        for t in self._tasks:  # cancel first: setting stop_event would start a graceful drain
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.stop_event.set()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()

@@ -119,6 +119,7 @@ class RouterService(Service):
             service=self.name,
             key_fn=_symbol_of,
             max_in_flight=self.settings.max_in_flight,
+            before_ack=self.journal.flush,
         )
         return [self.guard.run(self.stop_event), self._consume_when_guard_loaded(), self._resolver()]
 

@@ -85,7 +85,7 @@ async def test_stale_entry_is_refused(bus, sim, router_factory):
 
 
 async def test_malformed_messages_are_dead_lettered_and_service_keeps_going(bus, sim, router_factory):
-    await router_factory()
+    router = await router_factory()
     before = DEAD_LETTERS.labels("router", "decode")._value.get()
     prefix = bus.settings.subject_prefix
     await bus.publish_raw(f"{prefix}.intent.order.cbad1", b"{not json")
@@ -99,6 +99,7 @@ async def test_malformed_messages_are_dead_lettered_and_service_keeps_going(bus,
     good = make_intent()
     await bus.publish(good)
     await bus.tap.wait_for(lambda: settled(bus.tap, good, S.FILLED))
+    await router.consumer.wait_handled(4)
     # terminated, not redelivered: the consumer has nothing pending
     info = await bus.js.consumer_info(bus.settings.stream, "router")
     assert info.num_ack_pending == 0 and info.num_pending == 0
