@@ -96,7 +96,9 @@ class Journal:
             async with self._progress:
                 await asyncio.wait_for(self._progress.wait_for(lambda: self._stored >= target), within_sec)
         except TimeoutError:
-            raise JournalNotFlushed(f"{target - self._stored} event(s) not stored after {within_sec}s") from None
+            raise JournalNotFlushed(
+                f"{target - self._stored} event(s) not stored after {within_sec}s"
+            ) from None
 
     async def run_flusher(self, stop: asyncio.Event) -> None:
         """The one sender: publish the queue head, in order, until stopped (then drain what it can)."""
