@@ -19,6 +19,21 @@ import urllib.request
 from pathlib import Path
 
 
+def die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGTERM this child if the process that started it dies.
+
+    A test run killed by a timeout must not leave nats-servers (or services) behind.
+    Linux only; elsewhere a no-op.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,7 +94,9 @@ class NatsServer:
 
     def start(self, ready_timeout: float = 15.0) -> NatsServer:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=out, stderr=out, start_new_session=True, preexec_fn=die_with_parent
+        )
         self.wait_ready(ready_timeout)
         return self
 

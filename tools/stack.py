@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.natsd import NatsServer, free_port
+from tools.natsd import NatsServer, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,6 +88,7 @@ class Child:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def wait_ready(self, timeout: float = 30.0) -> bool:

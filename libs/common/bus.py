@@ -62,9 +62,12 @@ async def connect_nats(settings: NatsSettings, service: str, *, fail_fast: bool 
     async def error_cb(e: Exception) -> None:
         limited("nats.error", error=f"{type(e).__name__}: {e}")
 
+    holder: list[NatsClient] = []  # filled below: the callback must tell our own close from an outage
+
     async def disconnected_cb() -> None:
         NATS_CONNECTED.labels(service).set(0)
-        limited("nats.disconnected")
+        if not (holder and (holder[0].is_closed or holder[0].is_draining)):
+            limited("nats.disconnected")
 
     async def reconnected_cb() -> None:
         NATS_CONNECTED.labels(service).set(1)
@@ -85,6 +88,7 @@ async def connect_nats(settings: NatsSettings, service: str, *, fail_fast: bool 
         kwargs["user"] = settings.user
         kwargs["password"] = settings.password.get_secret_value() if settings.password else ""
     nc = await nats.connect(**kwargs)
+    holder.append(nc)
     NATS_CONNECTED.labels(service).set(1)
     return nc
 

@@ -33,10 +33,7 @@ class NatsSettings(_Base):
     duplicate_window_sec: float = Field(120.0, gt=0, description="Nats-Msg-Id dedup window")
     max_age_days: float = Field(30.0, gt=0, description="Journal retention")
     replicas: int = Field(1, ge=1, le=5, description="Stream replicas (3 on a cluster)")
-    sync_always: bool = Field(
-        False, description="Ask nats-server to fsync every write (set sync_interval: always on the server)"
-    )
-    connect_timeout_sec: float = Field(2.0, gt=0)
+    connect_timeout_sec: float = Field(2.0, gt=0, description="Per-attempt connect timeout")
     publish_timeout_sec: float = Field(2.0, gt=0, description="Per-attempt JetStream publish ack timeout")
     publish_attempts: int = Field(5, ge=1, description="Publish attempts (same Nats-Msg-Id) before failing")
 
@@ -71,20 +68,22 @@ class GuardSettings(_Base):
 class RouterSettings(_Base):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(8101, ge=0, le=65535)
+    http_host: str = Field("127.0.0.1", description="REST bind address")
+    http_port: int = Field(8101, ge=0, le=65535, description="REST port (/healthz /readyz /status /metrics)")
     retry_max_attempts: int = Field(5, ge=1, le=50, description="Attempts per operation, first included")
     retry_max_elapsed_sec: float = Field(20.0, gt=0, description="Hard cap on time spent retrying one op")
-    retry_base_delay_sec: float = Field(0.25, ge=0)
-    retry_max_delay_sec: float = Field(4.0, ge=0)
+    retry_base_delay_sec: float = Field(0.25, ge=0, description="First backoff; doubles per retry")
+    retry_max_delay_sec: float = Field(4.0, ge=0, description="Backoff ceiling")
     retry_jitter: float = Field(0.2, ge=0, le=1, description="Fraction of each delay randomised")
     max_leverage: int = Field(20, ge=1, le=125, description="Hard entry leverage cap (exits never capped)")
     intent_max_age_sec: float = Field(30.0, gt=0, description="Entries older than this are refused as stale")
-    cancel_replace_max_attempts: int = Field(3, ge=1, le=20)
+    cancel_replace_max_attempts: int = Field(
+        3, ge=1, le=20, description="Cancel/replace rounds before give-up"
+    )
     replace_strict_transitions: bool = Field(True, description="Raise on invalid replace transitions")
     max_in_flight: int = Field(256, ge=1, description="Intents processed concurrently (per-symbol ordered)")
-    ack_wait_sec: float = Field(30.0, gt=0)
-    max_deliver: int = Field(10, ge=1)
+    ack_wait_sec: float = Field(30.0, gt=0, description="Consumer ack wait (long handlers heartbeat)")
+    max_deliver: int = Field(10, ge=1, description="Deliveries before an intent is dead-lettered")
 
     @model_validator(mode="after")
     def _delays(self) -> RouterSettings:
@@ -96,10 +95,10 @@ class RouterSettings(_Base):
 class EntrySettings(_Base):
     model_config = SettingsConfigDict(env_prefix="ENTRY_", extra="ignore", frozen=True)
 
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(8104, ge=0, le=65535)
-    default_leverage: int = Field(5, ge=1, le=125)
-    max_deliver: int = Field(5, ge=1)
+    http_host: str = Field("127.0.0.1", description="REST bind address")
+    http_port: int = Field(8104, ge=0, le=65535, description="REST port")
+    default_leverage: int = Field(5, ge=1, le=125, description="Leverage for signals that name none")
+    max_deliver: int = Field(5, ge=1, description="Deliveries before a signal is dead-lettered")
 
 
 T = TypeVar("T", bound=BaseSettings)

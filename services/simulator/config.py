@@ -24,9 +24,9 @@ class SimulatorSettings(BaseSettings):
         500, ge=0, description="Random-walk step period; 0 = price moves only via /_sim/price"
     )
     seed: int | None = Field(None, description="Random-walk seed")
-    default_leverage: int = Field(20, ge=1, le=125)
-    max_leverage: int = Field(125, ge=1, le=125)
-    recv_window_ms: int = Field(60_000, ge=1)
+    default_leverage: int = Field(20, ge=1, le=125, description="Leverage before any POST /leverage")
+    max_leverage: int = Field(125, ge=1, le=125, description="Highest leverage accepted")
+    recv_window_ms: int = Field(60_000, ge=1, description="Default recvWindow for timestamp checks (-1021)")
     request_log_size: int = Field(10_000, ge=10, description="Requests kept for /_sim/requests")
 
     @field_validator("symbols")
