@@ -1,7 +1,7 @@
 """Every setting (env var, default, description) as a markdown table.
 
-    python -m tools.settings_doc            # print it
-    python -m tools.settings_doc --write    # refresh the table in README.md
+python -m tools.settings_doc            # print it
+python -m tools.settings_doc --write    # refresh the table in README.md
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from libs.common.config import (
 )
 from services.simulator.config import SimulatorSettings
 
-ALL_SETTINGS = (NatsSettings, ExchangeSettings, GuardSettings, RouterSettings, EntrySettings, SimulatorSettings)
+ALL_SETTINGS = (
+    NatsSettings,
+    ExchangeSettings,
+    GuardSettings,
+    RouterSettings,
+    EntrySettings,
+    SimulatorSettings,
+)
 
 
 def markdown() -> str:

@@ -7,7 +7,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_readme_lists_every_setting_with_its_default():
     text = README.read_text()
-    assert render_readme(text) == text, "README settings table is stale: run python -m tools.settings_doc --write"
+    assert render_readme(text) == text, (
+        "README settings table is stale: run python -m tools.settings_doc --write"
+    )
 
 
 def test_readme_opens_with_the_two_commands():
