@@ -18,7 +18,17 @@ import pytest
 import pytest_asyncio
 
 from libs.common.bus import Publisher, connect_nats, ensure_journal
-from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
+from libs.common.config import (
+    BootSettings,
+    EntrySettings,
+    ExchangeSettings,
+    GuardSettings,
+    KillSettings,
+    NatsSettings,
+    ReconcilerSettings,
+    RiskSettings,
+    RouterSettings,
+)
 from libs.common.messages import BusMessage, DecodeError, decode
 from tools.natsd import NatsServer
 
@@ -192,11 +202,89 @@ async def router_factory(nats_settings: NatsSettings, sim: Any) -> AsyncIterator
 
 
 @pytest_asyncio.fixture
-async def entry_service(nats_settings: NatsSettings) -> AsyncIterator[Any]:
+async def entry_factory(nats_settings: NatsSettings, sim: Any) -> AsyncIterator[Callable]:
     from services.entry.service import EntryService
 
-    svc = EntryService(nats_settings, EntrySettings(http_port=0))
-    await svc.start()
-    await svc.wait_ready()
-    yield svc
-    await svc.stop()
+    started: list[EntryService] = []
+
+    async def make(guard: GuardSettings | None = None, **overrides: Any) -> EntryService:
+        settings = EntrySettings(**{"http_port": 0, **overrides})
+        svc = EntryService(nats_settings, settings, guard, exchange_settings(sim))
+        await svc.start()
+        await svc.wait_ready()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        await svc.stop()
+
+
+@pytest_asyncio.fixture
+async def entry_service(entry_factory: Callable) -> Any:
+    return await entry_factory()
+
+
+def fast_reconciler_settings(**overrides: Any) -> ReconcilerSettings:
+    args: dict[str, Any] = dict(
+        http_port=0,
+        interval_sec=0.2,
+        repair_cooldown_sec=1.0,
+        protection_gap_ttl_sec=3.0,
+        settle_sec=0.3,
+        summary_heartbeat_sec=1.0,
+        equity_every_ticks=1,
+    )
+    args.update(overrides)
+    return ReconcilerSettings(**args)
+
+
+@pytest_asyncio.fixture
+async def reconciler_factory(nats_settings: NatsSettings, sim: Any) -> AsyncIterator[Callable]:
+    from services.reconciler.service import ReconcilerService
+
+    started: list[ReconcilerService] = []
+
+    async def make(boot: BootSettings | None = None, **overrides: Any) -> ReconcilerService:
+        svc = ReconcilerService(
+            nats_settings, exchange_settings(sim), fast_reconciler_settings(**overrides), boot
+        )
+        await svc.start()
+        await svc.wait_ready()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        await svc.stop()
+
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest_asyncio.fixture
+async def risk_factory(nats_settings: NatsSettings) -> AsyncIterator[Callable]:
+    from services.risk.service import RiskService
+
+    started: list[RiskService] = []
+
+    async def make(kill: KillSettings | None = None, **overrides: Any) -> RiskService:
+        settings = RiskSettings(
+            **{
+                "http_port": 0,
+                "admin_token": ADMIN_TOKEN,
+                "eval_interval_sec": 0.2,
+                "entry_cooldown_sec": 0.0,
+                "min_entry_conf": 0.0,
+                **overrides,
+            }
+        )
+        svc = RiskService(nats_settings, settings, kill or KillSettings(stale_data_sec=30))
+        await svc.start()
+        await svc.wait_ready()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        await svc.stop()

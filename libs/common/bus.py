@@ -167,6 +167,8 @@ class ConsumerSpec:
     ack_wait_sec: float = 30.0
     max_deliver: int = 5
     max_ack_pending: int = 256
+    # only messages published from creation on (views rebuilt from the venue at boot, see reset_consumer)
+    deliver_new: bool = False
 
 
 def deliver_subject(stream: str, durable: str) -> str:
@@ -185,7 +187,7 @@ async def ensure_consumer(js: JetStreamContext, stream: str, spec: ConsumerSpec)
         durable_name=spec.durable,
         name=spec.durable,
         ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.NEW if spec.deliver_new else DeliverPolicy.ALL,
         deliver_subject=deliver_subject(stream, spec.durable),
         ack_wait=spec.ack_wait_sec,
         max_deliver=spec.max_deliver,
@@ -198,6 +200,17 @@ async def ensure_consumer(js: JetStreamContext, stream: str, spec: ConsumerSpec)
     )
     await js.add_consumer(stream, config=cfg)
     return cfg
+
+
+async def reset_consumer(js: JetStreamContext, stream: str, spec: ConsumerSpec) -> None:
+    """Drop and recreate a durable so it delivers from now on.
+
+    For a consumer whose state is rebuilt from the venue at boot: replaying what
+    happened while it was down would count the same fills twice.
+    """
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_consumer(stream, spec.durable)
+    await ensure_consumer(js, stream, spec)
 
 
 @dataclass

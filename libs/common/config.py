@@ -99,9 +99,80 @@ class EntrySettings(_Base):
     http_port: int = Field(8104, ge=0, le=65535, description="REST port")
     default_leverage: int = Field(5, ge=1, le=125, description="Leverage for signals that name none")
     max_deliver: int = Field(5, ge=1, description="Deliveries before a signal is dead-lettered")
+    default_stop_pct: float = Field(0.02, gt=0, lt=1, description="Stage-1 stop distance when a signal names none")
+    price_cache_sec: float = Field(1.0, ge=0, description="Mark price reuse window for notional caps")
 
 
 T = TypeVar("T", bound=BaseSettings)
+
+
+class ReconcilerSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="RECONCILE_", extra="ignore", frozen=True)
+
+    http_host: str = Field("127.0.0.1", description="REST bind address")
+    http_port: int = Field(8102, ge=0, le=65535, description="REST port")
+    interval_sec: float = Field(1.0, gt=0, description="Time between reconcile ticks")
+    repair_cooldown_sec: float = Field(
+        10.0, ge=0, description="Minimum time between stop repairs of a symbol"
+    )
+    min_delta_ratio: float = Field(
+        0.1, gt=0, le=1, description="Anti-churn: refresh an undersized stop above this shortfall"
+    )
+    max_refresh_interval_sec: float = Field(
+        60.0, gt=0, description="Anti-churn: refresh small shortfalls after this long"
+    )
+    protection_gap_ttl_sec: float = Field(
+        15.0, gt=0, description="Unprotected longer than this = critical breach"
+    )
+    default_stop_pct: float = Field(
+        0.02, gt=0, lt=1, description="Repair stop distance from mark when no stop price is known"
+    )
+    settle_sec: float = Field(2.0, ge=0, description="Quiet time after order activity before drift counts")
+    summary_heartbeat_sec: float = Field(5.0, gt=0, description="reconcile.summary at least this often")
+    equity_every_ticks: int = Field(5, ge=1, description="Read the balance (equity) every N ticks")
+    recovery_hours: float = Field(24.0, gt=0, description="Journal window read at boot")
+
+
+class BootSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="BOOT_", extra="ignore", frozen=True)
+
+    rebuild_on_start: bool = Field(True, description="Rebuild positions and orders from the venue at start")
+    rebuild_freeze_on_orphans: bool = Field(
+        False, description="Halt entries when orphan orders are found at start"
+    )
+
+
+class RiskSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="RISK_", extra="ignore", frozen=True)
+
+    http_host: str = Field("127.0.0.1", description="REST bind address")
+    http_port: int = Field(8103, ge=0, le=65535, description="REST port")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /halt and /resume (unset: disabled)"
+    )
+    eval_interval_sec: float = Field(1.0, gt=0, description="Kill-switch evaluation period")
+    max_notional_usdt: float = Field(10_000.0, ge=0, description="Normal-mode notional cap per entry")
+    max_leverage: int = Field(10, ge=1, le=125, description="Normal-mode leverage cap")
+    min_entry_conf: float = Field(0.5, ge=0, le=1, description="Normal-mode confidence floor")
+    entry_cooldown_sec: float = Field(
+        5.0, ge=0, description="Normal-mode cooldown between entries per symbol"
+    )
+    max_open_orders: int = Field(10, ge=0, description="Normal-mode open entry order cap")
+    tighten_after: int = Field(2, ge=1, description="Evaluations above a threshold before tightening")
+    recover_after: int = Field(5, ge=1, description="Clean evaluations before relaxing one step")
+
+
+class KillSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="KILL_", extra="ignore", frozen=True)
+
+    api_error_max: int = Field(
+        20, ge=1, description="API errors (retries + rejections) in the window that trip"
+    )
+    api_error_window_sec: float = Field(60.0, gt=0, description="API error counting window")
+    stale_data_sec: float = Field(30.0, gt=0, description="No reconcile data for this long trips")
+    max_drawdown_pct: float = Field(10.0, gt=0, description="Equity drawdown from peak that trips (latches)")
+    reconcile_mismatch_streak_max: int = Field(6, ge=1, description="Mismatch streak that trips")
+    reconcile_mismatch_halt_sec: float = Field(300.0, ge=0, description="Minimum halt after a mismatch storm")
 
 
 def load(cls: type[T]) -> T:

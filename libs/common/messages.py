@@ -15,7 +15,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from libs.common.ids import Bucket
-from libs.common.state_machine import OrderState, ReplaceState
+from libs.common.state_machine import OrderState, PositionBelief, ReplaceState
 
 SCHEMA_VERSION = 1
 
@@ -170,6 +170,7 @@ class OrderTransition(BusMessage):
     client_order_id: str
     symbol: Symbol
     bucket: Bucket
+    side: Side | None = None
     from_state: OrderState
     to_state: OrderState
     reason: str = ""
@@ -248,7 +249,11 @@ class CancelReplaceGiveup(BusMessage):
 
 
 class GuardKnobs(BusMessage):
-    """The one guard-knob surface. Stored in KV (current value) and journaled (every change)."""
+    """The one guard-knob surface. Stored in KV (current value) and journaled (every change).
+
+    Only entries read these; exits and stop repairs never do. The trace fields say
+    why the knobs are what they are, for post-mortem replay.
+    """
 
     family: ClassVar[str] = "risk.guard"
     kind: Literal["guard.knobs"] = "guard.knobs"
@@ -261,6 +266,178 @@ class GuardKnobs(BusMessage):
     mode: Literal["normal", "cautious", "defensive", "halted"] = "normal"
     reason: str = ""
     revision: int = Field(0, ge=0)
+    # trace
+    controller_mode: str | None = None
+    belief_debt: float | None = None
+    debt_inputs: dict[str, float] = Field(default_factory=dict)
+    kill_reasons: list[str] = Field(default_factory=list)
+    manual_halt: bool = False
+    manual_reason: str = ""
+
+
+class HaltCommand(BusMessage):
+    """Ask risk to halt or resume entries (the REST API and the reconciler's boot freeze use it)."""
+
+    family: ClassVar[str] = "risk.command"
+    kind: Literal["risk.command"] = "risk.command"
+    action: Literal["halt", "resume"]
+    reason: str = Field(min_length=1, max_length=500)
+    source: Token
+
+    def subject_token(self) -> str:
+        return self.source
+
+
+class KillSwitchEvent(BusMessage):
+    family: ClassVar[str] = "risk.kill"
+    kind: Literal["risk.kill"] = "risk.kill"
+    tripped: bool
+    reasons: list[str]
+    newly_tripped: list[str] = Field(default_factory=list)
+    released: list[str] = Field(default_factory=list)
+    mismatch_streak: int = 0
+    api_errors_in_window: int = 0
+    data_age_sec: float | None = None
+    drawdown_pct: float = 0.0
+
+
+# ----------------------------------------------------------------------------- reconcile
+
+MismatchKind = Literal[
+    "position_drift",
+    "orphan_order",
+    "unknown_own_order",
+    "missing_order",
+    "missing_stop",
+    "undersized_stop",
+    "gap_ttl_breach",
+]
+
+
+class MismatchEvent(BusMessage):
+    family: ClassVar[str] = "reconcile.mismatch"
+    kind: Literal["reconcile.mismatch"] = "reconcile.mismatch"
+    symbol: Symbol
+    mismatch: MismatchKind
+    detail: str = ""
+    exchange_qty: float | None = None
+    believed_qty: float | None = None
+    client_order_id: str | None = None
+    streak: int = 0
+    critical: bool = False
+
+    def subject_token(self) -> str:
+        return self.mismatch
+
+
+class RepairAction(BusMessage):
+    family: ClassVar[str] = "reconcile.repair"
+    kind: Literal["reconcile.repair"] = "reconcile.repair"
+    symbol: Symbol
+    action: Literal["place_stop", "refresh_stop", "adopt_position", "forget_order", "adopt_order", "skip"]
+    reason: str = ""
+    correlation_id: Token | None = None
+    client_order_id: str | None = None
+
+    def subject_token(self) -> str:
+        return self.action
+
+
+class ProtectionGap(BusMessage):
+    family: ClassVar[str] = "reconcile.gap"
+    kind: Literal["reconcile.gap"] = "reconcile.gap"
+    symbol: Symbol
+    state: Literal["opened", "breached", "closed"]
+    age_sec: float = Field(ge=0)
+    ttl_sec: float
+    reason: str = ""
+    critical: bool = False
+
+    def subject_token(self) -> str:
+        return self.state
+
+
+class PositionBeliefTransition(BusMessage):
+    family: ClassVar[str] = "reconcile.belief"
+    kind: Literal["reconcile.belief"] = "reconcile.belief"
+    symbol: Symbol
+    from_state: PositionBelief
+    to_state: PositionBelief
+    reason: str = ""
+    exchange_qty: float = 0.0
+
+    def subject_token(self) -> str:
+        return self.to_state.value
+
+
+class ReconcileSummary(BusMessage):
+    """Once per tick with mismatches or repairs, and as a heartbeat otherwise (risk's data feed)."""
+
+    family: ClassVar[str] = "reconcile.summary"
+    kind: Literal["reconcile.summary"] = "reconcile.summary"
+    tick: int = Field(ge=0)
+    symbols: int = 0
+    mismatches: int = 0
+    mismatch_events: int = 0
+    repair_actions: int = 0
+    repair_skipped: int = 0
+    mismatch_streak: int = 0
+    open_gaps: int = 0
+    gap_breaches: int = 0
+    oldest_gap_sec: float = 0.0
+    orphans: int = 0
+    unknown_orders: int = 0
+    equity: float | None = None
+    duration_ms: float = 0.0
+    ok: bool = Field(True, description="False: the venue could not be read this tick")
+    error: str = ""
+
+
+class OrphanOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    symbol: Symbol
+    client_order_id: str
+    side: Side
+    qty: float | None = None
+    order_type: str = ""
+
+
+class RebuildSummary(BusMessage):
+    family: ClassVar[str] = "reconcile.rebuild"
+    kind: Literal["reconcile.rebuild"] = "reconcile.rebuild"
+    positions: dict[str, float] = Field(default_factory=dict)
+    open_orders: int = 0
+    orphans: list[OrphanOrder] = Field(default_factory=list)
+    froze: bool = False
+    ok: bool = True
+    error: str = ""
+
+
+class Stage1GapAssertion(BusMessage):
+    """The entry service could not get stage-1 protection on a fresh fill: start the gap clock now."""
+
+    family: ClassVar[str] = "entry.stage1_gap"
+    kind: Literal["entry.stage1_gap"] = "entry.stage1_gap"
+    correlation_id: Token
+    symbol: Symbol
+    reason: str
+    stop_client_order_id: str | None = None
+
+
+class SignalDecision(BusMessage):
+    """What the entry service did with a signal, and why."""
+
+    family: ClassVar[str] = "entry.decision"
+    kind: Literal["entry.decision"] = "entry.decision"
+    signal_id: Token
+    symbol: Symbol
+    accepted: bool
+    reason: str = ""
+    correlation_id: Token | None = None
+    guard_mode: str | None = None
+
+    def subject_token(self) -> str:
+        return self.signal_id
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -293,6 +470,16 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
     ReplaceTransition,
     CancelReplaceGiveup,
     GuardKnobs,
+    HaltCommand,
+    KillSwitchEvent,
+    MismatchEvent,
+    RepairAction,
+    ProtectionGap,
+    PositionBeliefTransition,
+    ReconcileSummary,
+    RebuildSummary,
+    Stage1GapAssertion,
+    SignalDecision,
     DeadLetter,
 )
 _BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}

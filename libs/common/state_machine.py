@@ -135,7 +135,13 @@ class PositionBelief(StrEnum):
 
 _POSITION_EDGES: dict[PositionBelief, frozenset[PositionBelief]] = {
     PositionBelief.FLAT: frozenset(
-        {PositionBelief.OPENING, PositionBelief.OPEN_UNPROTECTED, PositionBelief.DESYNC}
+        {
+            PositionBelief.OPENING,
+            PositionBelief.OPEN_UNPROTECTED,
+            # entry and stage-1 stop can both land between two reconcile ticks
+            PositionBelief.OPEN_PROTECTED,
+            PositionBelief.DESYNC,
+        }
     ),
     PositionBelief.OPENING: frozenset(
         {

@@ -51,3 +51,37 @@ UNKNOWN_ORDERS = Gauge("erl_orders_unknown", "Orders whose venue outcome is not 
 
 # --- entry
 SIGNALS = Counter("erl_signals_total", "Signals by decision", ["decision"])
+ENTRY_BLOCKS = Counter("erl_entry_blocks_total", "Signals refused by guard knobs", ["reason"])
+STAGE1_GAPS = Counter("erl_stage1_gap_assertions_total", "Fills whose stage-1 stop could not be placed")
+
+# --- reconcile
+RECONCILE_TICKS = Histogram("erl_reconcile_tick_seconds", "Reconcile tick duration", buckets=_LAT_BUCKETS)
+RECONCILE_READ_FAILURES = Counter(
+    "erl_reconcile_read_failures_total", "Ticks where the venue could not be read"
+)
+RECONCILE_MISMATCHES = Counter("erl_reconcile_mismatches_total", "Mismatches by kind", ["kind"])
+RECONCILE_REPAIRS = Counter("erl_reconcile_repairs_total", "Repair actions by kind", ["action"])
+RECONCILE_REPAIR_SKIPPED = Counter(
+    "erl_reconcile_repair_skipped_total", "Repairs held back (cooldown/anti-churn)"
+)
+MISMATCH_STREAK = Gauge("erl_reconcile_mismatch_streak", "Consecutive ticks with mismatches")
+PROTECTION_GAPS = Gauge("erl_protection_gaps_open", "Symbols currently without adequate stop coverage")
+PROTECTION_GAP_BREACHES = Gauge("erl_protection_gaps_breached", "Gaps older than the TTL")
+PROTECTION_GAP_AGE = Gauge("erl_protection_gap_oldest_seconds", "Age of the oldest open protection gap")
+UNPROTECTED_TIME = Histogram(
+    "erl_unprotected_seconds",
+    "How long closed protection gaps lasted",
+    buckets=(0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300),
+)
+ORPHAN_ORDERS = Gauge("erl_orphan_orders", "Open orders that could add exposure and nobody tracks")
+
+# --- risk
+KILL_SWITCH = Gauge("erl_kill_switch_tripped", "1 while the kill switch holds entries")
+KILL_TRIPS = Counter("erl_kill_switch_trips_total", "Kill-switch trips by trigger", ["reason"])
+MANUAL_HALT = Gauge("erl_manual_halt", "1 while an operator halt is in force")
+GUARD_ALLOW_ENTRIES = Gauge("erl_guard_allow_entries", "Published guard knob: entries allowed")
+GUARD_MAX_NOTIONAL = Gauge("erl_guard_max_notional_usdt", "Published guard knob")
+GUARD_MAX_LEVERAGE = Gauge("erl_guard_max_leverage", "Published guard knob")
+GUARD_MIN_CONF = Gauge("erl_guard_min_entry_conf", "Published guard knob")
+GUARD_MODE = Gauge("erl_guard_mode", "Published guard mode (1 for the active one)", ["mode"])
+BELIEF_DEBT = Gauge("erl_belief_debt", "Belief debt driving the controller")

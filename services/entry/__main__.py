@@ -2,14 +2,14 @@
 
 import asyncio
 
-from libs.common.config import EntrySettings, NatsSettings, load
+from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings, load
 from libs.common.logs import setup_logging
 from services.entry.service import EntryService
 
 
 def main() -> None:
     setup_logging("entry")
-    svc = EntryService(load(NatsSettings), load(EntrySettings))
+    svc = EntryService(load(NatsSettings), load(EntrySettings), load(GuardSettings), load(ExchangeSettings))
     asyncio.run(svc.serve_forever())
 
 

@@ -1,55 +1,234 @@
-"""Entry service (minimal): consumes signals, emits entry intents to the router.
+"""Entry service: signals in, guarded entry intents out, stage-1 protection after fills.
 
-Issue-3 work (guard knobs, stage-1 protection) hangs off ``on_signal``.
+Guard knobs are read-only here (KV watch); when they cannot be read, no new
+entries. Every decision is journaled (``entry.decision``). When an entry
+fills, a close-position stop (and optional take-profit) is sent at once; if
+the stop cannot be placed, a ``Stage1GapAssertion`` starts the reconciler's
+gap clock immediately.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable
+from dataclasses import dataclass
 
-from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
-from libs.common.config import EntrySettings, NatsSettings
+import ccxt
+
+from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery
+from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings
+from libs.common.exchange import make_exchange
+from libs.common.guard import GuardView
+from libs.common.ids import Bucket
 from libs.common.logs import log_event
-from libs.common.messages import BusMessage, Signal
+from libs.common.messages import (
+    BusMessage,
+    OrderIntent,
+    OrderTransition,
+    Signal,
+    SignalDecision,
+    Stage1GapAssertion,
+)
+from libs.common.replay import order_subjects, replay_timelines
 from libs.common.service import Service
-from libs.common.telemetry import SIGNALS
+from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
+from libs.common.telemetry import ENTRY_BLOCKS, SIGNALS, STAGE1_GAPS
 from services.entry.intents import entry_intent_from_signal
+from services.entry.policy import entry_decision
+from services.entry.protection import stage1_intents
+
+REMEMBER = 10_000
+STOP_FAILED = frozenset({OrderState.REJECTED, OrderState.FAILED, OrderState.BLOCKED})
+
+
+@dataclass
+class EntryContext:
+    intent: OrderIntent
+    signal: Signal | None
+    protected: bool = False
 
 
 class EntryService(Service):
     name = "entry"
 
-    def __init__(self, nats_settings: NatsSettings, settings: EntrySettings) -> None:
+    def __init__(
+        self,
+        nats_settings: NatsSettings,
+        settings: EntrySettings,
+        guard_settings: GuardSettings | None = None,
+        exchange_settings: ExchangeSettings | None = None,
+    ) -> None:
         self.settings = settings
-        self.consumer: ConsumerLoop | None = None
+        self.guard_settings = guard_settings or GuardSettings()
+        ex = exchange_settings or ExchangeSettings()
+        # public calls only (mark price for the notional cap)
+        self.ex = make_exchange(api_url=ex.api_url, api_key="", api_secret="", timeout_ms=ex.timeout_ms)
+        self.guard: GuardView | None = None
+        self.entries: OrderedDict[str, EntryContext] = OrderedDict()  # entry client id -> context
+        self.stops: dict[
+            str, tuple[str, str]
+        ] = {}  # stage-1 stop client id -> (entry correlation id, symbol)
+        self.open_entries: set[str] = set()
+        self.last_entry_at: dict[str, float] = {}
+        self._prices: dict[str, tuple[float, float]] = {}
         self.counts: dict[str, int] = {}
         super().__init__(nats_settings, settings.http_host, settings.http_port)
 
-    async def run_tasks(self) -> list[Awaitable[None]]:
-        assert self.js and self.publisher
+    async def prepare(self) -> None:
+        """Open entries survive a restart: count them from the journal."""
+        assert self.js
         prefix = self.nats_settings.subject_prefix
-        spec = ConsumerSpec(
-            durable="entry",
-            filter_subjects=[f"{prefix}.signal.>"],
-            max_deliver=self.settings.max_deliver,
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        try:
+            timelines, _ = await replay_timelines(
+                self.js,
+                self.nats_settings.stream,
+                prefix,
+                order_subjects(prefix),
+                since=since,
+                keep_entries=False,
+            )
+        except Exception as e:
+            log_event(self.log, "entry.recover_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
+            return
+        for t in timelines.values():
+            if (
+                t.intent is not None
+                and t.intent.bucket is Bucket.ENTRY
+                and t.state not in TERMINAL_ORDER_STATES
+            ):
+                self.open_entries.add(t.intent.client_order_id)
+                self._remember(EntryContext(t.intent, None))
+
+    async def run_tasks(self) -> list[Awaitable[None]]:
+        assert self.js and self.publisher and self.nc
+        prefix = self.nats_settings.subject_prefix
+        self.guard = GuardView(
+            self.nc,
+            self.nats_settings.kv_bucket,
+            require_knobs=self.guard_settings.require_knobs,
+            stale_after_sec=self.guard_settings.stale_after_sec,
         )
-        self.consumer = ConsumerLoop(
-            self.js, self.publisher, self.nats_settings.stream, spec, self.handle, service=self.name
+        signals = ConsumerLoop(
+            self.js,
+            self.publisher,
+            self.nats_settings.stream,
+            ConsumerSpec("entry", [f"{prefix}.signal.>"], max_deliver=self.settings.max_deliver),
+            self.handle,
+            service=self.name,
+            key_fn=lambda m: getattr(m, "symbol", "-"),
+            before_ack=self.journal.flush,
         )
-        return [self.consumer.run(self.stop_event)]
+        fills = ConsumerLoop(
+            self.js,
+            self.publisher,
+            self.nats_settings.stream,
+            # new on first creation (never protect fills from before this service existed), then resume
+            ConsumerSpec(
+                "entry-fills", [f"{prefix}.order.transition.>"], deliver_new=True, max_ack_pending=1024
+            ),
+            self.on_transition,
+            service=self.name,
+            before_ack=self.journal.flush,
+        )
+        self.consumer = signals
+        return [self.guard.run(self.stop_event), signals.run(self.stop_event), fills.run(self.stop_event)]
+
+    def _remember(self, ctx: EntryContext) -> None:
+        self.entries[ctx.intent.client_order_id] = ctx
+        while len(self.entries) > REMEMBER:
+            old_cid, _ = self.entries.popitem(last=False)
+            self.open_entries.discard(old_cid)
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ signals
 
     async def handle(self, msg: BusMessage, delivery: Delivery) -> None:
-        if not isinstance(msg, Signal):
-            return
-        await self.on_signal(msg)
+        if isinstance(msg, Signal):
+            await self.on_signal(msg)
+
+    async def reference_price(self, signal: Signal) -> float | None:
+        if signal.ref_price or signal.price:
+            return signal.ref_price or signal.price
+        cached = self._prices.get(signal.symbol)
+        now = time.monotonic()
+        if cached and now - cached[1] <= self.settings.price_cache_sec:
+            return cached[0]
+        try:
+            mark = await self.ex.fetch_mark_price(signal.symbol)
+            price = float(mark.get("markPrice") or 0) or None
+        except ccxt.BaseError as e:
+            log_event(
+                self.log, "entry.price_unavailable", logging.WARNING, symbol=signal.symbol, error=str(e)[:200]
+            )
+            return None
+        if price:
+            self._prices[signal.symbol] = (price, now)
+        return price
 
     async def on_signal(self, signal: Signal) -> None:
-        assert self.publisher
+        assert self.publisher and self.journal
+        knobs = self.guard.current() if self.guard else None
         intent = entry_intent_from_signal(signal, default_leverage=self.settings.default_leverage)
+        if intent.client_order_id in self.entries:
+            self._count(
+                "duplicate_signal"
+            )  # redelivered after we already sent it: the bus dedupes the intent too
+        decision = entry_decision(
+            signal,
+            knobs,
+            now=time.time(),
+            last_entry_at=self.last_entry_at.get(signal.symbol),
+            open_entries=len(self.open_entries),
+            ref_price=await self.reference_price(signal)
+            if knobs is not None and knobs.allow_entries
+            else None,
+        )
+        if not decision.accepted:
+            SIGNALS.labels("refused").inc()
+            ENTRY_BLOCKS.labels(decision.reason.split(":", 1)[0]).inc()
+            self._count("refused")
+            await self.journal.emit(
+                SignalDecision(
+                    signal_id=signal.signal_id,
+                    symbol=signal.symbol,
+                    accepted=False,
+                    reason=decision.reason,
+                    guard_mode=knobs.mode if knobs else None,
+                )
+            )
+            log_event(
+                self.log,
+                "entry.refused",
+                signal_id=signal.signal_id,
+                symbol=signal.symbol,
+                reason=decision.reason,
+            )
+            return
+        price = await self.reference_price(signal)
+        if price and intent.notional_usdt is None:
+            intent = intent.model_copy(update={"notional_usdt": signal.qty * price})
+        self._remember(EntryContext(intent, signal))
+        self.open_entries.add(intent.client_order_id)
+        self.last_entry_at[signal.symbol] = time.time()
         # msg id = intent id: a redelivered signal republishes the same intent and is deduped
         await self.publisher.publish(intent, intent.intent_id)
         SIGNALS.labels("sent").inc()
-        self.counts["sent"] = self.counts.get("sent", 0) + 1
+        self._count("sent")
+        await self.journal.emit(
+            SignalDecision(
+                signal_id=signal.signal_id,
+                symbol=signal.symbol,
+                accepted=True,
+                correlation_id=intent.correlation_id,
+                guard_mode=knobs.mode if knobs else None,
+            )
+        )
         log_event(
             self.log,
             "entry.intent_sent",
@@ -59,5 +238,92 @@ class EntryService(Service):
             symbol=intent.symbol,
         )
 
+    # ------------------------------------------------------------------ fills -> stage-1 protection
+
+    async def on_transition(self, msg: BusMessage, delivery: Delivery) -> None:
+        if not isinstance(msg, OrderTransition):
+            return
+        if msg.bucket is Bucket.ENTRY:
+            await self._on_entry_transition(msg)
+        elif msg.client_order_id in self.stops and msg.to_state in STOP_FAILED:
+            ctx = self.stops.pop(msg.client_order_id)
+            STAGE1_GAPS.inc()
+            self._count("stage1_gap")
+            await self.journal.emit(
+                Stage1GapAssertion(
+                    correlation_id=ctx.intent.correlation_id,
+                    symbol=ctx.intent.symbol,
+                    reason=f"stop {msg.to_state.value}: {msg.reason}",
+                    stop_client_order_id=msg.client_order_id,
+                )
+            )
+            log_event(
+                self.log,
+                "entry.stage1_gap",
+                logging.ERROR,
+                symbol=ctx.intent.symbol,
+                correlation_id=ctx.intent.correlation_id,
+                reason=msg.reason,
+            )
+        elif msg.client_order_id in self.stops and msg.to_state in (OrderState.ACKED, OrderState.MOOT):
+            self.stops.pop(msg.client_order_id, None)
+
+    async def _on_entry_transition(self, t: OrderTransition) -> None:
+        if t.to_state in TERMINAL_ORDER_STATES:
+            self.open_entries.discard(t.client_order_id)
+        if t.to_state not in (OrderState.FILLED, OrderState.PARTIALLY_FILLED) or not t.filled_qty:
+            return
+        ctx = self.entries.get(t.client_order_id)
+        if ctx is not None and ctx.protected:
+            return
+        side = t.side or (ctx.intent.side if ctx else None)
+        if side is None:
+            return
+        intents = stage1_intents(
+            entry_intent_id=t.intent_id,
+            entry_correlation_id=t.correlation_id,
+            symbol=t.symbol,
+            entry_side=side,
+            fill_price=t.avg_price or 0.0,
+            stop_loss_price=ctx.signal.stop_loss_price if ctx and ctx.signal else None,
+            take_profit_price=ctx.signal.take_profit_price if ctx and ctx.signal else None,
+            default_stop_pct=self.settings.default_stop_pct,
+        )
+        if not intents[0].stop_price or intents[0].stop_price <= 0:
+            return
+        if ctx is not None:
+            ctx.protected = True
+        for i in intents:
+            if i.bucket is Bucket.SL:
+                self.stops[i.client_order_id] = (t.correlation_id, t.symbol)
+            try:
+                await self.publisher.publish(i, i.intent_id)
+            except BusUnavailable as e:
+                # could not even ask for the stop: start the gap clock now
+                await self.journal.emit(
+                    Stage1GapAssertion(
+                        correlation_id=t.correlation_id,
+                        symbol=t.symbol,
+                        reason=f"stop intent not sent: {e}",
+                        stop_client_order_id=i.client_order_id,
+                    )
+                )
+        self._count("stage1_sent")
+
+    # ------------------------------------------------------------------ REST
+
+    def readiness(self) -> tuple[bool, str]:
+        ok, why = super().readiness()
+        if ok and self.guard is not None and self.guard.current() is None:
+            return True, "ready; entries blocked: guard knobs unavailable"
+        return ok, why
+
     def status(self) -> dict:
-        return {"counts": dict(self.counts)}
+        return {
+            "counts": dict(sorted(self.counts.items())),
+            "open_entries": len(self.open_entries),
+            "guard": self.guard.status() if self.guard else None,
+        }
+
+    async def on_stop(self) -> None:
+        await self.ex.close()

@@ -48,6 +48,7 @@ class Lifecycle:
             client_order_id=i.client_order_id,
             symbol=i.symbol,
             bucket=i.bucket,
+            side=i.side,
             from_state=src,
             to_state=to,
             reason=reason,

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
+from libs.common.messages import OrderTransition
 from libs.common.state_machine import OrderState
 from tests.integration.helpers import settled
 
@@ -63,9 +64,14 @@ async def test_signal_cli_then_replay_cli(bus, sim, router_factory, entry_servic
     rc, out, _ = await run(["tools.replay", "intent", coid, "--json"], bus.settings)  # by client order id
     doc = json.loads(out)
     assert doc["correlation_id"] == cid and doc["state"] == "FILLED"
+    await bus.tap.wait_for(
+        lambda: [t for t in bus.tap.of(OrderTransition, bucket=Bucket.SL) if t.to_state is OrderState.ACKED]
+    )
     rc, out, _ = await run(["tools.replay", "summary", "--json"], bus.settings)
     summary = json.loads(out)
-    assert summary["intents"] == 1 and summary["by_state"] == {"FILLED": 1}
+    # the entry and its stage-1 stop
+    assert summary["intents"] == 2 and summary["by_bucket"] == {"ENTRY": 1, "SL": 1}
+    assert summary["by_state"]["FILLED"] == 1
 
 
 async def test_cli_bad_input_and_unreachable_bus(bus):

@@ -85,4 +85,6 @@ def test_position_belief_machine():
     ):
         s = transition(s, nxt)
     with pytest.raises(TransitionError):
-        transition(PositionBelief.FLAT, PositionBelief.OPEN_PROTECTED)
+        transition(PositionBelief.DESYNC, PositionBelief.CLOSING)
+    with pytest.raises(TransitionError):
+        transition(PositionBelief.FLAT, PositionBelief.CLOSING)

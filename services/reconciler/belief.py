@@ -1,0 +1,112 @@
+"""What the system believes about the venue, built from the journal. Pure.
+
+Positions are the last adopted venue quantity plus fills the router reported
+since; orders are the ones the router last saw open. The reconciler compares
+this with the venue every tick. A symbol with order activity in the last
+``settle_sec`` is "busy": its fills may not have reached us yet, so drift is
+only judged on quiet symbols (no false alarms from ordinary races).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from libs.common.ids import Bucket
+from libs.common.messages import OrderIntent, OrderTransition
+from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
+
+IN_FLIGHT_STATES = frozenset(
+    {OrderState.CREATED, OrderState.SUBMITTING, OrderState.RETRY_WAIT, OrderState.UNKNOWN}
+)
+
+
+@dataclass
+class KnownOrder:
+    client_order_id: str
+    symbol: str
+    bucket: Bucket
+    side: str | None
+    state: OrderState
+    filled: float = 0.0
+    is_trigger: bool = False
+    stop_price: float | None = None
+
+
+@dataclass
+class Belief:
+    settle_sec: float = 2.0
+    qty: dict[str, float] = field(default_factory=dict)
+    orders: dict[str, KnownOrder] = field(default_factory=dict)
+    last_activity: dict[str, float] = field(default_factory=dict)
+    last_stop_price: dict[str, float] = field(default_factory=dict)
+    intents: dict[str, OrderIntent] = field(default_factory=dict)  # client id -> intent (bounded by caller)
+
+    # ------------------------------------------------------------------ from the journal
+
+    def apply_intent(self, intent: OrderIntent, now: float) -> None:
+        self.intents[intent.client_order_id] = intent
+        self.last_activity[intent.symbol] = now
+        if intent.bucket is Bucket.SL and intent.stop_price:
+            self.last_stop_price[intent.symbol] = intent.stop_price
+
+    def apply_transition(self, t: OrderTransition, now: float) -> None:
+        self.last_activity[t.symbol] = now
+        o = self.orders.get(t.client_order_id)
+        intent = self.intents.get(t.client_order_id)
+        if o is None:
+            o = KnownOrder(
+                t.client_order_id,
+                t.symbol,
+                t.bucket,
+                t.side or (intent.side if intent else None),
+                t.to_state,
+                is_trigger=bool(intent and intent.is_trigger),
+                stop_price=intent.stop_price if intent else None,
+            )
+            self.orders[t.client_order_id] = o
+        o.state = t.to_state
+        if t.filled_qty is not None and t.filled_qty > o.filled and o.side is not None:
+            delta = t.filled_qty - o.filled
+            o.filled = t.filled_qty
+            self.qty[t.symbol] = round(
+                self.qty.get(t.symbol, 0.0) + (delta if o.side == "buy" else -delta), 12
+            )
+        if o.state not in OPEN_ORDER_STATES and o.state not in IN_FLIGHT_STATES:
+            # settled: keep nothing but what coverage or debt needs
+            self.orders.pop(t.client_order_id, None)
+            self.intents.pop(t.client_order_id, None)
+
+    # ------------------------------------------------------------------ queries
+
+    def position(self, symbol: str) -> float:
+        return self.qty.get(symbol, 0.0)
+
+    def busy(self, symbol: str, now: float) -> bool:
+        if now - self.last_activity.get(symbol, float("-inf")) < self.settle_sec:
+            return True
+        return any(o.symbol == symbol and o.state in IN_FLIGHT_STATES for o in self.orders.values())
+
+    def open_orders(self, symbol: str | None = None) -> list[KnownOrder]:
+        return [
+            o
+            for o in self.orders.values()
+            if o.state in OPEN_ORDER_STATES and (symbol is None or o.symbol == symbol)
+        ]
+
+    def unknown_orders(self) -> int:
+        return sum(1 for o in self.orders.values() if o.state is OrderState.UNKNOWN)
+
+    def knows(self, client_order_id: str) -> bool:
+        return client_order_id in self.orders
+
+    # ------------------------------------------------------------------ repairs of belief
+
+    def adopt_position(self, symbol: str, qty: float) -> None:
+        self.qty[symbol] = qty
+
+    def adopt_order(self, o: KnownOrder) -> None:
+        self.orders[o.client_order_id] = o
+
+    def forget_order(self, client_order_id: str) -> None:
+        self.orders.pop(client_order_id, None)
+        self.intents.pop(client_order_id, None)

@@ -1,0 +1,83 @@
+"""Restart rebuild: belief from the venue, orphans found, journal knowledge folded in. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from libs.common.ids import Bucket, bucket_of_client_order_id
+from libs.common.messages import OrderIntent, OrphanOrder
+from libs.common.replay import IntentTimeline
+from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
+from services.reconciler.belief import Belief, KnownOrder
+from services.reconciler.tick import Snapshot
+
+
+@dataclass
+class RebuildPlan:
+    positions: dict[str, float] = field(default_factory=dict)
+    adopted_orders: int = 0
+    orphans: list[OrphanOrder] = field(default_factory=list)
+    unknown_from_journal: int = 0
+
+
+def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]) -> RebuildPlan:
+    """Make ``belief`` match the venue and say which open orders nobody can account for.
+
+    An orphan is an open order that could add exposure (not reduce-only, not
+    close-position) and that the journal does not know as a live intent of ours:
+    left over from a crash, another process, or a human.
+    """
+    plan = RebuildPlan()
+    journal_open: dict[str, OrderIntent] = {}
+    for t in timelines.values():
+        if t.intent is None or t.state is None:
+            continue
+        if t.state in OPEN_ORDER_STATES:
+            journal_open[t.intent.client_order_id] = t.intent
+        elif t.state is OrderState.UNKNOWN:
+            # the router's resolver owns these; they are debt until resolved
+            belief.adopt_order(
+                KnownOrder(
+                    t.intent.client_order_id,
+                    t.intent.symbol,
+                    t.intent.bucket,
+                    t.intent.side,
+                    OrderState.UNKNOWN,
+                    is_trigger=t.intent.is_trigger,
+                    stop_price=t.intent.stop_price,
+                )
+            )
+            plan.unknown_from_journal += 1
+        if t.intent.bucket is Bucket.SL and t.intent.stop_price:
+            belief.last_stop_price[t.intent.symbol] = t.intent.stop_price
+
+    for symbol, pos in snap.positions.items():
+        belief.adopt_position(symbol, pos.qty)
+        plan.positions[symbol] = pos.qty
+
+    for o in snap.orders:
+        bucket = bucket_of_client_order_id(o.client_order_id)
+        if bucket is not None or o.client_order_id in journal_open:
+            belief.adopt_order(
+                KnownOrder(
+                    o.client_order_id,
+                    o.symbol,
+                    bucket or Bucket.EXIT,
+                    o.side,
+                    OrderState.ACKED,
+                    is_trigger=o.is_trigger,
+                    stop_price=o.trigger_price,
+                )
+            )
+            plan.adopted_orders += 1
+        if not (o.reduce_only or o.close_position) and o.client_order_id not in journal_open:
+            plan.orphans.append(
+                OrphanOrder(
+                    symbol=o.symbol,
+                    client_order_id=o.client_order_id,
+                    side=o.side,
+                    qty=o.qty,
+                    order_type=o.order_type,
+                )
+            )
+    return plan

@@ -1,0 +1,317 @@
+"""Reconciler service: compare venue truth with belief every tick, repair protection, publish pressure.
+
+Thin shell around ``tick.reconcile_tick`` (decisions), ``rebuild.rebuild``
+(restart) and ``belief.Belief`` (the journal's view). Repairs are reduce-only
+stop intents sent through the router, which never policy-blocks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable
+
+from fastapi import FastAPI
+
+from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
+from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
+from libs.common.exchange import make_exchange
+from libs.common.logs import log_event
+from libs.common.messages import (
+    BusMessage,
+    HaltCommand,
+    OrderIntent,
+    OrderTransition,
+    RebuildSummary,
+    ReconcileSummary,
+    ReplaceIntent,
+    Stage1GapAssertion,
+)
+from libs.common.replay import order_subjects, replay_timelines
+from libs.common.service import Service
+from libs.common.telemetry import (
+    MISMATCH_STREAK,
+    ORPHAN_ORDERS,
+    PROTECTION_GAP_AGE,
+    PROTECTION_GAP_BREACHES,
+    PROTECTION_GAPS,
+    RECONCILE_MISMATCHES,
+    RECONCILE_READ_FAILURES,
+    RECONCILE_REPAIR_SKIPPED,
+    RECONCILE_REPAIRS,
+    RECONCILE_TICKS,
+    UNPROTECTED_TIME,
+)
+from services.reconciler.belief import Belief
+from services.reconciler.rebuild import rebuild
+from services.reconciler.tick import ReconcileConfig, ReconcileState, reconcile_tick, vanished_orders
+from services.reconciler.venue_reader import lookup, read_snapshot
+
+
+def intent_symbol(intent: OrderIntent | ReplaceIntent) -> str:
+    return intent.symbol if isinstance(intent, OrderIntent) else intent.new_order.symbol
+
+
+class ReconcilerService(Service):
+    name = "reconciler"
+
+    def __init__(
+        self,
+        nats_settings: NatsSettings,
+        exchange_settings: ExchangeSettings,
+        settings: ReconcilerSettings,
+        boot: BootSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.boot = boot or BootSettings()
+        self.ex = make_exchange(
+            api_url=exchange_settings.api_url,
+            api_key=exchange_settings.api_key.get_secret_value(),
+            api_secret=exchange_settings.api_secret.get_secret_value(),
+            timeout_ms=exchange_settings.timeout_ms,
+        )
+        self.belief = Belief(settle_sec=settings.settle_sec)
+        self.state = ReconcileState(
+            ReconcileConfig(
+                repair_cooldown_sec=settings.repair_cooldown_sec,
+                min_delta_ratio=settings.min_delta_ratio,
+                max_refresh_interval_sec=settings.max_refresh_interval_sec,
+                gap_ttl_sec=settings.protection_gap_ttl_sec,
+                default_stop_pct=settings.default_stop_pct,
+            )
+        )
+        self.rebuild_summary: RebuildSummary | None = None
+        self.last_summary: ReconcileSummary | None = None
+        self._last_summary_at = 0.0
+        self._skipped_seen = 0
+        self._tick_done = asyncio.Condition()
+        self.consumer: ConsumerLoop | None = None
+        super().__init__(nats_settings, settings.http_host, settings.http_port)
+
+    # ------------------------------------------------------------------ start-up
+
+    def _spec(self) -> ConsumerSpec:
+        p = self.nats_settings.subject_prefix
+        return ConsumerSpec(
+            durable="reconciler",
+            filter_subjects=[
+                f"{p}.order.transition.>",
+                f"{p}.intent.order.>",
+                f"{p}.intent.replace.>",
+                f"{p}.entry.stage1_gap.>",
+            ],
+            deliver_new=True,
+            max_deliver=3,
+        )
+
+    async def prepare(self) -> None:
+        assert self.js
+        # events from now on; everything before is what the venue says right now
+        await reset_consumer(self.js, self.nats_settings.stream, self._spec())
+        await self.ex.load_markets()
+        if self.boot.rebuild_on_start:
+            await self._rebuild()
+
+    async def _rebuild(self) -> None:
+        assert self.js and self.publisher
+        prefix = self.nats_settings.subject_prefix
+        try:
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=self.settings.recovery_hours)
+            timelines, _ = await replay_timelines(
+                self.js,
+                self.nats_settings.stream,
+                prefix,
+                order_subjects(prefix),
+                since=since,
+                keep_entries=False,
+            )
+            snap = await read_snapshot(self.ex, with_equity=False)
+        except Exception as e:
+            # no venue at boot: publish that fact; ticks keep trying and risk sees stale data
+            self.rebuild_summary = RebuildSummary(ok=False, error=f"{type(e).__name__}: {e}")
+            await self.journal.emit(self.rebuild_summary)
+            log_event(self.log, "reconcile.rebuild_failed", logging.ERROR, error=self.rebuild_summary.error)
+            return
+        plan = rebuild(self.belief, snap, timelines)
+        froze = bool(plan.orphans) and self.boot.rebuild_freeze_on_orphans
+        self.rebuild_summary = RebuildSummary(
+            positions=plan.positions, open_orders=len(snap.orders), orphans=plan.orphans, froze=froze
+        )
+        await self.journal.emit(self.rebuild_summary)
+        log_event(
+            self.log,
+            "reconcile.rebuilt",
+            logging.WARNING if plan.orphans else logging.INFO,
+            positions=plan.positions,
+            orphans=[o.client_order_id for o in plan.orphans],
+            froze=froze,
+        )
+        if froze:
+            reason = f"{len(plan.orphans)} orphan order(s) at start: " + ", ".join(
+                f"{o.symbol} {o.client_order_id}" for o in plan.orphans[:5]
+            )
+            await self.publisher.publish(
+                HaltCommand(action="halt", reason=reason, source="reconciler"),
+                f"boot-freeze.{self.journal_boot_id}",
+            )
+
+    @property
+    def journal_boot_id(self) -> str:
+        return f"{int(self.started_at * 1000)}"
+
+    async def run_tasks(self) -> list[Awaitable[None]]:
+        assert self.js and self.publisher
+        self.consumer = ConsumerLoop(
+            self.js, self.publisher, self.nats_settings.stream, self._spec(), self.on_event, service=self.name
+        )
+        return [self.consumer.run(self.stop_event), self._tick_loop()]
+
+    # ------------------------------------------------------------------ journal events -> belief
+
+    async def on_event(self, msg: BusMessage, delivery: Delivery) -> None:
+        now = time.time()
+        if isinstance(msg, OrderTransition):
+            self.belief.apply_transition(msg, now)
+        elif isinstance(msg, OrderIntent):
+            self.belief.apply_intent(msg, now)
+        elif isinstance(msg, ReplaceIntent):
+            self.belief.apply_intent(msg.new_order, now)
+        elif isinstance(msg, Stage1GapAssertion):
+            self.state.gaps.assert_gap(msg.symbol, now, f"stage1: {msg.reason}")
+
+    # ------------------------------------------------------------------ ticks
+
+    async def _tick_loop(self) -> None:
+        while not self.stop_event.is_set():
+            t0 = time.monotonic()
+            try:
+                await self.tick_once()
+            except Exception as e:  # a bug or the bus down: log, keep ticking; risk sees the silence
+                log_event(
+                    self.log,
+                    "reconcile.tick_failed",
+                    logging.ERROR,
+                    error=f"{type(e).__name__}: {e}",
+                    exc_info=True,
+                )
+            wait = max(self.settings.interval_sec - (time.monotonic() - t0), 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), wait)
+
+    async def tick_once(self) -> ReconcileSummary:
+        assert self.publisher and self.journal
+        started = time.time()
+        with_equity = self.state.tick % self.settings.equity_every_ticks == 0
+        try:
+            snap = await read_snapshot(self.ex, with_equity=with_equity)
+            gone = vanished_orders(self.belief, snap)
+            answers = await asyncio.gather(
+                *(lookup(self.ex, o.symbol, o.client_order_id, o.is_trigger) for o in gone)
+            )
+        except Exception as e:
+            RECONCILE_READ_FAILURES.inc()
+            summary = ReconcileSummary(
+                tick=self.state.tick,
+                mismatch_streak=self.state.streak,
+                ok=False,
+                error=f"{type(e).__name__}: {e}"[:300],
+            )
+            await self._publish_summary(summary, force=True)
+            return summary
+        result = reconcile_tick(
+            self.belief,
+            snap,
+            {o.client_order_id: a for o, a in zip(gone, answers, strict=True)},
+            self.state,
+            started=started,
+        )
+        for intent in result.intents:
+            # repairs go to the router first: protection must not wait for bookkeeping
+            key = intent.intent_id if isinstance(intent, OrderIntent) else intent.new_order.intent_id
+            try:
+                await self.publisher.publish(intent, key)
+            except BusUnavailable as e:
+                # the cooldown holds the next attempt; the gap clock keeps running meanwhile
+                log_event(
+                    self.log,
+                    "reconcile.repair_not_sent",
+                    logging.ERROR,
+                    symbol=intent_symbol(intent),
+                    error=str(e),
+                )
+        for event in result.events():
+            if not isinstance(event, ReconcileSummary):
+                await self.journal.emit(event)
+        summary = result.summary
+        assert summary is not None
+        self._metrics(result, summary)
+        changed = self.last_summary is None or self.last_summary.mismatch_streak != summary.mismatch_streak
+        await self._publish_summary(
+            summary, force=bool(result.mismatches or result.repairs or result.gap_events or changed)
+        )
+        return summary
+
+    async def _publish_summary(self, summary: ReconcileSummary, *, force: bool) -> None:
+        now = time.time()
+        if force or now - self._last_summary_at >= self.settings.summary_heartbeat_sec:
+            await self.journal.emit(summary)
+            self._last_summary_at = now
+        self.last_summary = summary
+        async with self._tick_done:
+            self._tick_done.notify_all()
+
+    async def wait_ticks(self, count: int, within_sec: float = 15.0) -> ReconcileSummary:
+        """Tests: wait until ``count`` more ticks have completed."""
+        target = self.state.tick + count
+        async with self._tick_done:
+            await asyncio.wait_for(self._tick_done.wait_for(lambda: self.state.tick >= target), within_sec)
+        assert self.last_summary is not None
+        return self.last_summary
+
+    def _metrics(self, result, summary: ReconcileSummary) -> None:
+        RECONCILE_TICKS.observe(summary.duration_ms / 1000)
+        for m in result.mismatches:
+            RECONCILE_MISMATCHES.labels(m.mismatch).inc()
+        for r in result.repairs:
+            RECONCILE_REPAIRS.labels(r.action).inc()
+        MISMATCH_STREAK.set(summary.mismatch_streak)
+        PROTECTION_GAPS.set(summary.open_gaps)
+        PROTECTION_GAP_BREACHES.set(summary.gap_breaches)
+        PROTECTION_GAP_AGE.set(summary.oldest_gap_sec)
+        ORPHAN_ORDERS.set(summary.orphans)
+        for g in result.gap_events:
+            if g.state == "closed":
+                UNPROTECTED_TIME.observe(g.age_sec)
+        RECONCILE_REPAIR_SKIPPED.inc(summary.repair_skipped - self._skipped_seen)
+        self._skipped_seen = summary.repair_skipped
+
+    # ------------------------------------------------------------------ REST
+
+    def readiness(self) -> tuple[bool, str]:
+        ok, why = super().readiness()
+        if ok and self.last_summary is not None and not self.last_summary.ok:
+            return False, f"venue unreadable: {self.last_summary.error}"
+        return ok, why
+
+    def status(self) -> dict:
+        s = self.last_summary
+        return {
+            "last_summary": s.model_dump(mode="json") if s else None,
+            "rebuild": self.rebuild_summary.model_dump(mode="json") if self.rebuild_summary else None,
+            "belief_positions": {k: v for k, v in self.belief.qty.items() if v},
+            "belief_states": {k: v.value for k, v in self.state.belief_state.items()},
+            "open_gaps": {k: round(time.time() - g.opened_at, 3) for k, g in self.state.gaps.gaps.items()},
+        }
+
+    def add_routes(self, app: FastAPI) -> None:
+        @app.post("/reconcile")
+        async def reconcile_now() -> dict:
+            """Run one tick now (operators, tests)."""
+            summary = await self.tick_once()
+            return summary.model_dump(mode="json")
+
+    async def on_stop(self) -> None:
+        await self.ex.close()

@@ -1,0 +1,399 @@
+"""Risk service: kill switch + belief controller -> the guard knobs in KV, plus the halt API.
+
+Inputs arrive from the journal (reconcile summaries, retries, rejections,
+halt commands). Every evaluation computes one knob set; when it differs from
+the published one it is written to the KV bucket with compare-and-set and
+journaled with its trace. Knobs only ever constrain entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+
+import nats.js.errors
+from fastapi import FastAPI, Header, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
+from libs.common.config import KillSettings, NatsSettings, RiskSettings
+from libs.common.guard import GUARD_KEY
+from libs.common.logs import log_event
+from libs.common.messages import (
+    BusMessage,
+    GuardKnobs,
+    HaltCommand,
+    KillSwitchEvent,
+    OrderRetry,
+    OrderTransition,
+    RebuildSummary,
+    ReconcileSummary,
+    encode,
+)
+from libs.common.service import Service
+from libs.common.state_machine import OrderState
+from libs.common.telemetry import (
+    BELIEF_DEBT,
+    GUARD_ALLOW_ENTRIES,
+    GUARD_MAX_LEVERAGE,
+    GUARD_MAX_NOTIONAL,
+    GUARD_MIN_CONF,
+    GUARD_MODE,
+    KILL_SWITCH,
+    KILL_TRIPS,
+    MANUAL_HALT,
+)
+from services.risk.belief_controller import MODES, BeliefController, ControllerConfig, DebtInputs, knobs_for
+from services.risk.kill_switch import KillInputs, KillState, KillSwitch, KillSwitchConfig
+
+# fields that make two knob sets different (timestamps and revisions do not)
+_KNOB_FIELDS = (
+    "allow_entries",
+    "max_notional_usdt",
+    "max_leverage",
+    "min_entry_conf",
+    "entry_cooldown_sec",
+    "max_open_orders",
+    "mode",
+    "reason",
+    "kill_reasons",
+    "manual_halt",
+    "manual_reason",
+    "controller_mode",
+)
+
+
+class ReasonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=3, max_length=500, description="why: goes into the journal")
+
+
+class RiskService(Service):
+    name = "risk"
+
+    def __init__(
+        self, nats_settings: NatsSettings, settings: RiskSettings, kill: KillSettings | None = None
+    ) -> None:
+        self.settings = settings
+        kill = kill or KillSettings()
+        self.kill_cfg = kill
+        self.kill = KillSwitch(
+            KillSwitchConfig(
+                api_error_max=kill.api_error_max,
+                api_error_window_sec=kill.api_error_window_sec,
+                stale_data_sec=kill.stale_data_sec,
+                max_drawdown_pct=kill.max_drawdown_pct,
+                mismatch_streak_max=kill.reconcile_mismatch_streak_max,
+                mismatch_halt_sec=kill.reconcile_mismatch_halt_sec,
+            ),
+            started_at=time.time(),
+        )
+        self.controller = BeliefController(
+            ControllerConfig(
+                max_notional_usdt=settings.max_notional_usdt,
+                max_leverage=settings.max_leverage,
+                min_entry_conf=settings.min_entry_conf,
+                entry_cooldown_sec=settings.entry_cooldown_sec,
+                max_open_orders=settings.max_open_orders,
+                tighten_after=settings.tighten_after,
+                recover_after=settings.recover_after,
+            )
+        )
+        self.manual_halt = False
+        self.manual_reason = ""
+        self.api_errors: deque[float] = deque()
+        self.last_summary: ReconcileSummary | None = None
+        self.last_data_at: float | None = None
+        self.orphans_at_boot = 0
+        self.debt_inputs = DebtInputs()
+        self.last_trace: dict = {}
+        self.kill_state = KillState(False, ())
+        self.published: GuardKnobs | None = None
+        self.kv_revision: int | None = None
+        self._lock = asyncio.Lock()
+        self._published_cond = asyncio.Condition()
+        super().__init__(nats_settings, settings.http_host, settings.http_port)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def prepare(self) -> None:
+        """Pick up where the previous process left off: an operator halt and the posture survive restarts."""
+        assert self.js
+        kv = await self.js.key_value(self.nats_settings.kv_bucket)
+        try:
+            entry = await kv.get(GUARD_KEY)
+            prev = GuardKnobs.model_validate_json(entry.value)
+            self.kv_revision = entry.revision
+            self.manual_halt, self.manual_reason = prev.manual_halt, prev.manual_reason
+            if prev.controller_mode in MODES:
+                self.controller.mode = MODES.index(prev.controller_mode)
+            log_event(self.log, "risk.restored", manual_halt=self.manual_halt, mode=prev.controller_mode)
+        except nats.js.errors.KeyNotFoundError:
+            self.kv_revision = None
+        except Exception as e:  # unreadable previous knobs: start strict, say so
+            log_event(self.log, "risk.restore_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
+            self.manual_halt, self.manual_reason = True, "previous guard knobs unreadable at start"
+        await self.evaluate()
+
+    async def run_tasks(self) -> list[Awaitable[None]]:
+        assert self.js and self.publisher
+        p = self.nats_settings.subject_prefix
+        spec = ConsumerSpec(
+            durable="risk",
+            filter_subjects=[
+                f"{p}.reconcile.summary.>",
+                f"{p}.reconcile.rebuild.>",
+                f"{p}.risk.command.>",
+                f"{p}.order.retry.>",
+                f"{p}.order.transition.>",
+            ],
+            max_deliver=3,
+            max_ack_pending=1024,
+        )
+        self.consumer = ConsumerLoop(
+            self.js,
+            self.publisher,
+            self.nats_settings.stream,
+            spec,
+            self.on_event,
+            service=self.name,
+            before_ack=self.journal.flush,
+        )
+        return [self.consumer.run(self.stop_event), self._eval_loop()]
+
+    # ------------------------------------------------------------------ inputs
+
+    async def on_event(self, msg: BusMessage, delivery: Delivery) -> None:
+        now = time.time()
+        fresh = now - msg.ts_ms / 1000 <= self.kill_cfg.stale_data_sec
+        if isinstance(msg, ReconcileSummary):
+            if not msg.ok:
+                return  # an unreadable venue is not data: staleness will tell
+            if fresh:
+                self.last_summary = msg
+                self.last_data_at = max(self.last_data_at or 0.0, msg.ts_ms / 1000)
+                self.debt_inputs = DebtInputs(
+                    mismatch_streak=msg.mismatch_streak,
+                    gap_breaches=msg.gap_breaches,
+                    open_gaps=msg.open_gaps,
+                    orphans=max(msg.orphans, self.orphans_at_boot),
+                    unknown_orders=msg.unknown_orders,
+                )
+                trace = self.controller.step(self.debt_inputs)
+                self.last_trace = {"debt": trace.debt, "target": trace.target, "reason": trace.reason}
+                BELIEF_DEBT.set(trace.debt)
+            await self.evaluate()
+        elif isinstance(msg, RebuildSummary):
+            self.orphans_at_boot = len(msg.orphans)
+        elif isinstance(msg, HaltCommand):
+            await self.command(msg.action, msg.reason, msg.source, journal=False)
+        elif isinstance(msg, OrderRetry):
+            self.api_errors.append(msg.ts_ms / 1000)
+        elif isinstance(msg, OrderTransition):
+            if msg.to_state in (OrderState.REJECTED, OrderState.FAILED) and msg.error_class:
+                self.api_errors.append(msg.ts_ms / 1000)
+
+    async def command(self, action: str, reason: str, source: str, *, journal: bool) -> GuardKnobs:
+        if journal:  # REST commands are journaled here; bus commands already are
+            assert self.journal
+            await self.journal.emit(HaltCommand(action=action, reason=reason, source=source))  # type: ignore[arg-type]
+        if action == "halt":
+            self.manual_halt, self.manual_reason = True, f"{source}: {reason}"
+        else:
+            self.manual_halt, self.manual_reason = False, ""
+            cleared = self.kill.reset_latched(self.last_summary.equity if self.last_summary else None)
+            log_event(self.log, "risk.resumed", source=source, reason=reason, cleared=cleared)
+        MANUAL_HALT.set(1 if self.manual_halt else 0)
+        return await self.evaluate()
+
+    # ------------------------------------------------------------------ evaluation
+
+    async def _eval_loop(self) -> None:
+        while not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), self.settings.eval_interval_sec)
+            try:
+                await self.evaluate()
+            except Exception as e:
+                log_event(self.log, "risk.evaluate_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
+
+    def _api_errors_in_window(self, now: float) -> int:
+        horizon = now - self.kill_cfg.api_error_window_sec
+        while self.api_errors and self.api_errors[0] < horizon:
+            self.api_errors.popleft()
+        return sum(1 for t in self.api_errors if t >= horizon)
+
+    async def evaluate(self) -> GuardKnobs:
+        async with self._lock:
+            now = time.time()
+            s = self.last_summary
+            self.kill_state = self.kill.evaluate(
+                KillInputs(
+                    now=now,
+                    api_errors_in_window=self._api_errors_in_window(now),
+                    data_age_sec=now - self.last_data_at if self.last_data_at is not None else None,
+                    equity=s.equity if s else None,
+                    mismatch_streak=s.mismatch_streak if s else 0,
+                )
+            )
+            ks = self.kill_state
+            KILL_SWITCH.set(1 if ks.tripped else 0)
+            if ks.newly_tripped or ks.released:
+                for r in ks.newly_tripped:
+                    KILL_TRIPS.labels(r).inc()
+                await self.journal.emit(
+                    KillSwitchEvent(
+                        tripped=ks.tripped,
+                        reasons=list(ks.reasons),
+                        newly_tripped=list(ks.newly_tripped),
+                        released=list(ks.released),
+                        mismatch_streak=s.mismatch_streak if s else 0,
+                        api_errors_in_window=self._api_errors_in_window(now),
+                        data_age_sec=round(now - self.last_data_at, 3) if self.last_data_at else None,
+                        drawdown_pct=ks.drawdown_pct,
+                    )
+                )
+                log_event(
+                    self.log,
+                    "risk.kill_switch",
+                    logging.WARNING,
+                    tripped=ks.tripped,
+                    reasons=list(ks.reasons),
+                    newly=list(ks.newly_tripped),
+                    released=list(ks.released),
+                )
+            knobs = self.compose()
+            await self._publish(knobs)
+            return knobs
+
+    def compose(self) -> GuardKnobs:
+        """Controller posture, overridden to halted by the kill switch or an operator."""
+        cfg = self.controller.config
+        controller_mode = MODES[self.controller.mode]
+        halted = self.manual_halt or self.kill_state.tripped
+        if halted:
+            why = []
+            if self.manual_halt:
+                why.append(f"manual: {self.manual_reason}")
+            if self.kill_state.tripped:
+                why.append("kill switch: " + ",".join(self.kill_state.reasons))
+            base = knobs_for(MODES.index("halted"), cfg, "; ".join(why))
+        else:
+            base = self.controller.knobs(self.last_trace.get("reason") or f"controller: {controller_mode}")
+        return base.model_copy(
+            update={
+                "controller_mode": controller_mode,
+                "belief_debt": self.last_trace.get("debt"),
+                "debt_inputs": {k: float(v) for k, v in vars_of(self.debt_inputs).items()},
+                "kill_reasons": list(self.kill_state.reasons),
+                "manual_halt": self.manual_halt,
+                "manual_reason": self.manual_reason,
+            }
+        )
+
+    async def _publish(self, knobs: GuardKnobs) -> None:
+        if self.published is not None and all(
+            getattr(self.published, f) == getattr(knobs, f) for f in _KNOB_FIELDS
+        ):
+            return
+        assert self.js and self.journal
+        kv = await self.js.key_value(self.nats_settings.kv_bucket)
+        for _ in range(5):
+            revision = (self.kv_revision or 0) + 1
+            knobs = knobs.model_copy(update={"revision": revision, "ts_ms": int(time.time() * 1000)})
+            try:
+                if self.kv_revision is None:
+                    self.kv_revision = await kv.create(GUARD_KEY, encode(knobs))
+                else:
+                    self.kv_revision = await kv.update(GUARD_KEY, encode(knobs), last=self.kv_revision)
+                break
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+                # someone else wrote (a second risk instance, an operator tool): re-read and retry
+                entry = await kv.get(GUARD_KEY)
+                self.kv_revision = entry.revision
+        else:
+            raise RuntimeError("guard knobs CAS kept failing")
+        self.published = knobs
+        await self.journal.emit(knobs)
+        self._metrics(knobs)
+        log_event(
+            self.log,
+            "risk.knobs",
+            logging.WARNING if not knobs.allow_entries else logging.INFO,
+            mode=knobs.mode,
+            allow_entries=knobs.allow_entries,
+            reason=knobs.reason,
+            revision=knobs.revision,
+        )
+        async with self._published_cond:
+            self._published_cond.notify_all()
+
+    def _metrics(self, k: GuardKnobs) -> None:
+        GUARD_ALLOW_ENTRIES.set(1 if k.allow_entries else 0)
+        GUARD_MAX_NOTIONAL.set(k.max_notional_usdt)
+        GUARD_MAX_LEVERAGE.set(k.max_leverage)
+        GUARD_MIN_CONF.set(k.min_entry_conf)
+        for m in MODES:
+            GUARD_MODE.labels(m).set(1 if m == k.mode else 0)
+
+    async def wait_published(self, predicate, within_sec: float = 15.0) -> GuardKnobs:
+        """Tests: wait until the published knobs satisfy ``predicate``."""
+        async with self._published_cond:
+            await asyncio.wait_for(
+                self._published_cond.wait_for(
+                    lambda: self.published is not None and predicate(self.published)
+                ),
+                within_sec,
+            )
+        assert self.published is not None
+        return self.published
+
+    # ------------------------------------------------------------------ REST
+
+    def _authorize(self, authorization: str | None) -> None:
+        token = self.settings.admin_token
+        if token is None:
+            raise HTTPException(503, "halt API disabled: set RISK_ADMIN_TOKEN")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            raise HTTPException(401, "bad or missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def status(self) -> dict:
+        return {
+            "knobs": self.published.model_dump(mode="json") if self.published else None,
+            "kill_switch": {
+                "tripped": self.kill_state.tripped,
+                "reasons": list(self.kill_state.reasons),
+                "trips": dict(self.kill.trips),
+                "drawdown_pct": self.kill_state.drawdown_pct,
+            },
+            "manual_halt": self.manual_halt,
+            "controller": {"mode": MODES[self.controller.mode], **self.last_trace},
+            "data_age_sec": round(time.time() - self.last_data_at, 3) if self.last_data_at else None,
+        }
+
+    def add_routes(self, app: FastAPI) -> None:
+        @app.get("/guard")
+        async def guard() -> dict:
+            return self.status()
+
+        @app.post("/halt")
+        async def halt(body: ReasonBody, authorization: str | None = Header(None)) -> dict:
+            self._authorize(authorization)
+            k = await self.command("halt", body.reason, "api", journal=True)
+            return k.model_dump(mode="json")
+
+        @app.post("/resume")
+        async def resume(body: ReasonBody, authorization: str | None = Header(None)) -> dict:
+            self._authorize(authorization)
+            k = await self.command("resume", body.reason, "api", journal=True)
+            return k.model_dump(mode="json")
+
+
+def vars_of(x: DebtInputs) -> dict[str, float]:
+    return {f: getattr(x, f) for f in x.__dataclass_fields__}
