@@ -9,6 +9,7 @@ gap clock immediately.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -135,7 +136,18 @@ class EntryService(Service):
             before_ack=self.journal.flush,
         )
         self.consumer = signals
-        return [self.guard.run(self.stop_event), signals.run(self.stop_event), fills.run(self.stop_event)]
+        return [
+            self.guard.run(self.stop_event),
+            self._signals_when_guard_loaded(signals),
+            fills.run(self.stop_event),
+        ]
+
+    async def _signals_when_guard_loaded(self, signals: ConsumerLoop) -> None:
+        """Signals before the first knob read would all be refused as 'guard_unavailable': wait a little."""
+        assert self.guard
+        with contextlib.suppress(TimeoutError):
+            await self.guard.wait_until(lambda k: self.guard.loaded, self.guard_settings.stale_after_sec)
+        await signals.run(self.stop_event)
 
     def _remember(self, ctx: EntryContext) -> None:
         self.entries[ctx.intent.client_order_id] = ctx
@@ -246,13 +258,13 @@ class EntryService(Service):
         if msg.bucket is Bucket.ENTRY:
             await self._on_entry_transition(msg)
         elif msg.client_order_id in self.stops and msg.to_state in STOP_FAILED:
-            ctx = self.stops.pop(msg.client_order_id)
+            entry_correlation_id, symbol = self.stops.pop(msg.client_order_id)
             STAGE1_GAPS.inc()
             self._count("stage1_gap")
             await self.journal.emit(
                 Stage1GapAssertion(
-                    correlation_id=ctx.intent.correlation_id,
-                    symbol=ctx.intent.symbol,
+                    correlation_id=entry_correlation_id,
+                    symbol=symbol,
                     reason=f"stop {msg.to_state.value}: {msg.reason}",
                     stop_client_order_id=msg.client_order_id,
                 )
@@ -261,8 +273,8 @@ class EntryService(Service):
                 self.log,
                 "entry.stage1_gap",
                 logging.ERROR,
-                symbol=ctx.intent.symbol,
-                correlation_id=ctx.intent.correlation_id,
+                symbol=symbol,
+                correlation_id=entry_correlation_id,
                 reason=msg.reason,
             )
         elif msg.client_order_id in self.stops and msg.to_state in (OrderState.ACKED, OrderState.MOOT):

@@ -86,6 +86,7 @@ def should_refresh(
     *,
     now: float,
     last_refresh_at: float | None,
+    gap_age_sec: float,
     min_delta_ratio: float,
     max_refresh_interval_sec: float,
     cooldown_sec: float,
@@ -94,20 +95,19 @@ def should_refresh(
 
     - a missing stop is repaired as soon as the cooldown allows;
     - an undersized stop is refreshed when the shortfall is at least
-      ``min_delta_ratio`` of the position, or when a smaller shortfall has been
-      left alone for ``max_refresh_interval_sec`` (we do converge eventually);
+      ``min_delta_ratio`` of the position, or when a smaller shortfall has
+      lasted ``max_refresh_interval_sec`` (we do converge eventually);
     - never twice inside ``cooldown_sec`` (RECONCILE_REPAIR_COOLDOWN_SEC).
     """
     if coverage.protected:
         return RefreshDecision(False, "protected")
-    since = None if last_refresh_at is None else now - last_refresh_at
-    if since is not None and since < cooldown_sec:
+    if last_refresh_at is not None and now - last_refresh_at < cooldown_sec:
         return RefreshDecision(False, "cooldown")
     if coverage.status is CoverageStatus.MISSING:
         return RefreshDecision(True, "missing_stop")
     ratio = coverage.shortfall / abs(coverage.position_qty)
     if ratio >= min_delta_ratio:
         return RefreshDecision(True, f"under_covered:{ratio:.3f}")
-    if since is None or since >= max_refresh_interval_sec:
-        return RefreshDecision(True, f"under_covered_small_but_stale:{ratio:.3f}")
+    if gap_age_sec >= max_refresh_interval_sec:
+        return RefreshDecision(True, f"under_covered_small_but_lasting:{ratio:.3f}")
     return RefreshDecision(False, f"anti_churn:{ratio:.3f}<{min_delta_ratio}")

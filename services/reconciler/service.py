@@ -25,6 +25,7 @@ from libs.common.messages import (
     HaltCommand,
     OrderIntent,
     OrderTransition,
+    ProtectionGap,
     RebuildSummary,
     ReconcileSummary,
     ReplaceIntent,
@@ -180,7 +181,17 @@ class ReconcilerService(Service):
         elif isinstance(msg, ReplaceIntent):
             self.belief.apply_intent(msg.new_order, now)
         elif isinstance(msg, Stage1GapAssertion):
-            self.state.gaps.assert_gap(msg.symbol, now, f"stage1: {msg.reason}")
+            if msg.symbol not in self.state.gaps.gaps:
+                self.state.gaps.assert_gap(msg.symbol, now, f"stage1: {msg.reason}")
+                await self.journal.emit(
+                    ProtectionGap(
+                        symbol=msg.symbol,
+                        state="opened",
+                        age_sec=0.0,
+                        ttl_sec=self.state.config.gap_ttl_sec,
+                        reason=f"stage1: {msg.reason}",
+                    )
+                )
 
     # ------------------------------------------------------------------ ticks
 

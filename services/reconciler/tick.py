@@ -345,6 +345,7 @@ def reconcile_tick(
                 cov,
                 now=now,
                 last_refresh_at=st.last_repair_at.get(symbol),
+                gap_age_sec=gap.age_sec,
                 min_delta_ratio=cfg.min_delta_ratio,
                 max_refresh_interval_sec=cfg.max_refresh_interval_sec,
                 cooldown_sec=cfg.repair_cooldown_sec,
@@ -440,10 +441,9 @@ def _target_state(
 def _move(
     st: ReconcileState, out: TickResult, symbol: str, dst: PositionBelief, reason: str, qty: float
 ) -> None:
-    src = st.belief_state.get(symbol)
-    if src is None:
-        st.belief_state[symbol] = dst  # first sighting sets the baseline; nothing to journal
-        return
+    # a symbol we never looked at was believed flat: the first sighting is journaled like any change,
+    # which is what makes a restart rebuild traceable
+    src = st.belief_state.get(symbol, PositionBelief.FLAT)
     for step in _belief_path(src, dst):
         out.belief_transitions.append(
             PositionBeliefTransition(

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Awaitable
 
 import nats.js.errors
-from fastapi import FastAPI, Header, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, Header, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import KillSettings, NatsSettings, RiskSettings
@@ -185,7 +185,9 @@ class RiskService(Service):
                     unknown_orders=msg.unknown_orders,
                 )
                 trace = self.controller.step(self.debt_inputs)
-                self.last_trace = {"debt": trace.debt, "target": trace.target, "reason": trace.reason}
+                # the reason names the last posture change; it does not churn every evaluation
+                reason = trace.reason if trace.changed else self.last_trace.get("reason", "")
+                self.last_trace = {"debt": trace.debt, "target": trace.target, "reason": reason}
                 BELIEF_DEBT.set(trace.debt)
             await self.evaluate()
         elif isinstance(msg, RebuildSummary):
@@ -382,17 +384,24 @@ class RiskService(Service):
         async def guard() -> dict:
             return self.status()
 
-        @app.post("/halt")
-        async def halt(body: ReasonBody, authorization: str | None = Header(None)) -> dict:
-            self._authorize(authorization)
-            k = await self.command("halt", body.reason, "api", journal=True)
+        async def command_from(request: Request, action: str, authorization: str | None) -> dict:
+            self._authorize(authorization)  # before looking at the body: strangers learn nothing
+            try:
+                body = ReasonBody.model_validate_json(await request.body() or b"{}")
+            except ValidationError as e:
+                raise HTTPException(422, [{"loc": x["loc"], "msg": x["msg"]} for x in e.errors()]) from None
+            k = await self.command(action, body.reason, "api", journal=True)
             return k.model_dump(mode="json")
 
+        @app.post("/halt")
+        async def halt(request: Request, authorization: str | None = Header(None)) -> dict:
+            """Halt new entries (exits and stop repairs keep flowing). Body: {"reason": "..."}."""
+            return await command_from(request, "halt", authorization)
+
         @app.post("/resume")
-        async def resume(body: ReasonBody, authorization: str | None = Header(None)) -> dict:
-            self._authorize(authorization)
-            k = await self.command("resume", body.reason, "api", journal=True)
-            return k.model_dump(mode="json")
+        async def resume(request: Request, authorization: str | None = Header(None)) -> dict:
+            """Lift an operator halt and clear latched kill-switch triggers. Body: {"reason": "..."}."""
+            return await command_from(request, "resume", authorization)
 
 
 def vars_of(x: DebtInputs) -> dict[str, float]:

@@ -33,11 +33,12 @@ def test_excess_stops_flagged():
     assert c.protected and c.excess
 
 
-def decide(cov, last=None, now=100.0, cooldown=10.0):
+def decide(cov, last=None, now=100.0, cooldown=10.0, age=0.0):
     return should_refresh(
         cov,
         now=now,
         last_refresh_at=last,
+        gap_age_sec=age,
         min_delta_ratio=0.1,
         max_refresh_interval_sec=60,
         cooldown_sec=cooldown,
@@ -51,8 +52,9 @@ def test_refresh_gating():
     big_gap = evaluate_coverage(1.0, [stop(qty=0.5)])
     assert decide(big_gap, last=50.0).refresh
     small_gap = evaluate_coverage(1.0, [stop(qty=0.95)])
-    assert not decide(small_gap, last=80.0).refresh  # anti-churn: 5% < 10%
-    assert decide(small_gap, last=30.0).refresh  # but converge after max_refresh_interval
+    assert not decide(small_gap).refresh  # anti-churn: 5% < 10%, first sighting
+    assert not decide(small_gap, last=30.0, age=59.0).refresh
+    assert decide(small_gap, last=30.0, age=60.0).refresh  # but converge once it has lasted
     assert not decide(evaluate_coverage(1.0, [stop()])).refresh
 
 
