@@ -11,6 +11,7 @@ Set EXCHANGE_API_URL (and keys) to trade a real venue instead of the simulator.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import time
@@ -19,9 +20,24 @@ from pathlib import Path
 from tools.stack import ROOT, SERVICES, SIMULATOR, LocalStack
 
 
+def admin_token(run_dir: Path) -> str:
+    """RISK_ADMIN_TOKEN if set, else a random one kept in .run/admin-token (0600) for the halt API."""
+    if os.environ.get("RISK_ADMIN_TOKEN"):
+        return os.environ["RISK_ADMIN_TOKEN"]
+    path = run_dir / "admin-token"
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def main() -> int:
     run_dir = Path(os.environ.get("ERL_RUN_DIR", ROOT / ".run"))
-    stack = LocalStack(run_dir, fixed_ports=True)
+    token = admin_token(run_dir)
+    # the risk service runs here, so router and entry must not trade without its knobs
+    env = {"GUARD_REQUIRE_KNOBS": os.environ.get("GUARD_REQUIRE_KNOBS", "1"), "RISK_ADMIN_TOKEN": token}
+    stack = LocalStack(run_dir, extra_env=env, fixed_ports=True)
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -47,6 +63,7 @@ def main() -> int:
                 f"[run] {spec.name:<12} {child.url}  {'ready' if ok else 'NOT READY (see logs)'}", flush=True
             )
         print(f"[run] logs in {run_dir / 'logs'}; Ctrl-C stops everything", flush=True)
+        print(f"[run] halt API token in {run_dir / 'admin-token'} (or RISK_ADMIN_TOKEN)", flush=True)
         print(f"[run] try: NATS_URL={nats.url} make signal", flush=True)
 
         restarts: dict[str, int] = {}

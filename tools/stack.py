@@ -32,8 +32,11 @@ class ChildSpec:
 
 SIMULATOR = ChildSpec("simulator", "services.simulator", "SIM_PORT", 8090, "/fapi/v1/ping")
 ROUTER = ChildSpec("router", "services.router", "ROUTER_HTTP_PORT", 8101)
+RECONCILER = ChildSpec("reconciler", "services.reconciler", "RECONCILE_HTTP_PORT", 8102)
+RISK = ChildSpec("risk", "services.risk", "RISK_HTTP_PORT", 8103)
 ENTRY = ChildSpec("entry", "services.entry", "ENTRY_HTTP_PORT", 8104)
-SERVICES = (ROUTER, ENTRY)
+# risk first: router and entry refuse entries until it has published the guard knobs
+SERVICES = (RISK, ROUTER, RECONCILER, ENTRY)
 
 
 def port_free(port: int) -> bool:

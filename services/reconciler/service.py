@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -88,6 +89,7 @@ class ReconcilerService(Service):
         self.last_summary: ReconcileSummary | None = None
         self._last_summary_at = 0.0
         self._skipped_seen = 0
+        self._equity: float | None = None
         self._tick_done = asyncio.Condition()
         self.consumer: ConsumerLoop | None = None
         super().__init__(nats_settings, settings.http_host, settings.http_port)
@@ -218,6 +220,9 @@ class ReconcilerService(Service):
         with_equity = self.state.tick % self.settings.equity_every_ticks == 0
         try:
             snap = await read_snapshot(self.ex, with_equity=with_equity)
+            if snap.equity is None:
+                snap = dataclasses.replace(snap, equity=self._equity)  # the balance is read every few ticks
+            self._equity = snap.equity
             gone = vanished_orders(self.belief, snap)
             answers = await asyncio.gather(
                 *(lookup(self.ex, o.symbol, o.client_order_id, o.is_trigger) for o in gone)

@@ -269,9 +269,9 @@ class RiskService(Service):
                     newly=list(ks.newly_tripped),
                     released=list(ks.released),
                 )
-            knobs = self.compose()
-            await self._publish(knobs)
-            return knobs
+            await self._publish(self.compose())
+            assert self.published is not None
+            return self.published
 
     def compose(self) -> GuardKnobs:
         """Controller posture, overridden to halted by the kill switch or an operator."""

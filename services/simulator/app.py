@@ -393,6 +393,7 @@ class Simulator:
                 "positions": [wire.position_risk(e, s) for s, p in e.positions.items() if p.qty],
                 "account": wire.account(e),
                 "leverage": dict(e.leverage),
+                "default_leverage": e.default_leverage,
             }
 
 

@@ -22,62 +22,21 @@ class _Server(uvicorn.Server):
         yield
 
 
-class SimulatorThread:
-    """``with SimulatorThread() as sim: ...`` -> a live simulator on a free loopback port."""
+class SimControl:
+    """Typed client for a running simulator's control API (/_sim) over HTTP."""
 
-    def __init__(self, **settings: Any) -> None:
-        settings.setdefault("tick_ms", 0)
-        settings.setdefault("port", 0)
-        settings.setdefault("start_balance", 1_000_000.0)
-        self.settings = SimulatorSettings(**settings)
-        self.app = create_app(self.settings)
-        self.engine: Engine = self.app.state.sim.engine
-        self._server = _Server(
-            uvicorn.Config(
-                self.app,
-                host=self.settings.host,
-                port=self.settings.port,
-                log_level="warning",
-                access_log=False,
-                lifespan="on",
-            )
-        )
-        self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
-        self.base_url = ""
+    def __init__(self, base_url: str = "") -> None:
+        self.base_url = base_url
         self._http: httpx.Client | None = None
 
-    def _run(self) -> None:
-        asyncio.run(self._server.serve())
-
-    def start(self, within_sec: float = 10.0) -> SimulatorThread:
-        self._thread.start()
-        deadline = time.monotonic() + within_sec
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("simulator did not start")
-            time.sleep(0.005)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.base_url = f"http://{self.settings.host}:{port}"
-        self._http = httpx.Client(base_url=self.base_url, timeout=10.0)
-        self._http.get("/fapi/v1/ping").raise_for_status()
-        return self
-
-    def stop(self) -> None:
+    def close(self) -> None:
         if self._http is not None:
             self._http.close()
-        self._server.should_exit = True
-        self._thread.join(10)
-
-    def __enter__(self) -> SimulatorThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # ------------------------------------------------------------------ control API
+            self._http = None
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        assert self._http is not None, "simulator not started"
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.base_url, timeout=10.0)
         r = self._http.request(method, path, **kw)
         if r.status_code >= 400:
             raise RuntimeError(f"{method} {path} -> {r.status_code}: {r.text}")
@@ -96,7 +55,7 @@ class SimulatorThread:
         return self._call("POST", "/_sim/price", json={"symbol": symbol, "price": price})
 
     def price(self, symbol: str) -> float:
-        return self.engine.prices[symbol]
+        return float(self.state()["prices"][symbol])
 
     def set_position(self, symbol: str, amount: float, entry_price: float | None = None) -> dict:
         return self._call(
@@ -104,11 +63,14 @@ class SimulatorThread:
         )
 
     def position(self, symbol: str) -> float:
-        p = self.engine.positions.get(symbol)
-        return p.qty if p else 0.0
+        for p in self.state()["positions"]:
+            if p["symbol"] == symbol:
+                return float(p["positionAmt"])
+        return 0.0
 
     def leverage(self, symbol: str) -> int:
-        return self.engine.lev(symbol)
+        st = self.state()
+        return int(st["leverage"].get(symbol, st["default_leverage"]))
 
     def cancel_behind_back(self, symbol: str, client_order_id: str) -> dict:
         return self._call(
@@ -131,3 +93,54 @@ class SimulatorThread:
 
     def reset(self) -> None:
         self._call("POST", "/_sim/reset")
+
+
+class SimulatorThread(SimControl):
+    """``with SimulatorThread() as sim: ...`` -> a live simulator on a free loopback port."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__()
+        settings.setdefault("tick_ms", 0)
+        settings.setdefault("port", 0)
+        settings.setdefault("start_balance", 1_000_000.0)
+        self.settings = SimulatorSettings(**settings)
+        self.app = create_app(self.settings)
+        self.engine: Engine = self.app.state.sim.engine
+        self._server = _Server(
+            uvicorn.Config(
+                self.app,
+                host=self.settings.host,
+                port=self.settings.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+            )
+        )
+        self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve())
+
+    def start(self, within_sec: float = 10.0) -> SimulatorThread:
+        self._thread.start()
+        deadline = time.monotonic() + within_sec
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("simulator did not start")
+            time.sleep(0.005)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://{self.settings.host}:{port}"
+        self._http = httpx.Client(base_url=self.base_url, timeout=10.0)
+        self._http.get("/fapi/v1/ping").raise_for_status()
+        return self
+
+    def stop(self) -> None:
+        self.close()
+        self._server.should_exit = True
+        self._thread.join(10)
+
+    def __enter__(self) -> SimulatorThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,198 @@
+"""Chaos: kill -9 and restart services and nats-server mid-flight; the invariants must hold.
+
+Every service, the simulator and nats-server run as separate processes, as in
+``make run``. Final assertions read the journal (the durable truth) and the
+venue: no intent lost, no duplicate order, protection restored within the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from libs.common.bus import Publisher
+from libs.common.ids import Bucket, make_client_order_id, make_intent_id
+from libs.common.messages import (
+    GuardKnobs,
+    KillSwitchEvent,
+    OrderTransition,
+    ProtectionGap,
+    RebuildSummary,
+    Signal,
+    SignalDecision,
+)
+from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
+from tests.chaos.harness import ChaosStack
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+
+BTC = "BTC/USDT:USDT"
+
+
+@pytest.fixture
+async def chaos():
+    c = ChaosStack()
+    try:
+        await asyncio.to_thread(c.start)
+        await c.connect()
+        yield c
+    finally:
+        await c.disconnect()
+        await asyncio.to_thread(c.close)
+
+
+def entry_cid(signal_id: str) -> str:
+    return make_client_order_id(make_intent_id("signal", signal_id, Bucket.ENTRY), Bucket.ENTRY)
+
+
+async def send_signal(c: ChaosStack, signal_id: str, **kw) -> None:
+    pub = Publisher(c.nc.jetstream(), c.settings, "chaos-test")
+    await pub.publish(
+        Signal(**{"signal_id": signal_id, "symbol": BTC, "side": "buy", "qty": 0.01, **kw}),
+        f"signal.{signal_id}",
+    )
+
+
+def venue_orders_by_client_id(c: ChaosStack) -> Counter:
+    return Counter(o["clientOrderId"] for o in c.sim.state()["orders"])
+
+
+def assert_no_duplicates(c: ChaosStack) -> None:
+    dup = {cid: n for cid, n in venue_orders_by_client_id(c).items() if n > 1}
+    assert dup == {}, f"duplicate orders on the venue: {dup}"
+
+
+async def test_router_killed_mid_submit_no_duplicate_no_loss(chaos: ChaosStack):
+    c = chaos
+    c.sim.add_fault(kind="timeout_after_accept", method="POST", path="/fapi/v1/order", count=1, delay_ms=3000)
+    await send_signal(c, "k1")
+    cid = entry_cid("k1")
+    await c.tap.wait_for(
+        lambda: any(
+            t.to_state is OrderState.SUBMITTING for t in c.tap.of(OrderTransition, client_order_id=cid)
+        )
+    )
+    await asyncio.to_thread(c.kill, "router")  # SIGKILL while the venue holds the order
+    await asyncio.to_thread(c.restart, "router")
+    await c.tap.wait_for(
+        lambda: any(t.to_state is OrderState.FILLED for t in c.tap.of(OrderTransition, client_order_id=cid))
+    )
+    posts = [
+        r
+        for r in c.sim.requests_log()
+        if r["method"] == "POST" and r["params"].get("newClientOrderId") == cid
+    ]
+    assert len(posts) == 1
+    assert_no_duplicates(c)
+    timelines = await c.wait_journal(
+        lambda t: any(x.client_order_ids & {cid} and x.state is OrderState.FILLED for x in t.values())
+    )
+    entry = next(x for x in timelines.values() if cid in x.client_order_ids)
+    assert entry.restarts >= 1  # the journal shows the crash and the redelivered intent picking up
+
+
+async def test_nats_server_killed_and_restarted_no_intent_lost_no_duplicate(chaos: ChaosStack):
+    c = chaos
+    ids = [f"n{i}" for i in range(12)]
+    for sid in ids[:6]:
+        await send_signal(c, sid)
+    await c.tap.wait_for(
+        lambda: (
+            sum(
+                1
+                for t in c.tap.of(OrderTransition)
+                if t.bucket is Bucket.ENTRY and t.to_state is OrderState.FILLED
+            )
+            >= 3
+        )
+    )
+    await asyncio.to_thread(c.kill_nats)
+    await asyncio.sleep(1.0)  # an outage, not a blip: every client notices
+    await asyncio.to_thread(c.start_nats)  # same port, same store dir
+    for sid in ids[6:]:
+        await send_signal(c, sid)  # the client library reconnected; publishes retry with the same msg id
+    wanted = {entry_cid(s) for s in ids}
+
+    def all_settled(t: dict) -> bool:
+        done = {cid for x in t.values() for cid in x.client_order_ids if x.state in TERMINAL_ORDER_STATES}
+        return wanted <= done
+
+    timelines = await c.wait_journal(all_settled, within=60)
+    states = Counter(x.state for x in timelines.values() if x.intent and x.intent.bucket is Bucket.ENTRY)
+    assert states == Counter({OrderState.FILLED: len(ids)}), states
+    assert_no_duplicates(c)
+    assert sum(1 for cid, n in venue_orders_by_client_id(c).items() if cid in wanted) == len(ids)
+    for name in ("router", "entry", "reconciler", "risk"):
+        assert c.get(name, "/readyz")["ready"], name
+
+
+async def test_entry_down_signals_wait_in_the_stream(chaos: ChaosStack):
+    c = chaos
+    await asyncio.to_thread(c.kill, "entry")
+    for sid in ("e1", "e2", "e3"):
+        await send_signal(c, sid)
+    await asyncio.to_thread(c.restart, "entry")
+    wanted = {entry_cid(s) for s in ("e1", "e2", "e3")}
+    await c.tap.wait_for(
+        lambda: (
+            wanted
+            <= {t.client_order_id for t in c.tap.of(OrderTransition) if t.to_state is OrderState.FILLED}
+        )
+    )
+    assert_no_duplicates(c)
+
+
+async def test_reconciler_killed_stop_cancelled_meanwhile_repaired_after_restart(chaos: ChaosStack):
+    c = chaos
+    await send_signal(c, "r1")
+    cid = entry_cid("r1")
+    await c.tap.wait_for(
+        lambda: any(t.to_state is OrderState.FILLED for t in c.tap.of(OrderTransition, client_order_id=cid))
+    )
+    stop = await c.tap.wait_for(
+        lambda: next(
+            (t for t in c.tap.of(OrderTransition, bucket=Bucket.SL) if t.to_state is OrderState.ACKED), None
+        )
+    )
+    await asyncio.to_thread(c.kill, "reconciler")
+    c.sim.cancel_behind_back("BTCUSDT", stop.client_order_id)
+    # no reconcile data: risk must stop entries on its own
+    trip = await c.tap.wait_for(
+        lambda: [k for k in c.tap.of(KillSwitchEvent) if "stale_data" in k.newly_tripped]
+    )
+    assert trip
+    await c.tap.wait_for(lambda: any(not k.allow_entries for k in c.tap.of(GuardKnobs)))
+    await asyncio.to_thread(c.restart, "reconciler")
+    (rb,) = await c.tap.wait_for(lambda: c.tap.of(RebuildSummary))
+    assert rb.positions == {BTC: 0.01}
+    closed = await c.tap.wait_for(lambda: [g for g in c.tap.of(ProtectionGap) if g.state == "closed"])
+    assert closed[0].age_sec < 5.0  # unprotected time after the rebuild stays under the TTL
+    stops = [o for o in c.sim.state()["algo_orders"] if o["algoStatus"] == "NEW"]
+    assert len(stops) == 1 and stops[0]["closePosition"]
+    await c.tap.wait_for(lambda: c.tap.of(GuardKnobs) and c.tap.of(GuardKnobs)[-1].allow_entries)
+
+
+async def test_risk_killed_halt_survives_and_entries_fail_safe(chaos: ChaosStack):
+    import httpx
+
+    c = chaos
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            c.url("risk", "/halt"),
+            json={"reason": "chaos drill"},
+            headers={"Authorization": "Bearer chaos-token"},
+            timeout=5,
+        )
+    assert r.status_code == 200
+    await asyncio.to_thread(c.kill, "risk")
+    await send_signal(c, "while-risk-down")
+    cid = entry_cid("while-risk-down")
+    await asyncio.to_thread(c.restart, "risk")
+    knobs = c.get("risk", "/guard")["knobs"]
+    assert knobs["allow_entries"] is False and knobs["manual_reason"] == "api: chaos drill"
+    await send_signal(c, "after-restart")
+    await c.tap.wait_for(lambda: len(c.tap.of(SignalDecision)) >= 2)
+    assert all(not d.accepted for d in c.tap.of(SignalDecision))
+    assert cid not in venue_orders_by_client_id(c)
