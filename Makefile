@@ -33,6 +33,8 @@ fmt: install
 bench: install
 	$(PY) -m bench.order_path
 	$(PY) -m bench.replay_throughput
+	$(PY) -m bench.halt_propagation
+	$(PY) -m bench.reconcile_tick
 
 replay-summary: install
 	$(PY) -m tools.replay summary
