@@ -7,10 +7,14 @@ python -m tools.settings_doc --write    # refresh the table in README.md
 from __future__ import annotations
 
 from libs.common.config import (
+    BootSettings,
     EntrySettings,
     ExchangeSettings,
     GuardSettings,
+    KillSettings,
     NatsSettings,
+    ReconcilerSettings,
+    RiskSettings,
     RouterSettings,
     describe_settings,
 )
@@ -22,6 +26,10 @@ ALL_SETTINGS = (
     GuardSettings,
     RouterSettings,
     EntrySettings,
+    ReconcilerSettings,
+    BootSettings,
+    RiskSettings,
+    KillSettings,
     SimulatorSettings,
 )
 

@@ -16,3 +16,19 @@ def test_readme_opens_with_the_two_commands():
     block = README.read_text().split("```", 2)[1]
     commands = [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.strip()]
     assert commands == ["make run", "make test"]
+
+
+def test_every_settings_class_is_documented():
+    import inspect
+
+    from pydantic_settings import BaseSettings
+
+    from libs.common import config
+    from tools.settings_doc import ALL_SETTINGS
+
+    classes = {
+        c
+        for _, c in inspect.getmembers(config, inspect.isclass)
+        if issubclass(c, BaseSettings) and c.__module__ == config.__name__ and not c.__name__.startswith("_")
+    }
+    assert classes <= set(ALL_SETTINGS)
