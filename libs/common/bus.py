@@ -407,8 +407,12 @@ class ConsumerLoop:
 
     async def wait_handled(self, count: int, within_sec: float = 15.0) -> None:
         """Wait until ``count`` messages have been handled in total (tests, benchmarks)."""
+        await self.wait_until(lambda: self.handled >= count, within_sec)
+
+    async def wait_until(self, predicate: Callable[[], bool], within_sec: float = 15.0) -> None:
+        """Wait until ``predicate()`` holds, re-checked after every handled message."""
         async with self._handled_cond:
-            await asyncio.wait_for(self._handled_cond.wait_for(lambda: self.handled >= count), within_sec)
+            await asyncio.wait_for(self._handled_cond.wait_for(predicate), within_sec)
 
     async def _heartbeat(self, m: Msg, interval: float) -> None:
         """Long handlers (retries with backoff) must not be redelivered while still running."""

@@ -270,3 +270,21 @@ async def test_stage1_failure_asserts_a_gap_the_reconciler_acts_on(
     assert rec.state.gaps.gaps == {}
     fills = [t for t in bus.tap.of(OrderTransition) if t.bucket is Bucket.ENTRY and t.to_state is S.FILLED]
     assert len(fills) == 1
+
+
+async def test_equity_drawdown_latches_until_resume(bus, sim, reconciler_factory, risk_factory):
+    # the position stays unprotected here (no router): keep the mismatch storm out of this test
+    risk = await risk_factory(kill=KillSettings(max_drawdown_pct=5.0, reconcile_mismatch_streak_max=100_000))
+    await reconciler_factory()
+    sim.set_position(BTC_ID, 20.0, 50_000.0)  # 1M notional on a 1M account
+    await risk.consumer.wait_until(lambda: risk.kill.peak_equity == 1_000_000)
+    sim.set_price(BTC_ID, 47_000.0)  # -60k unrealised: 6% below the peak
+    knobs = await risk.wait_published(lambda k: "equity_drawdown" in k.kill_reasons)
+    assert not knobs.allow_entries
+    sim.set_price(BTC_ID, 50_000.0)  # recovered: still latched, money was lost once
+    await risk.consumer.wait_until(lambda: risk.last_summary.equity == 1_000_000)
+    await risk.evaluate()
+    assert "equity_drawdown" in risk.published.kill_reasons
+    await post(risk, "/resume", {"reason": "reviewed the drawdown"}, AUTH)
+    knobs = await risk.wait_published(lambda k: k.allow_entries)
+    assert knobs.kill_reasons == []
