@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.natsd import NatsServer, die_with_parent, free_port
+from tools.natsd import NatsServer, die_with_parent, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,15 +102,7 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        if not self.alive:
-            return
-        assert self.proc
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, sig, timeout)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import gc
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -128,17 +128,23 @@ async def load_journal(
 ) -> list[JournalEntry]:
     """The whole selection as a list (the common case: replay, router recovery)."""
     out: list[JournalEntry] = []
-    # Building hundreds of thousands of small objects makes the cyclic GC rescan the
-    # growing heap again and again; nothing here forms cycles, so pause it.
+    with _gc_paused():
+        async for batch in read_journal_batches(js, stream, prefix, subjects, since=since, errors=errors):
+            out.extend(batch)
+    return out
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building hundreds of thousands of small objects makes the cyclic GC rescan the growing
+    heap again and again; nothing a replay builds forms cycles, so pause it meanwhile."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        async for batch in read_journal_batches(js, stream, prefix, subjects, since=since, errors=errors):
-            out.extend(batch)
+        yield
     finally:
         if was_enabled:
             gc.enable()
-    return out
 
 
 @dataclass
@@ -219,15 +225,10 @@ async def replay_timelines(
     (unless ``keep_entries``). Returns the timelines and the number of entries read."""
     timelines: dict[str, IntentTimeline] = {}
     count = 0
-    was_enabled = gc.isenabled()
-    gc.disable()  # see load_journal
-    try:
+    with _gc_paused():
         async for batch in read_journal_batches(js, stream, prefix, subjects, since=since, errors=errors):
             fold(batch, timelines, keep_entries=keep_entries)
             count += len(batch)
-    finally:
-        if was_enabled:
-            gc.enable()
     return timelines, count
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
 import time
@@ -25,6 +26,7 @@ from libs.common.bus import Publisher, connect_nats, ensure_journal
 from libs.common.config import NatsSettings
 from libs.common.journal import Journal
 from libs.common.logs import RateLimitedLog, log_event
+from libs.common.replay import IntentTimeline, order_subjects, replay_timelines
 from libs.common.telemetry import HTTP_REQUESTS
 
 
@@ -78,6 +80,21 @@ class Service:
 
     async def on_stop(self) -> None:
         """Release service resources (exchange clients ...)."""
+
+    async def recent_timelines(self, hours: float) -> dict[str, IntentTimeline]:
+        """Intent lifecycles journaled in the last ``hours`` (start-up recovery; raises if unreadable)."""
+        assert self.js
+        prefix = self.nats_settings.subject_prefix
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+        timelines, _ = await replay_timelines(
+            self.js,
+            self.nats_settings.stream,
+            prefix,
+            order_subjects(prefix),
+            since=since,
+            keep_entries=False,
+        )
+        return timelines
 
     # ------------------------------------------------------------------ REST
 

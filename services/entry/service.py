@@ -10,7 +10,6 @@ gap clock immediately.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections import OrderedDict
@@ -27,13 +26,13 @@ from libs.common.ids import Bucket
 from libs.common.logs import log_event
 from libs.common.messages import (
     BusMessage,
+    GuardKnobs,
     OrderIntent,
     OrderTransition,
     Signal,
     SignalDecision,
     Stage1GapAssertion,
 )
-from libs.common.replay import order_subjects, replay_timelines
 from libs.common.service import Service
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 from libs.common.telemetry import ENTRY_BLOCKS, SIGNALS, STAGE1_GAPS
@@ -80,18 +79,8 @@ class EntryService(Service):
 
     async def prepare(self) -> None:
         """Open entries survive a restart: count them from the journal."""
-        assert self.js
-        prefix = self.nats_settings.subject_prefix
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         try:
-            timelines, _ = await replay_timelines(
-                self.js,
-                self.nats_settings.stream,
-                prefix,
-                order_subjects(prefix),
-                since=since,
-                keep_entries=False,
-            )
+            timelines = await self.recent_timelines(hours=1)
         except Exception as e:
             log_event(self.log, "entry.recover_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
             return
@@ -202,25 +191,8 @@ class EntryService(Service):
             else None,
         )
         if not decision.accepted:
-            SIGNALS.labels("refused").inc()
             ENTRY_BLOCKS.labels(decision.reason.split(":", 1)[0]).inc()
-            self._count("refused")
-            await self.journal.emit(
-                SignalDecision(
-                    signal_id=signal.signal_id,
-                    symbol=signal.symbol,
-                    accepted=False,
-                    reason=decision.reason,
-                    guard_mode=knobs.mode if knobs else None,
-                )
-            )
-            log_event(
-                self.log,
-                "entry.refused",
-                signal_id=signal.signal_id,
-                symbol=signal.symbol,
-                reason=decision.reason,
-            )
+            await self._decided(signal, knobs, decision.reason, None)
             return
         price = await self.reference_price(signal)
         if price and intent.notional_usdt is None:
@@ -230,24 +202,33 @@ class EntryService(Service):
         self.last_entry_at[signal.symbol] = time.time()
         # msg id = intent id: a redelivered signal republishes the same intent and is deduped
         await self.publisher.publish(intent, intent.intent_id)
-        SIGNALS.labels("sent").inc()
-        self._count("sent")
+        await self._decided(signal, knobs, "", intent)
+
+    async def _decided(
+        self, signal: Signal, knobs: GuardKnobs | None, refusal: str, intent: OrderIntent | None
+    ) -> None:
+        """Count, journal and log one decision (``intent`` None = refused for ``refusal``)."""
+        outcome = "sent" if intent is not None else "refused"
+        SIGNALS.labels(outcome).inc()
+        self._count(outcome)
         await self.journal.emit(
             SignalDecision(
                 signal_id=signal.signal_id,
                 symbol=signal.symbol,
-                accepted=True,
-                correlation_id=intent.correlation_id,
+                accepted=intent is not None,
+                reason=refusal,
+                correlation_id=intent.correlation_id if intent else None,
                 guard_mode=knobs.mode if knobs else None,
             )
         )
         log_event(
             self.log,
-            "entry.intent_sent",
+            f"entry.{outcome}",
             signal_id=signal.signal_id,
-            correlation_id=intent.correlation_id,
-            client_order_id=intent.client_order_id,
-            symbol=intent.symbol,
+            symbol=signal.symbol,
+            reason=refusal,
+            correlation_id=intent.correlation_id if intent else None,
+            client_order_id=intent.client_order_id if intent else None,
         )
 
     # ------------------------------------------------------------------ fills -> stage-1 protection

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable
@@ -32,7 +31,6 @@ from libs.common.messages import (
     ReplaceIntent,
     Stage1GapAssertion,
 )
-from libs.common.replay import order_subjects, replay_timelines
 from libs.common.service import Service
 from libs.common.telemetry import (
     MISMATCH_STREAK,
@@ -120,17 +118,8 @@ class ReconcilerService(Service):
 
     async def _rebuild(self) -> None:
         assert self.js and self.publisher
-        prefix = self.nats_settings.subject_prefix
         try:
-            since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=self.settings.recovery_hours)
-            timelines, _ = await replay_timelines(
-                self.js,
-                self.nats_settings.stream,
-                prefix,
-                order_subjects(prefix),
-                since=since,
-                keep_entries=False,
-            )
+            timelines = await self.recent_timelines(self.settings.recovery_hours)
             snap = await read_snapshot(self.ex, with_equity=False)
         except Exception as e:
             # no venue at boot: publish that fact; ticks keep trying and risk sees stale data

@@ -15,7 +15,7 @@ from libs.common.journal import EventSink
 from libs.common.messages import CancelOutcome, CancelResult
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import CANCELS
-from services.router.lookup import lookup_order
+from services.router.lookup import LookupResult, lookup_order
 from services.router.retrying import Budget, emit_retry_and_wait
 from services.router.venue import Venue, VenueOrder
 
@@ -55,6 +55,17 @@ async def cancel_order(
     trigger: bool,
     correlation_id: str,
 ) -> CancelReport:
+    async def fetch() -> LookupResult:
+        return await lookup_order(
+            venue,
+            sink,
+            budget,
+            symbol=symbol,
+            client_order_id=client_order_id,
+            trigger=trigger,
+            correlation_id=correlation_id,
+        )
+
     tries = 0
     report: CancelReport
     while True:
@@ -64,15 +75,7 @@ async def cancel_order(
         except Exception as e:
             d = classify_order_error_policy(e)
             if d.policy is Policy.IDEMPOTENT_SAFE:
-                res = await lookup_order(
-                    venue,
-                    sink,
-                    budget,
-                    symbol=symbol,
-                    client_order_id=client_order_id,
-                    trigger=trigger,
-                    correlation_id=correlation_id,
-                )
+                res = await fetch()
                 outcome = _outcome_from_fetch(res.order) if res.known else "already_gone"
                 reason = d.reason if res.known else f"{d.reason}:unverified"
                 report = CancelReport(outcome, res.order, reason, d.code)
@@ -102,15 +105,7 @@ async def cancel_order(
             report = CancelReport("canceled", order, "venue")
         elif order.state is OrderState.UNKNOWN:
             # a bare ack without a status (Binance algo cancels): the fetch tells what happened
-            res = await lookup_order(
-                venue,
-                sink,
-                budget,
-                symbol=symbol,
-                client_order_id=client_order_id,
-                trigger=trigger,
-                correlation_id=correlation_id,
-            )
+            res = await fetch()
             if res.known and res.order is not None and res.order.state is OrderState.CANCELED:
                 report = CancelReport("canceled", res.order, "venue_ack+fetch")
             elif res.known:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from libs.common.error_policy import Policy, classify_order_error_policy
 from libs.common.journal import EventSink
+from libs.common.messages import OrderIntent
 from services.router.retrying import Budget, emit_retry_and_wait
 from services.router.venue import Venue, VenueOrder
 
@@ -19,6 +20,19 @@ class LookupResult:
     known: bool  # False: we still do not know whether the order exists
     order: VenueOrder | None = None  # None with known=True: the venue says it does not exist
     reason: str = ""
+
+
+async def lookup_intent(venue: Venue, sink: EventSink, budget: Budget, intent: OrderIntent) -> LookupResult:
+    """``lookup_order`` for the order an intent places."""
+    return await lookup_order(
+        venue,
+        sink,
+        budget,
+        symbol=intent.symbol,
+        client_order_id=intent.client_order_id,
+        trigger=intent.is_trigger,
+        correlation_id=intent.correlation_id,
+    )
 
 
 async def lookup_order(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import random
 import time
@@ -26,7 +25,6 @@ from libs.common.exchange import make_exchange
 from libs.common.guard import GuardView
 from libs.common.logs import log_event
 from libs.common.messages import BusMessage, CancelIntent, OrderIntent, ReplaceIntent
-from libs.common.replay import order_subjects, replay_timelines
 from libs.common.retry import RetryPolicy
 from libs.common.service import Service
 from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
@@ -40,7 +38,7 @@ from libs.common.telemetry import (
 )
 from services.router.cancel import cancel_order
 from services.router.lifecycle import Lifecycle
-from services.router.lookup import lookup_order
+from services.router.lookup import lookup_intent
 from services.router.policy import entry_policy
 from services.router.replace import cancel_replace_order
 from services.router.retrying import Budget, emit_retry_and_wait
@@ -291,15 +289,7 @@ class RouterService(Service):
     async def resolve_once(self, life: Lifecycle) -> None:
         intent = life.intent
         single_try = Budget(RetryPolicy(max_attempts=1), rng=self.rng)
-        res = await lookup_order(
-            self.venue,
-            self.journal,
-            single_try,
-            symbol=intent.symbol,
-            client_order_id=intent.client_order_id,
-            trigger=intent.is_trigger,
-            correlation_id=intent.correlation_id,
-        )
+        res = await lookup_intent(self.venue, self.journal, single_try, intent)
         if not res.known:
             return
         if res.order is None:
@@ -311,18 +301,8 @@ class RouterService(Service):
 
     async def _recover_unknown_from_journal(self, hours: float = 24.0) -> None:
         """At boot: intents whose last journaled state is UNKNOWN go back to the resolver."""
-        assert self.js
-        prefix = self.nats_settings.subject_prefix
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
         try:
-            timelines, scanned = await replay_timelines(
-                self.js,
-                self.nats_settings.stream,
-                prefix,
-                order_subjects(prefix),
-                since=since,
-                keep_entries=False,
-            )
+            timelines = await self.recent_timelines(hours)
         except Exception as e:
             log_event(self.log, "router.recover_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
             return
@@ -337,7 +317,7 @@ class RouterService(Service):
                 recovered += 1
             elif t.state in OPEN_ORDER_STATES:
                 self._remember(Lifecycle(t.intent, self.journal, state=t.state))
-        log_event(self.log, "router.recovered", unknown=recovered, scanned=scanned)
+        log_event(self.log, "router.recovered", unknown=recovered, intents=len(timelines))
 
     # ------------------------------------------------------------------ REST
 

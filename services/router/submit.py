@@ -24,7 +24,7 @@ from libs.common.messages import OrderIntent
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import SUBMIT_LATENCY
 from services.router.lifecycle import Lifecycle
-from services.router.lookup import lookup_order
+from services.router.lookup import lookup_intent
 from services.router.retrying import Budget, emit_retry_and_wait
 from services.router.venue import Venue
 
@@ -135,15 +135,7 @@ class OrderSubmitter:
 
     async def _resolve(self, life: Lifecycle, budget: Budget, intent: OrderIntent) -> SubmitOutcome | None:
         """From UNKNOWN: settle if the venue has the order, park if it cannot say, None if absent."""
-        res = await lookup_order(
-            self.venue,
-            self.sink,
-            budget,
-            symbol=intent.symbol,
-            client_order_id=intent.client_order_id,
-            trigger=intent.is_trigger,
-            correlation_id=intent.correlation_id,
-        )
+        res = await lookup_intent(self.venue, self.sink, budget, intent)
         if not res.known:
             return SubmitOutcome(OrderState.UNKNOWN, f"lookup_failed:{res.reason}", life)
         if res.order is None:
