@@ -178,46 +178,55 @@ def fast_router_settings(**overrides: Any) -> RouterSettings:
     return RouterSettings(**args)
 
 
-@pytest_asyncio.fixture
-async def router_factory(nats_settings: NatsSettings, sim: Any) -> AsyncIterator[Callable]:
-    """Start RouterService instances in-process against the simulator; all stopped at teardown."""
-    from services.router.service import RouterService
+class Started:
+    """Services started by one test, in-process; all stopped at teardown."""
 
-    started: list[RouterService] = []
+    def __init__(self) -> None:
+        self.services: list[Any] = []
+
+    async def __call__(self, svc: Any) -> Any:
+        await svc.start()
+        await svc.wait_ready()
+        self.services.append(svc)
+        return svc
+
+    async def stop_all(self) -> None:
+        for svc in self.services:
+            await svc.stop()
+
+
+@pytest_asyncio.fixture
+async def started() -> AsyncIterator[Started]:
+    s = Started()
+    yield s
+    await s.stop_all()
+
+
+@pytest.fixture
+def router_factory(nats_settings: NatsSettings, sim: Any, started: Started) -> Callable:
+    from services.router.service import RouterService
 
     async def make(
         timeout_ms: int = 1500, guard: GuardSettings | None = None, **overrides: Any
     ) -> RouterService:
-        svc = RouterService(
-            nats_settings, exchange_settings(sim, timeout_ms), fast_router_settings(**overrides), guard
+        return await started(
+            RouterService(
+                nats_settings, exchange_settings(sim, timeout_ms), fast_router_settings(**overrides), guard
+            )
         )
-        await svc.start()
-        await svc.wait_ready()
-        started.append(svc)
-        return svc
 
-    yield make
-    for svc in started:
-        await svc.stop()
+    return make
 
 
-@pytest_asyncio.fixture
-async def entry_factory(nats_settings: NatsSettings, sim: Any) -> AsyncIterator[Callable]:
+@pytest.fixture
+def entry_factory(nats_settings: NatsSettings, sim: Any, started: Started) -> Callable:
     from services.entry.service import EntryService
-
-    started: list[EntryService] = []
 
     async def make(guard: GuardSettings | None = None, **overrides: Any) -> EntryService:
         settings = EntrySettings(**{"http_port": 0, **overrides})
-        svc = EntryService(nats_settings, settings, guard, exchange_settings(sim))
-        await svc.start()
-        await svc.wait_ready()
-        started.append(svc)
-        return svc
+        return await started(EntryService(nats_settings, settings, guard, exchange_settings(sim)))
 
-    yield make
-    for svc in started:
-        await svc.stop()
+    return make
 
 
 @pytest_asyncio.fixture
@@ -239,34 +248,26 @@ def fast_reconciler_settings(**overrides: Any) -> ReconcilerSettings:
     return ReconcilerSettings(**args)
 
 
-@pytest_asyncio.fixture
-async def reconciler_factory(nats_settings: NatsSettings, sim: Any) -> AsyncIterator[Callable]:
+@pytest.fixture
+def reconciler_factory(nats_settings: NatsSettings, sim: Any, started: Started) -> Callable:
     from services.reconciler.service import ReconcilerService
 
-    started: list[ReconcilerService] = []
-
     async def make(boot: BootSettings | None = None, **overrides: Any) -> ReconcilerService:
-        svc = ReconcilerService(
-            nats_settings, exchange_settings(sim), fast_reconciler_settings(**overrides), boot
+        return await started(
+            ReconcilerService(
+                nats_settings, exchange_settings(sim), fast_reconciler_settings(**overrides), boot
+            )
         )
-        await svc.start()
-        await svc.wait_ready()
-        started.append(svc)
-        return svc
 
-    yield make
-    for svc in started:
-        await svc.stop()
+    return make
 
 
 ADMIN_TOKEN = "test-admin-token"
 
 
-@pytest_asyncio.fixture
-async def risk_factory(nats_settings: NatsSettings) -> AsyncIterator[Callable]:
+@pytest.fixture
+def risk_factory(nats_settings: NatsSettings, started: Started) -> Callable:
     from services.risk.service import RiskService
-
-    started: list[RiskService] = []
 
     async def make(kill: KillSettings | None = None, **overrides: Any) -> RiskService:
         settings = RiskSettings(
@@ -279,12 +280,6 @@ async def risk_factory(nats_settings: NatsSettings) -> AsyncIterator[Callable]:
                 **overrides,
             }
         )
-        svc = RiskService(nats_settings, settings, kill or KillSettings(stale_data_sec=30))
-        await svc.start()
-        await svc.wait_ready()
-        started.append(svc)
-        return svc
+        return await started(RiskService(nats_settings, settings, kill or KillSettings(stale_data_sec=30)))
 
-    yield make
-    for svc in started:
-        await svc.stop()
+    return make
