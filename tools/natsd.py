@@ -73,6 +73,7 @@ class NatsServer:
         host: str = "127.0.0.1",
         config_file: str | None = None,
         log_file: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port()
@@ -81,6 +82,7 @@ class NatsServer:
         self.store_dir = store_dir or tempfile.mkdtemp(prefix="erl-nats-")
         self.config_file = config_file
         self.log_file = log_file
+        self.env = env  # e.g. the passwords a config file references
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -88,11 +90,10 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [
-            nats_server_binary(),
-            "-js",
-            "-sd",
-            self.store_dir,
+        cmd = [nats_server_binary(), "-js"]
+        if not self.config_file:  # a config file names its own store_dir (flag and file may not both)
+            cmd += ["-sd", self.store_dir]
+        cmd += [
             "-a",
             self.host,
             "-p",
@@ -107,7 +108,12 @@ class NatsServer:
     def start(self, ready_timeout: float = 15.0) -> NatsServer:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            self.command(), stdout=out, stderr=out, start_new_session=True, preexec_fn=die_with_parent
+            self.command(),
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            env={**os.environ, **self.env} if self.env else None,
         )
         self.wait_ready(ready_timeout)
         return self

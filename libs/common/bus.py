@@ -87,6 +87,8 @@ async def connect_nats(settings: NatsSettings, service: str, *, fail_fast: bool 
     if settings.user:
         kwargs["user"] = settings.user
         kwargs["password"] = settings.password.get_secret_value() if settings.password else ""
+        # per-user inboxes: the server only lets each user read its own replies
+        kwargs["inbox_prefix"] = f"_INBOX.{settings.user}"
     nc = await nats.connect(**kwargs)
     holder.append(nc)
     NATS_CONNECTED.labels(service).set(1)
@@ -94,30 +96,41 @@ async def connect_nats(settings: NatsSettings, service: str, *, fail_fast: bool 
 
 
 async def ensure_journal(js: JetStreamContext, settings: NatsSettings) -> None:
-    """Create or update the journal stream and the guard-knob KV bucket (idempotent)."""
-    cfg = StreamConfig(
-        name=settings.stream,
-        subjects=[f"{settings.subject_prefix}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=settings.max_age_days * 86400,
-        duplicate_window=settings.duplicate_window_sec,
-        num_replicas=settings.replicas,
-        allow_direct=True,
-    )
+    """Create the journal stream and the guard-knob KV bucket if they do not exist yet.
+
+    An existing stream is left as it is: services run with least-privilege NATS
+    credentials that may read stream info but not change stream configuration
+    (retention, replicas) — that is an operator decision, made once.
+    """
     try:
-        await js.add_stream(cfg)
-    except nats.js.errors.BadRequestError as e:
-        if e.err_code != 10058:  # stream name already in use with a different configuration
-            raise
-        await js.update_stream(cfg)
+        await js.stream_info(settings.stream)
+    except nats.js.errors.NotFoundError:
+        cfg = StreamConfig(
+            name=settings.stream,
+            subjects=[f"{settings.subject_prefix}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=settings.max_age_days * 86400,
+            duplicate_window=settings.duplicate_window_sec,
+            num_replicas=settings.replicas,
+            allow_direct=True,
+        )
+        try:
+            await js.add_stream(cfg)
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != 10058:  # created concurrently by another service: fine
+                raise
     try:
         await js.key_value(settings.kv_bucket)
     except nats.js.errors.BucketNotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(bucket=settings.kv_bucket, history=16, replicas=settings.replicas)
-        )
+        try:
+            await js.create_key_value(
+                KeyValueConfig(bucket=settings.kv_bucket, history=16, replicas=settings.replicas)
+            )
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != 10058:
+                raise
 
 
 class Publisher:
