@@ -17,6 +17,7 @@ run: install
 	$(PY) -m tools.run_local
 
 test: install
+	@./tools/ensure_prometheus.sh
 	$(PY) -m pytest -q
 
 test-unit: install

@@ -442,8 +442,7 @@ class ConsumerLoop:
         meta = None
         with contextlib.suppress(Exception):
             meta = m.metadata
-        kind = reason.split(":", 1)[0]
-        DEAD_LETTERS.labels(self.service, kind).inc()
+        DEAD_LETTERS.labels(self.service, "decode" if reason.startswith("decode") else "handler").inc()
         letter = DeadLetter(
             service=self.service,
             subject=m.subject,

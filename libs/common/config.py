@@ -48,11 +48,20 @@ class ExchangeSettings(_Base):
     api_key: SecretStr = Field(SecretStr("sim-key"), description="API key (never logged)")
     api_secret: SecretStr = Field(SecretStr("sim-secret"), description="API secret (never logged)")
     timeout_ms: int = Field(5000, ge=100, description="Per-request HTTP timeout")
+    api_key_file: str | None = Field(None, description="Read the API key from this file (docker secrets)")
+    api_secret_file: str | None = Field(None, description="Read the API secret from this file (docker secrets)")
 
     @model_validator(mode="after")
-    def _empty_url_means_real_venue(self) -> ExchangeSettings:
+    def _normalise(self) -> ExchangeSettings:
         if self.api_url is not None and not self.api_url.strip():
-            object.__setattr__(self, "api_url", None)
+            object.__setattr__(self, "api_url", None)  # empty = the real Binance fapi hosts
+        for field, path in (("api_key", self.api_key_file), ("api_secret", self.api_secret_file)):
+            if path:
+                try:
+                    with open(path) as f:
+                        object.__setattr__(self, field, SecretStr(f.read().strip()))
+                except OSError as e:
+                    raise ValueError(f"cannot read {field} file {path}: {e.strerror}") from None
         return self
 
 

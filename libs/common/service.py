@@ -27,7 +27,7 @@ from libs.common.config import NatsSettings
 from libs.common.journal import Journal
 from libs.common.logs import RateLimitedLog, log_event
 from libs.common.replay import IntentTimeline, order_subjects, replay_timelines
-from libs.common.telemetry import HTTP_REQUESTS
+from libs.common.telemetry import HTTP_REQUESTS, preinit
 
 
 class _QuietServer(uvicorn.Server):
@@ -54,6 +54,7 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._server: _QuietServer | None = None
         self._bus_ready = asyncio.Event()
+        preinit(self.name)
         self.app = self._make_app()
 
     # ------------------------------------------------------------------ to override

@@ -85,3 +85,93 @@ GUARD_MAX_LEVERAGE = Gauge("erl_guard_max_leverage", "Published guard knob")
 GUARD_MIN_CONF = Gauge("erl_guard_min_entry_conf", "Published guard knob")
 GUARD_MODE = Gauge("erl_guard_mode", "Published guard mode (1 for the active one)", ["mode"])
 BELIEF_DEBT = Gauge("erl_belief_debt", "Belief debt driving the controller")
+
+
+# Known label values are created at zero when a service starts, so dashboards and alerts see "none
+# yet" as 0 instead of as a missing series (which looks the same as a misspelt metric).
+_KNOWN: dict[str, list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]] = {
+    "router": [
+        (CANCEL_REPLACE_GIVEUPS, (("INTENT_CREATED",), ("CANCEL_SENT_UNKNOWN",), ("REPLACE_RACE",))),
+        (
+            CANCELS,
+            (("canceled",), ("already_gone",), ("filled",), ("conflict_open",), ("unknown",), ("failed",)),
+        ),
+        (
+            ORDERS,
+            tuple(
+                (b, o)
+                for b in ("ENTRY", "TP", "SL", "EXIT")
+                for o in ("ACKED", "FILLED", "REJECTED", "FAILED", "BLOCKED", "UNKNOWN", "MOOT")
+            ),
+        ),
+        (
+            POLICY_BLOCKS,
+            tuple(
+                ("router", r)
+                for r in (
+                    "entries_blocked",
+                    "guard_unavailable",
+                    "stale_intent",
+                    "notional_cap",
+                    "leverage_not_set",
+                )
+            ),
+        ),
+    ],
+    "entry": [
+        (SIGNALS, (("sent",), ("refused",))),
+        (
+            ENTRY_BLOCKS,
+            tuple(
+                (r,)
+                for r in (
+                    "guard_unavailable",
+                    "entries_blocked",
+                    "confidence_below_floor",
+                    "cooldown",
+                    "open_order_cap",
+                    "no_reference_price",
+                    "notional_cap",
+                )
+            ),
+        ),
+    ],
+    "reconciler": [
+        (
+            RECONCILE_MISMATCHES,
+            tuple(
+                (k,)
+                for k in (
+                    "position_drift",
+                    "orphan_order",
+                    "unknown_own_order",
+                    "missing_order",
+                    "missing_stop",
+                    "undersized_stop",
+                    "gap_ttl_breach",
+                )
+            ),
+        ),
+        (
+            RECONCILE_REPAIRS,
+            tuple(
+                (a,) for a in ("place_stop", "refresh_stop", "adopt_position", "forget_order", "adopt_order")
+            ),
+        ),
+    ],
+    "risk": [
+        (KILL_TRIPS, (("api_errors",), ("stale_data",), ("equity_drawdown",), ("reconcile_mismatch_storm",))),
+        (GUARD_MODE, (("normal",), ("cautious",), ("defensive",), ("halted",))),
+    ],
+}
+
+
+def preinit(service: str) -> None:
+    """Create this service's known series at zero (idempotent)."""
+    NATS_CONNECTED.labels(service)
+    PUBLISH_FAILURES.labels(service)
+    for kind in ("decode", "handler"):
+        DEAD_LETTERS.labels(service, kind)
+    for metric, label_sets in _KNOWN.get(service, []):
+        for labels in label_sets:
+            metric.labels(*labels)
