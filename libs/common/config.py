@@ -49,7 +49,9 @@ class ExchangeSettings(_Base):
     api_secret: SecretStr = Field(SecretStr("sim-secret"), description="API secret (never logged)")
     timeout_ms: int = Field(5000, ge=100, description="Per-request HTTP timeout")
     api_key_file: str | None = Field(None, description="Read the API key from this file (docker secrets)")
-    api_secret_file: str | None = Field(None, description="Read the API secret from this file (docker secrets)")
+    api_secret_file: str | None = Field(
+        None, description="Read the API secret from this file (docker secrets)"
+    )
 
     @model_validator(mode="after")
     def _normalise(self) -> ExchangeSettings:
