@@ -177,7 +177,9 @@ class Publisher:
 class ConsumerSpec:
     durable: str
     filter_subjects: list[str]
-    ack_wait_sec: float = 30.0
+    # held messages heartbeat (ConsumerLoop), so this only bounds how long a delivery lost in
+    # transit (connection or node lost) waits before redelivery: keep it well under the gap TTL
+    ack_wait_sec: float = 5.0
     max_deliver: int = 5
     max_ack_pending: int = 256
     # only messages published from creation on (views rebuilt from the venue at boot, see reset_consumer)
@@ -275,7 +277,10 @@ class ConsumerLoop:
         # e.g. journal.flush: what the handler caused must be durable before the ack
         self.before_ack = before_ack
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._queues: dict[str, deque[tuple[BusMessage, Msg]]] = {}
+        # every message we hold (waiting for a slot, queued behind its key, or being handled)
+        # heartbeats once held this long, so ack_wait only ever redelivers a delivery that was lost
+        self._beat_interval = max(spec.ack_wait_sec / 3, 0.5)
+        self._queues: dict[str, deque[tuple[BusMessage, Msg, _LazyHeartbeat]]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.consumer"))
         self.in_flight = 0
@@ -327,27 +332,33 @@ class ConsumerLoop:
             await _unsubscribe(sub)
 
     async def _on_msg(self, m: Msg) -> None:
-        # waiting here blocks the subscription's delivery task: backpressure up to max_ack_pending
-        await self._slots.acquire()
+        beat = _LazyHeartbeat(self._heartbeat, m, self._beat_interval)
+        try:
+            # waiting here blocks the subscription's delivery task: backpressure up to max_ack_pending
+            await self._slots.acquire()
+        except BaseException:
+            beat.stop()
+            raise
         self.in_flight += 1
-        self._dispatch(m)
+        self._dispatch(m, beat)
 
     def _release(self) -> None:
         self.in_flight -= 1
         self._slots.release()
 
-    def _dispatch(self, m: Msg) -> None:
+    def _dispatch(self, m: Msg, beat: _LazyHeartbeat) -> None:
         try:
             model = decode(self.prefix, m.subject, m.data)
         except DecodeError as e:
+            beat.stop()
             self._spawn(self._dead_letter_and_mark(m, f"decode: {e}"), release=True)
             return
         key = self.key_fn(model) if self.key_fn else m.subject
         queue = self._queues.get(key)
         if queue is not None:
-            queue.append((model, m))  # a worker for this key is running and will drain it
+            queue.append((model, m, beat))  # a worker for this key is running and will drain it
             return
-        self._queues[key] = deque([(model, m)])
+        self._queues[key] = deque([(model, m, beat)])
         self._spawn(self._drain(key), release=False)
 
     def _spawn(self, coro: Awaitable[None], *, release: bool) -> None:
@@ -365,24 +376,25 @@ class ConsumerLoop:
         queue = self._queues[key]
         try:
             while queue:
-                model, m = queue[0]
+                model, m, beat = queue[0]
                 try:
                     await self._handle(model, m)
                 except Exception:  # our own bookkeeping failed: never let it stop the key's queue
                     log.exception("consumer bookkeeping failed for %s", m.subject)
                 finally:
+                    beat.stop()
                     queue.popleft()
                     self._release()
                     await self._mark_handled()
         finally:
-            del self._queues[key]
+            # a hard stop abandons what is still queued: stop vouching for it so it is redelivered
+            for _, _, beat in self._queues.pop(key):
+                beat.stop()
 
     async def _handle(self, model: BusMessage, m: Msg) -> None:
         meta = m.metadata
         delivery = Delivery(m.subject, meta.sequence.stream, meta.num_delivered, m)
         family = family_of(self.prefix, m.subject)
-        # most handlers finish in milliseconds: only start heartbeating if this one does not
-        beat = _LazyHeartbeat(self._heartbeat, m, max(self.spec.ack_wait_sec / 3, 0.5))
         try:
             await self.handler(model, delivery)
             if self.before_ack is not None:
@@ -407,8 +419,6 @@ class ConsumerLoop:
                 with contextlib.suppress(Exception):
                     await m.nak(delay=min(2.0**meta.num_delivered, 30.0))
             return
-        finally:
-            beat.stop()
         BUS_MESSAGES.labels(self.service, family, "ok").inc()
         with contextlib.suppress(Exception):
             await m.ack()
@@ -470,7 +480,10 @@ class ConsumerLoop:
 
 
 class _LazyHeartbeat:
-    """A timer that starts the heartbeat task only after ``interval``; stop() cancels either."""
+    """A timer that starts the heartbeat task only after ``interval``; stop() cancels either.
+
+    Most messages are handled in milliseconds and never send a heartbeat.
+    """
 
     def __init__(self, beat: Callable[[Msg, float], Awaitable[None]], m: Msg, interval: float) -> None:
         self._task: asyncio.Future | None = None

@@ -93,7 +93,9 @@ class RouterSettings(_Base):
     )
     replace_strict_transitions: bool = Field(True, description="Raise on invalid replace transitions")
     max_in_flight: int = Field(256, ge=1, description="Intents processed concurrently (per-symbol ordered)")
-    ack_wait_sec: float = Field(30.0, gt=0, description="Consumer ack wait (long handlers heartbeat)")
+    ack_wait_sec: float = Field(
+        5.0, gt=0, description="Redelivery delay of an intent lost in transit (held ones heartbeat)"
+    )
     max_deliver: int = Field(10, ge=1, description="Deliveries before an intent is dead-lettered")
 
     @model_validator(mode="after")

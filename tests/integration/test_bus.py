@@ -68,6 +68,41 @@ async def test_consumer_orders_per_key_and_runs_keys_concurrently(bus):
     assert overlap.is_set()
 
 
+async def test_messages_held_behind_a_slow_handler_are_not_redelivered(bus):
+    """Queued behind a slow handler of the same key, or waiting for an in-flight slot, a message
+    is still ours: it heartbeats, so ack_wait never redelivers it and nothing is handled twice."""
+    handled: list[tuple[str, int]] = []
+
+    async def handler(msg, delivery):
+        if msg.signal_id == "s0":
+            await asyncio.sleep(3.5)  # simulated slow venue call: longer than 3 x ack_wait
+        handled.append((msg.signal_id, delivery.num_delivered))
+
+    stop = asyncio.Event()
+    spec = ConsumerSpec("slow", [f"{bus.settings.subject_prefix}.signal.>"], ack_wait_sec=1.0)
+    loop = ConsumerLoop(
+        bus.js,
+        bus.publisher,
+        bus.settings.stream,
+        spec,
+        handler,
+        service="test",
+        key_fn=lambda m: m.symbol,
+        max_in_flight=2,  # s0 handled, s1 queued behind it, s2 waiting for a slot
+    )
+    for i in range(3):
+        await bus.publish(sig(i))
+    task = asyncio.ensure_future(loop.run(stop))
+    try:
+        await loop.wait_handled(3)
+        info = await bus.js.consumer_info(bus.settings.stream, "slow")
+    finally:
+        stop.set()
+        await task
+    assert handled == [("s0", 1), ("s1", 1), ("s2", 1)]
+    assert info.num_redelivered == 0
+
+
 async def test_failing_handler_is_dead_lettered_after_max_deliver(bus):
     calls = 0
 
