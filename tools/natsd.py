@@ -7,7 +7,9 @@ restart it and find the journal intact.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,9 +49,16 @@ def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeo
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (held open together while chosen, so none is handed out twice)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def nats_server_binary() -> str:
@@ -118,10 +127,11 @@ class NatsServer:
         self.wait_ready(ready_timeout)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
-        """Ready when the monitor says JetStream is enabled (``/healthz?js-enabled-only=true``)."""
+    def wait_ready(self, timeout: float, query: str = "?js-enabled-only=true") -> None:
+        """Ready when the monitor's ``/healthz`` answers 200: by default once JetStream is enabled;
+        ``query=""`` waits for full health (in a cluster: a JetStream meta leader is known)."""
         deadline = time.monotonic() + timeout
-        url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        url = f"http://{self.host}:{self.monitor_port}/healthz{query}"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
@@ -157,6 +167,54 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class NatsCluster:
+    """A cluster of local nodes run from one nats-server config (the compose cluster variant, on
+    loopback): its store dir, cluster listen address and routes are rewritten per node. Nodes are
+    named ``nats-1`` .. ``nats-N`` through ``$NATS_SERVER_NAME``; chaos tests kill and restart them.
+    """
+
+    def __init__(self, config_text: str, size: int = 3, env: dict[str, str] | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="erl-nats-cluster-"))
+        ports = free_ports(3 * size)  # client, monitor and route port of every node, all distinct
+        route_ports = ports[2 * size :]
+        routes = ", ".join(f"nats://127.0.0.1:{p}" for p in route_ports)
+        self.nodes: dict[str, NatsServer] = {}
+        for i, route_port in enumerate(route_ports, 1):
+            name = f"nats-{i}"
+            node_dir = self.dir / name
+            node_dir.mkdir()
+            conf = re.sub(r'store_dir: "[^"]*"', f'store_dir: "{node_dir / "store"}"', config_text)
+            conf = re.sub(r"listen: \S+", f"listen: 127.0.0.1:{route_port}", conf)
+            conf = re.sub(r"routes: \[[^\]]*\]", f"routes: [{routes}]", conf)
+            (node_dir / "nats.conf").write_text(conf)
+            self.nodes[name] = NatsServer(
+                port=ports[i - 1],
+                monitor_port=ports[size + i - 1],
+                config_file=str(node_dir / "nats.conf"),
+                env={**(env or {}), "NATS_SERVER_NAME": name},
+                log_file=str(node_dir / "nats.log"),
+            )
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes.values())
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        for node in self.nodes.values():
+            node.start(timeout)
+        for node in self.nodes.values():
+            node.wait_ready(timeout, query="")  # every node knows the meta leader
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":  # python -m tools.natsd: a throwaway server for poking around

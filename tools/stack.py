@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.natsd import NatsServer, die_with_parent, free_port, stop_process
+from tools.natsd import NatsCluster, NatsServer, die_with_parent, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ class LocalStack:
     run_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     fixed_ports: bool = False  # True: honour defaults like 4222/8090 (make run); False: free ports (tests)
-    nats: NatsServer | None = None
+    nats: NatsServer | NatsCluster | None = None
     children: dict[str, Child] = field(default_factory=dict)
 
     def _port(self, env: str, default: int) -> int:

@@ -6,17 +6,19 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.errors
 
 from libs.common.bus import connect_nats
 from libs.common.config import NatsSettings
-from libs.common.messages import BusMessage, DecodeError, decode
-from libs.common.replay import IntentTimeline, order_subjects, replay_timelines
+from libs.common.messages import BusMessage, DecodeError, SignalDecision, decode
+from libs.common.replay import IntentTimeline, load_journal, order_subjects, replay_timelines
 from services.simulator.testing import SimControl
+from tools.natsd import NatsCluster, NatsServer
 from tools.stack import SERVICES, SIMULATOR, ChildSpec, LocalStack
 
 ADMIN_TOKEN = "chaos-token"
@@ -73,9 +75,15 @@ class Tap:
 
 
 class ChaosStack:
-    def __init__(self, **env: str) -> None:
+    def __init__(
+        self, cluster: NatsCluster | None = None, passwords: dict[str, str] | None = None, **env: str
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="erl-chaos-"))
         self.stack = LocalStack(self.dir, extra_env={**FAST_ENV, **env})
+        self.cluster = cluster  # None: one nats-server of our own
+        # per-user NATS passwords when the server runs the deployed config (services as themselves,
+        # this harness as the "ops" user); None: an open server
+        self.passwords = passwords
         self.sim = SimControl()
         self.tap = Tap()
         self.nc = None
@@ -83,18 +91,27 @@ class ChaosStack:
     # ------------------------------------------------------------------ processes
 
     def start(self, services: tuple[ChildSpec, ...] = SERVICES) -> ChaosStack:
-        self.stack.start_nats()
+        if self.cluster is None:
+            self.stack.start_nats()
+        else:
+            (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+            self.stack.nats = self.cluster.start()
         sim = self.stack.add(SIMULATOR)
         assert sim.wait_ready(), self.logs("simulator")
         self.sim.base_url = sim.url
         for spec in services:
-            self.stack.add(spec)
+            self.stack.add(spec, env=self.credentials(spec.name))
         for spec in services:
             assert self.stack[spec.name].wait_ready(), self.logs(spec.name)
         return self
 
+    def credentials(self, user: str) -> dict[str, str]:
+        if self.passwords is None:
+            return {}
+        return {"NATS_USER": user, "NATS_PASSWORD": self.passwords[user]}
+
     def add(self, spec: ChildSpec, **env: str) -> None:
-        self.stack.add(spec, env=env)
+        self.stack.add(spec, env={**self.credentials(spec.name), **env})
         assert self.stack[spec.name].wait_ready(), self.logs(spec.name)
 
     def kill(self, name: str) -> None:
@@ -106,13 +123,19 @@ class ChaosStack:
         child.start()
         assert child.wait_ready(), self.logs(name)
 
-    def kill_nats(self) -> None:
-        assert self.stack.nats
-        self.stack.nats.kill()
+    def nats_node(self, node: str | None = None) -> NatsServer:
+        """Our one nats-server, or the named node of the cluster."""
+        if self.cluster is not None:
+            assert node, "name the cluster node"
+            return self.cluster.nodes[node]
+        assert isinstance(self.stack.nats, NatsServer)
+        return self.stack.nats
 
-    def start_nats(self) -> None:
-        assert self.stack.nats
-        self.stack.nats.start()
+    def kill_nats(self, node: str | None = None) -> None:
+        self.nats_node(node).kill()
+
+    def start_nats(self, node: str | None = None) -> None:
+        self.nats_node(node).start()
 
     def logs(self, name: str) -> str:
         path = self.dir / "logs" / f"{name}.log"
@@ -127,13 +150,20 @@ class ChaosStack:
     def close(self) -> None:
         self.sim.close()
         self.stack.stop()
+        if self.cluster is not None:
+            self.cluster.close()
 
     # ------------------------------------------------------------------ bus
 
     @property
     def settings(self) -> NatsSettings:
         assert self.stack.nats
-        return NatsSettings(url=self.stack.nats.url, publish_timeout_sec=2.0, publish_attempts=10)
+        return NatsSettings(
+            url=self.stack.nats.url,
+            publish_timeout_sec=2.0,
+            publish_attempts=10,
+            **({"user": "ops", "password": self.passwords["ops"]} if self.passwords else {}),
+        )
 
     async def connect(self) -> None:
         self.nc = await connect_nats(self.settings, "chaos-test")
@@ -153,15 +183,37 @@ class ChaosStack:
         finally:
             await nc.close()
 
+    async def decisions(self) -> dict[str, SignalDecision]:
+        """The entry service's journaled decision per signal id."""
+        nc = await connect_nats(self.settings, "chaos-replay", fail_fast=True)
+        try:
+            entries = await load_journal(nc.jetstream(), "ERL", "erl", ["erl.entry.decision.>"])
+            return {e.msg.signal_id: e.msg for e in entries if isinstance(e.msg, SignalDecision)}
+        finally:
+            await nc.close()
+
     async def wait_journal(
-        self, predicate: Callable[[dict[str, IntentTimeline]], bool], within: float = 30.0
-    ) -> dict:
-        """Poll the journal (the durable truth) until ``predicate`` holds; bounded."""
+        self,
+        predicate: Callable[[Any], bool],
+        within: float = 30.0,
+        read: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Any:
+        """Poll the journal (the durable truth) until ``predicate`` holds; bounded.
+
+        ``read`` says what to read (default: every intent's timeline)."""
         deadline = time.monotonic() + within
+        t: Any = {}
         while True:
-            t = await self.timelines()
-            if predicate(t):
-                return t
+            try:
+                t = await (read or self.timelines)()
+            except (nats.errors.Error, TimeoutError) as e:  # the bus is mid-outage: ask again
+                last_error = e
+            else:
+                last_error = None
+                if predicate(t):
+                    return t
             if time.monotonic() > deadline:
-                raise TimeoutError(f"journal condition not met in {within}s; {len(t)} intents")
+                raise TimeoutError(
+                    f"journal condition not met in {within}s; {len(t)} read; last error {last_error!r}"
+                )
             await asyncio.sleep(0.2)
