@@ -32,6 +32,15 @@ def admin_token(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def say(line: str) -> None:
+    """Print a launcher line; a closed stdout (say, the pipe to a `tee` that Ctrl-C also killed)
+    must never keep the launcher from stopping what it started."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        pass
+
+
 def main() -> int:
     run_dir = Path(os.environ.get("ERL_RUN_DIR", ROOT / ".run"))
     token = admin_token(run_dir)
@@ -48,23 +57,21 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     nats = stack.start_nats()
-    print(f"[run] nats-server  {nats.url}  journal in {nats.store_dir}", flush=True)
+    say(f"[run] nats-server  {nats.url}  journal in {nats.store_dir}")
     try:
         if not os.environ.get("EXCHANGE_API_URL"):
             sim = stack.add(SIMULATOR)
             ok = sim.wait_ready()
-            print(f"[run] simulator    {sim.url}  {'up' if ok else 'NOT UP (see logs)'}", flush=True)
+            say(f"[run] simulator    {sim.url}  {'up' if ok else 'NOT UP (see logs)'}")
         for spec in SERVICES:
             stack.add(spec)
         for spec in SERVICES:
             child = stack[spec.name]
             ok = child.wait_ready()
-            print(
-                f"[run] {spec.name:<12} {child.url}  {'ready' if ok else 'NOT READY (see logs)'}", flush=True
-            )
-        print(f"[run] logs in {run_dir / 'logs'}; Ctrl-C stops everything", flush=True)
-        print(f"[run] halt API token in {run_dir / 'admin-token'} (or RISK_ADMIN_TOKEN)", flush=True)
-        print(f"[run] try: NATS_URL={nats.url} make signal", flush=True)
+            say(f"[run] {spec.name:<12} {child.url}  {'ready' if ok else 'NOT READY (see logs)'}")
+        say(f"[run] logs in {run_dir / 'logs'}; Ctrl-C stops everything")
+        say(f"[run] halt API token in {run_dir / 'admin-token'} (or RISK_ADMIN_TOKEN)")
+        say(f"[run] try: NATS_URL={nats.url} make signal")
 
         restarts: dict[str, int] = {}
         due: dict[str, float] = {}
@@ -79,14 +86,14 @@ def main() -> int:
                     delay = min(2.0 ** restarts[name], 30.0)
                     due[name] = now + delay
                     rc = child.proc.returncode if child.proc else None
-                    print(f"[run] {name} exited ({rc}); restarting in {delay:.0f}s", flush=True)
+                    say(f"[run] {name} exited ({rc}); restarting in {delay:.0f}s")
                 elif now >= due[name]:
                     del due[name]
                     child.start()
     finally:
-        print("[run] stopping", flush=True)
+        say("[run] stopping")
         stack.stop()
-        print("[run] stopped", flush=True)
+        say("[run] stopped")
     return 0
 
 
