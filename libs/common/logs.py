@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# extras that only duplicate the event for terminals (uvicorn's ANSI-coloured copy of its message)
+_DROPPED = {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
+            if key not in _RESERVED and key not in _DROPPED and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
