@@ -63,7 +63,9 @@ class ExchangeSettings(_Base):
                     with open(path) as f:
                         object.__setattr__(self, field, SecretStr(f.read().strip()))
                 except OSError as e:
-                    raise ValueError(f"cannot read {field} file {path}: {e.strerror}") from None
+                    raise ValueError(
+                        f"cannot read EXCHANGE_{field.upper()}_FILE {path}: {e.strerror}"
+                    ) from None
         return self
 
 
@@ -197,7 +199,9 @@ def load(cls: type[T]) -> T:
     except ValidationError as e:
         prefix = cls.model_config.get("env_prefix", "")
         problems = "; ".join(
-            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()
+            # a model-level check has no location: its message names the setting itself
+            (f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "") + err["msg"]
+            for err in e.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
 
