@@ -35,7 +35,7 @@ from nats.js.api import (
 )
 
 from libs.common.config import NatsSettings
-from libs.common.logs import RateLimitedLog, log_event
+from libs.common.logs import RateLimitedLog, log_event, redact
 from libs.common.messages import BusMessage, DeadLetter, DecodeError, decode, encode, family_of, subject_for
 from libs.common.telemetry import BUS_MESSAGES, DEAD_LETTERS, NATS_CONNECTED, PUBLISH_FAILURES
 
@@ -87,6 +87,7 @@ async def connect_nats(settings: NatsSettings, service: str, *, fail_fast: bool 
     if settings.user:
         kwargs["user"] = settings.user
         kwargs["password"] = settings.password.get_secret_value() if settings.password else ""
+        redact(kwargs["password"])
         # per-user inboxes: the server only lets each user read its own replies
         kwargs["inbox_prefix"] = f"_INBOX.{settings.user}"
     nc = await nats.connect(**kwargs)

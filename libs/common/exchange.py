@@ -11,6 +11,8 @@ from typing import Any
 
 import ccxt.async_support as ccxt_async
 
+from libs.common.logs import redact
+
 # Every fapi endpoint family ccxt's binanceusdm may route to.
 FAPI_URL_KEYS: dict[str, str] = {
     "fapiPublic": "/fapi/v1",
@@ -49,6 +51,7 @@ def make_exchange(
     extra_options: dict[str, Any] | None = None,
 ) -> ccxt_async.binanceusdm:
     """Build an async binanceusdm client; the caller must ``await ex.close()``."""
+    redact(api_key, api_secret)
     options: dict[str, Any] = {
         # load_markets then only calls GET /fapi/v1/exchangeInfo
         "fetchCurrencies": False,

@@ -16,6 +16,19 @@ from typing import Any
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 # extras that only duplicate the event for terminals (uvicorn's ANSI-coloured copy of its message)
 _DROPPED = {"color_message"}
+# credentials this process holds, as they would be written into a JSON line: masked in every line,
+# whoever logs them (ccxt's debug log of a request carries the API key header)
+_SECRETS: set[str] = set()
+REDACTED = "***"
+
+
+def redact(*secrets: str | None) -> None:
+    """Register credentials that must never appear in a log line (short values are ignored:
+    masking every "a" would only destroy the log)."""
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            # as they stand in a JSON line: the value itself, or its repr inside a logged dict/tuple
+            _SECRETS.update(json.dumps(form)[1:-1] for form in (secret, repr(secret)[1:-1]))
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +49,10 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        line = json.dumps(out, default=str, separators=(",", ":"))
+        for secret in _SECRETS:
+            line = line.replace(secret, REDACTED)
+        return line
 
 
 def setup_logging(service: str, level: str | None = None) -> logging.Logger:

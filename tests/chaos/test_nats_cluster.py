@@ -150,3 +150,5 @@ async def test_journal_replicated_and_losing_its_leader_loses_no_intent(chaos: C
     assert_no_duplicates(c)
     for name in ("router", "entry", "reconciler", "risk"):
         assert c.get(name, "/readyz")["ready"], name
+        log = (c.dir / "logs" / f"{name}.log").read_text()
+        assert not [u for u, p in c.passwords.items() if p in log], f"a NATS password in {name}'s log"

@@ -1,7 +1,7 @@
 import json
 import logging
 
-from libs.common.logs import JsonFormatter, log_event
+from libs.common.logs import REDACTED, JsonFormatter, log_event, redact
 
 
 def record(logger: logging.Logger, fn) -> dict:
@@ -33,3 +33,13 @@ def test_terminal_only_extras_are_dropped():
         log, lambda: log.info("Started server process [%d]", 7, extra={"color_message": "\x1b[36m%d\x1b[0m"})
     )
     assert out["event"] == "Started server process [7]" and "color_message" not in out
+
+
+def test_registered_secrets_are_masked_whoever_logs_them():
+    redact("hunter2-api-key", 'sec"ret\\value', "", None, "abc")  # too short or empty: ignored
+    log = logging.getLogger("t.ccxt")
+    headers = {"X-MBX-APIKEY": "hunter2-api-key", "s": 'sec"ret\\value', "short": "abc"}
+    out = record(log, lambda: log.info("POST /fapi/v1/order headers %s", headers, extra={"h": headers}))
+    line = json.dumps(out)
+    assert "hunter2-api-key" not in line and "sec" not in line
+    assert out["event"].count(REDACTED) == 2 and "abc" in out["event"]
