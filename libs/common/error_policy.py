@@ -33,6 +33,9 @@ class Modification(StrEnum):
     RESYNC_CLOCK = "resync_clock"  # -1021: timestamp outside recvWindow
     RESIZE_REDUCE_ONLY = "resize_reduce_only"  # -2022: re-read position, shrink or drop
     TRIGGER_CROSSED = "trigger_crossed"  # -2021: the stop level is already through: close at market
+    # -4130: a close-position stop (or take-profit) already rests in this direction: the protection
+    # asked for exists, and the venue allows only one
+    PROTECTION_EXISTS = "protection_exists"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ _BY_CODE: dict[int, _Rule] = {
     -2021: _Rule(_RM, "would_immediately_trigger", modification=Modification.TRIGGER_CROSSED),
     -2022: _Rule(_RM, "reduce_only_rejected", modification=Modification.RESIZE_REDUCE_ONLY),
     -4116: _Rule(_IS, "duplicate_client_order_id"),
+    -4130: _Rule(_RM, "close_position_order_exists", modification=Modification.PROTECTION_EXISTS),
     -4131: _Rule(_F, "price_protection_rejected"),
     -4164: _Rule(_F, "notional_too_small"),
     -5022: _Rule(_F, "post_only_would_take"),
@@ -95,6 +99,7 @@ _BY_TEXT: tuple[tuple[str, int], ...] = (
     ("clientorderid is duplicated", -4116),
     ("order would immediately trigger", -2021),
     ("margin is insufficient", -2019),
+    ("closeposition in the direction is existing", -4130),
     ("send status unknown", -1007),
 )
 

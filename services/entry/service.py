@@ -124,7 +124,7 @@ class EntryService(Service):
             service=self.name,
             before_ack=self.journal.flush,
         )
-        self.consumer = signals
+        self.consumer, self.fills = signals, fills
         return [
             self.guard.run(self.stop_event),
             self._signals_when_guard_loaded(signals),

@@ -147,6 +147,11 @@ class OrderSubmitter:
         self, life: Lifecycle, budget: Budget, intent: OrderIntent, qty: float | None, d: ErrorDecision
     ) -> tuple[OrderIntent, float | None] | SubmitOutcome:
         """Apply the modification the error policy asked for, or end the intent."""
+        if d.modification is Modification.PROTECTION_EXISTS and intent.close_position:
+            # the venue already holds a close-position order of this kind on this side: it closes
+            # the whole position whatever its size, so this one has nothing left to add
+            await life.move(OrderState.MOOT, d.reason, error_class=d.error_class, code=d.code)
+            return SubmitOutcome(OrderState.MOOT, d.reason, life)
         if d.modification is Modification.RESYNC_CLOCK:
             try:
                 await self.venue.resync_clock()

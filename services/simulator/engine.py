@@ -4,8 +4,8 @@ One-way mode (positionSide BOTH), USDT margin, market/limit orders and
 conditional ("algo") orders, with the venue rules our reliability layer must
 cope with: reduce-only rejection (-2022), client-id uniqueness among *open*
 orders only (-4116), unknown-order cancels (-2011), lookups of unknown orders
-(-2013), stops that would trigger immediately (-2021), insufficient margin
-(-2019). A lock makes it safe to drive from the HTTP loop and a test thread.
+(-2013), stops that would trigger immediately (-2021), one close-position stop or
+take-profit per direction (-4130), insufficient margin (-2019). A lock makes it safe to drive from the HTTP loop and a test thread.
 """
 
 from __future__ import annotations
@@ -396,6 +396,16 @@ class Engine:
             self._check_client_id(client_id)
             if reduce_only or close_position:
                 self._reduce_qty(symbol, side, qty)  # -2022 when there is nothing to reduce
+            is_stop = order_type in ("STOP_MARKET", "STOP")
+            if close_position and any(
+                x.open and x.close_position and x.symbol == symbol and x.side == side and x.is_stop == is_stop
+                for x in self.algos.values()
+            ):
+                # one close-position stop (and one take-profit) per direction
+                raise _bad(
+                    -4130,
+                    "An open stop or take profit order with GTE and closePosition in the direction is existing.",
+                )
             if self._crossed(symbol, side, order_type, trigger_price):
                 raise _bad(-2021, "Order would immediately trigger.")
             now = self.now_ms()

@@ -246,6 +246,42 @@ async def test_fill_gets_stage1_stop_and_take_profit(bus, sim, router_factory, e
     assert sorted(o["orderType"] for o in stops) == ["STOP_MARKET", "TAKE_PROFIT_MARKET"]
 
 
+async def test_second_entry_is_already_covered_by_the_close_position_stop(
+    bus, sim, router_factory, entry_factory
+):
+    """The venue allows one close-position stop per direction (-4130): a second fill's stage-1 stop is
+    moot, not a failure, and asserts no protection gap."""
+    await router_factory()
+    entry = await entry_factory()
+    for sid in ("add1", "add2"):
+        await bus.publish(sig(sid, stop_loss_price=45_000.0))
+        await bus.tap.wait_for(lambda sid=sid: decision(bus.tap, sid))
+        stop = await bus.tap.wait_for(
+            lambda sid=sid: next(
+                (
+                    i
+                    for i in bus.tap.of(OrderIntent)
+                    if i.source == "entry.stage1"
+                    and i.parent_correlation_id == decision(bus.tap, sid).correlation_id
+                ),
+                None,
+            )
+        )
+        await bus.tap.wait_for(
+            lambda stop=stop: settled(bus.tap, stop, S.ACKED, S.MOOT, S.REJECTED, S.FAILED)
+        )
+    first, second = [i for i in bus.tap.of(OrderIntent) if i.source == "entry.stage1"]
+    assert settled(bus.tap, first, S.ACKED)
+    moot = settled(bus.tap, second, S.MOOT)
+    assert moot and moot.reason == "close_position_order_exists" and moot.code == -4130
+    assert [o["clientAlgoId"] for o in sim.state()["algo_orders"] if o["algoStatus"] == "NEW"] == [
+        first.client_order_id
+    ]
+    assert sim.position(BTC_ID) == pytest.approx(0.02)
+    await entry.fills.wait_until(lambda: not entry.stops)  # nothing left waiting for protection
+    assert bus.tap.of(Stage1GapAssertion) == [] and entry.counts.get("stage1_gap") is None
+
+
 async def test_stage1_failure_asserts_a_gap_the_reconciler_acts_on(
     bus, sim, router_factory, entry_factory, reconciler_factory
 ):

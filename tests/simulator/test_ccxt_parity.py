@@ -124,11 +124,15 @@ async def test_latency(sim, ex):
         (None, "too_big", -2019, ccxt.InsufficientFunds),
         ("long", "stop_through", -2021, ccxt.OrderImmediatelyFillable),
         ("resting", "duplicate", -4116, ccxt.InvalidOrder),
+        ("long_with_stop", "second_close_position_stop", -4130, ccxt.ExchangeError),
     ],
 )
 async def test_natural_venue_errors(sim, ex, setup, call, code, cls):
-    if setup == "long":
+    if setup in ("long", "long_with_stop"):
         sim.set_position("BTCUSDT", 0.01)
+    close_stop = {"stopLossPrice": 40_000, "closePosition": True}
+    if setup == "long_with_stop":
+        await ex.create_order(BTC, "market", "sell", 0.0, None, {**close_stop, "clientOrderId": "C1"})
     if setup == "resting":
         await ex.create_order(BTC, "limit", "buy", 0.01, 1000, {"clientOrderId": "D1"})
     calls = {
@@ -140,6 +144,9 @@ async def test_natural_venue_errors(sim, ex, setup, call, code, cls):
             BTC, "market", "sell", 0.01, None, {"stopLossPrice": 60_000, "reduceOnly": True}
         ),
         "duplicate": lambda: ex.create_order(BTC, "limit", "buy", 0.01, 1000, {"clientOrderId": "D1"}),
+        "second_close_position_stop": lambda: ex.create_order(
+            BTC, "market", "sell", 0.0, None, {**close_stop, "clientOrderId": "C2"}
+        ),
     }
     err = await raises(calls[call]())
     assert type(err) is cls

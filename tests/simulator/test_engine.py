@@ -102,6 +102,28 @@ def test_stop_placement_rules(e):
     assert code_of(e.place_algo, qty=0.1, trigger_price=44_000, **kw) == -4116
 
 
+def test_one_close_position_stop_and_take_profit_per_direction(e):
+    mkt(e, "BUY", 0.1)
+    kw = dict(symbol="BTCUSDT", side="SELL", qty=None, price=None, close_position=True)
+    sl = e.place_algo(order_type="STOP_MARKET", trigger_price=45_000, client_id="SL1", **kw)
+    e.place_algo(order_type="TAKE_PROFIT_MARKET", trigger_price=55_000, client_id="TP1", **kw)  # other kind
+    e.place_algo(  # a sized reduce-only stop is not a close-position one
+        symbol="BTCUSDT",
+        side="SELL",
+        order_type="STOP_MARKET",
+        qty=0.05,
+        price=None,
+        trigger_price=44_000,
+        client_id="SL-sized",
+        reduce_only=True,
+    )
+    assert (
+        code_of(e.place_algo, order_type="STOP_MARKET", trigger_price=46_000, client_id="SL2", **kw) == -4130
+    )
+    e.cancel_algo("BTCUSDT", sl.algo_id, None)
+    e.place_algo(order_type="STOP_MARKET", trigger_price=46_000, client_id="SL2", **kw)  # free again
+
+
 def test_operator_hooks(e):
     e.place_order(symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=1000, client_id="X")
     assert e.operator_cancel("BTCUSDT", "X") == "order"

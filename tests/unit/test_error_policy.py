@@ -59,6 +59,13 @@ CASES = [
         Modification.RESIZE_REDUCE_ONLY,
     ),
     (-4116, Policy.IDEMPOTENT_SAFE, "duplicate_client_order_id", False, None),
+    (
+        -4130,
+        Policy.RETRYABLE_WITH_MODIFICATION,
+        "close_position_order_exists",
+        False,
+        Modification.PROTECTION_EXISTS,
+    ),
     (-4164, Policy.FATAL, "notional_too_small", False, None),
 ]
 
