@@ -6,6 +6,15 @@ time (signal publish -> FILLED transition seen on the bus) and subtract the
 venue call the router itself timed (``venue_ms`` on the transition): what is
 left is our internal overhead (bus hops, decoding, policy, journaling).
 
+Every fill makes the entry service send a stage-1 stop, which the router handles
+in the same per-symbol queue. The next signal is sent only once that stop rests
+on the venue, so each signal is measured on a quiet system; the stop's own
+latency (fill seen -> stop acknowledged by the venue: the unprotected window of
+a fresh position) is reported separately. Signals are buys that grow one
+position; between signals the driver cancels the stop on the simulator (the
+venue allows one close-position stop per side), so every stage-1 stop is a
+real placement.
+
     python -m bench.order_path [--n 1000] [--warmup 100]
 """
 
@@ -17,6 +26,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from bench.common import dist, machine
@@ -25,48 +35,61 @@ from libs.common.config import NatsSettings
 from libs.common.ids import Bucket, make_client_order_id, make_intent_id
 from libs.common.messages import OrderIntent, OrderTransition, Signal, decode
 from libs.common.state_machine import OrderState
+from services.simulator.testing import SimControl
 from tools.stack import ENTRY, ROUTER, SIMULATOR, LocalStack
 
+SETTLED = (OrderState.FILLED, OrderState.ACKED, OrderState.MOOT, OrderState.REJECTED, OrderState.FAILED)
 
-async def drive(nats_url: str, n: int, warmup: int) -> dict:
+
+async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
     settings = NatsSettings(url=nats_url)
     nc = await connect_nats(settings, "bench", fail_fast=True)
     pub = Publisher(nc.jetstream(), settings, "bench")
+    sim = SimControl(sim_url)
     waiters: dict[str, asyncio.Future] = {}
 
     async def on_transition(m) -> None:
         t = decode(settings.subject_prefix, m.subject, m.data)
-        if isinstance(t, OrderTransition) and t.to_state in (OrderState.FILLED, OrderState.ACKED):
+        if isinstance(t, OrderTransition) and t.to_state in SETTLED:
             f = waiters.pop(t.client_order_id, None)
             if f is not None and not f.done():
-                f.set_result((time.perf_counter(), t.venue_ms or 0.0))
+                f.set_result((time.perf_counter(), t.venue_ms or 0.0, t.to_state))
 
     await nc.subscribe(f"{settings.subject_prefix}.order.transition.>", cb=on_transition)
     e2e: list[float] = []
     overhead: list[float] = []
     venue: list[float] = []
+    stage1: list[float] = []
+    stage1_outcomes: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
     for i in range(warmup + n):
         sid = uuid.uuid4().hex
-        cid = make_client_order_id(make_intent_id("signal", sid, Bucket.ENTRY), Bucket.ENTRY)
-        fut = loop.create_future()
-        waiters[cid] = fut
+        entry_intent = make_intent_id("signal", sid, Bucket.ENTRY)
+        cid = make_client_order_id(entry_intent, Bucket.ENTRY)
+        stop_cid = make_client_order_id(make_intent_id("stage1", entry_intent, Bucket.SL), Bucket.SL)
+        fut, stop = loop.create_future(), loop.create_future()
+        waiters[cid], waiters[stop_cid] = fut, stop
         t0 = time.perf_counter()
-        await pub.publish(
-            Signal(signal_id=sid, symbol="BTC/USDT:USDT", side="buy" if i % 2 else "sell", qty=0.001), sid
-        )
-        t1, venue_ms = await asyncio.wait_for(fut, 10)
+        await pub.publish(Signal(signal_id=sid, symbol="BTC/USDT:USDT", side="buy", qty=0.001), sid)
+        t1, venue_ms, _ = await asyncio.wait_for(fut, 10)
+        t2, _, stop_state = await asyncio.wait_for(stop, 10)
+        if stop_state is OrderState.ACKED:  # make room for the next one (outside the measurements)
+            await asyncio.to_thread(sim.cancel_behind_back, "BTCUSDT", stop_cid)
         if i >= warmup:
             total = (t1 - t0) * 1000
             e2e.append(total)
             venue.append(venue_ms)
             overhead.append(total - venue_ms)
+            stage1.append((t2 - t1) * 1000)
+            stage1_outcomes[stop_state.value] += 1
     breakdown = await hop_breakdown(nc, settings)
     await nc.close()
+    sim.close()
     return {
         "end_to_end_ms": dist(e2e),
         "venue_call_ms": dist(venue),
         "internal_overhead_ms": dist(overhead),
+        "fill_to_stage1_stop_acked_ms": {**dist(stage1), "outcomes": dict(stage1_outcomes)},
         "hops_ms (server store times)": breakdown,
     }
 
@@ -116,12 +139,13 @@ def main() -> None:
     stack = LocalStack(run_dir, extra_env={"SIM_TICK_MS": "0", "SIM_START_BALANCE": "1000000000"})
     try:
         stack.start_nats()
-        stack.add(SIMULATOR).wait_ready()
+        sim = stack.add(SIMULATOR)
+        sim.wait_ready()
         for spec in (ROUTER, ENTRY):
             stack.add(spec)
         for spec in (ROUTER, ENTRY):
             assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
-        result = asyncio.run(drive(stack.nats.url, a.n, a.warmup))
+        result = asyncio.run(drive(stack.nats.url, sim.url, a.n, a.warmup))
     finally:
         stack.stop()
     result = {"benchmark": "signal_to_ack", "machine": machine(), **result}
