@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,18 @@ class Tap:
         async with self._cond:
             await asyncio.wait_for(self._cond.wait_for(predicate), within)
         return predicate()
+
+
+@contextlib.asynccontextmanager
+async def running(c: ChaosStack) -> AsyncIterator[ChaosStack]:
+    """Start the stack and the bus tap; always tear both down (logs stay in ``c.dir``)."""
+    try:
+        await asyncio.to_thread(c.start)
+        await c.connect()
+        yield c
+    finally:
+        await c.disconnect()
+        await asyncio.to_thread(c.close)
 
 
 class ChaosStack:

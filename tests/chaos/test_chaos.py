@@ -24,7 +24,7 @@ from libs.common.messages import (
     SignalDecision,
 )
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
-from tests.chaos.harness import ChaosStack
+from tests.chaos.harness import ChaosStack, running
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -33,14 +33,8 @@ BTC = "BTC/USDT:USDT"
 
 @pytest.fixture
 async def chaos():
-    c = ChaosStack()
-    try:
-        await asyncio.to_thread(c.start)
-        await c.connect()
+    async with running(ChaosStack()) as c:
         yield c
-    finally:
-        await c.disconnect()
-        await asyncio.to_thread(c.close)
 
 
 def entry_cid(signal_id: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 from libs.common.messages import OrderTransition, ReconcileSummary
 from libs.common.replay import IntentTimeline
 from libs.common.state_machine import OrderState
-from tests.chaos.harness import ChaosStack
+from tests.chaos.harness import ChaosStack, running
 from tests.chaos.test_chaos import assert_no_duplicates, entry_cid, send_signal
 from tools.nats_config import USERS, env_var
 from tools.natsd import NatsCluster
@@ -35,14 +35,8 @@ FAIL_SAFE = ("guard_unavailable", "entries_blocked:")
 async def chaos():
     passwords = {user: uuid.uuid4().hex for user in USERS}
     cluster = NatsCluster(CLUSTER_CONF.read_text(), env={env_var(u): p for u, p in passwords.items()})
-    c = ChaosStack(cluster=cluster, passwords=passwords, NATS_REPLICAS="3")
-    try:
-        await asyncio.to_thread(c.start)
-        await c.connect()
+    async with running(ChaosStack(cluster=cluster, passwords=passwords, NATS_REPLICAS="3")) as c:
         yield c
-    finally:
-        await c.disconnect()
-        await asyncio.to_thread(c.close)
 
 
 async def replica_health(c: ChaosStack, stream: str) -> tuple[int, str | None, list[tuple[str, bool]]]:

@@ -4,7 +4,6 @@ never leave the processes: not in logs (even when the venue rejects them), not i
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from libs.common.messages import OrderTransition
 from libs.common.state_machine import OrderState
-from tests.chaos.harness import ChaosStack
+from tests.chaos.harness import ChaosStack, running
 from tests.chaos.test_chaos import entry_cid, send_signal
 from tools.stack import SERVICES
 
@@ -30,9 +29,7 @@ async def test_exchange_credentials_from_files_never_leave_the_process(tmp_path)
         SIM_API_SECRET=secret,
         LOG_LEVEL="DEBUG",
     )
-    try:
-        await asyncio.to_thread(c.start)
-        await c.connect()
+    async with running(c):
         # the credentials work: an order is signed with the secret from the file and filled
         await send_signal(c, "signed")
         await c.tap.wait_for(
@@ -58,9 +55,6 @@ async def test_exchange_credentials_from_files_never_leave_the_process(tmp_path)
                 for spec in SERVICES
                 for path in ("/status", "/metrics", "/healthz", "/readyz")
             ]
-    finally:
-        await c.disconnect()
-        await asyncio.to_thread(c.close)
     logs = {spec.name: (c.dir / "logs" / f"{spec.name}.log").read_text() for spec in SERVICES}
     assert "auth_rejected" in logs["router"] and "ccxt" in logs["router"]  # debug request logs too
     for text in [*exposed, *logs.values()]:
