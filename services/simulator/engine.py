@@ -5,7 +5,8 @@ conditional ("algo") orders, with the venue rules our reliability layer must
 cope with: reduce-only rejection (-2022), client-id uniqueness among *open*
 orders only (-4116), unknown-order cancels (-2011), lookups of unknown orders
 (-2013), stops that would trigger immediately (-2021), one close-position stop or
-take-profit per direction (-4130), insufficient margin (-2019). A lock makes it safe to drive from the HTTP loop and a test thread.
+take-profit per direction (-4130), insufficient margin (-2019). A lock makes it
+safe to drive from the HTTP loop and a test thread.
 """
 
 from __future__ import annotations
