@@ -15,13 +15,17 @@ import nats.errors
 
 from libs.common.bus import connect_nats
 from libs.common.config import NatsSettings
-from libs.common.messages import BusMessage, DecodeError, SignalDecision, decode
+from libs.common.messages import BusMessage, DecodeError, OrderTransition, SignalDecision, decode
 from libs.common.replay import IntentTimeline, load_journal, order_subjects, replay_timelines
+from libs.common.state_machine import OrderState
 from services.simulator.testing import SimControl
 from tools.natsd import NatsCluster, NatsServer
 from tools.stack import SERVICES, SIMULATOR, ChildSpec, LocalStack
 
 ADMIN_TOKEN = "chaos-token"
+# what a bus outage may legitimately cost an entry: refused because the guard knobs could not be read
+# (bus down: fail safe) or were tightened meanwhile; never lost, never sent twice
+FAIL_SAFE = ("guard_unavailable", "entries_blocked:")
 
 FAST_ENV = {
     "SIM_TICK_MS": "0",
@@ -72,6 +76,28 @@ class Tap:
         async with self._cond:
             await asyncio.wait_for(self._cond.wait_for(predicate), within)
         return predicate()
+
+
+def filled_or_refused_fail_safe(t: IntentTimeline) -> bool:
+    """An entry intent that was traded, or refused at the router only by the fail-safe guard."""
+    if t.state is OrderState.FILLED:
+        return True
+    reasons = [e.msg.reason for e in t.entries if isinstance(e.msg, OrderTransition)]
+    return t.state is OrderState.BLOCKED and bool(reasons) and reasons[-1].startswith(FAIL_SAFE)
+
+
+async def wait_entries_allowed(c: ChaosStack, within: float) -> None:
+    """Poll (bounded) until entry and router both read knobs that allow entries again."""
+    deadline = time.monotonic() + within
+
+    def allowed(name: str) -> bool:
+        knobs = (c.get(name, "/status").get("guard") or {}).get("knobs") or {}
+        return bool(knobs.get("allow_entries"))
+
+    while not (allowed("entry") and allowed("router")):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"entries still refused after {within}s: {c.get('risk', '/guard')}")
+        await asyncio.sleep(0.2)
 
 
 @contextlib.asynccontextmanager

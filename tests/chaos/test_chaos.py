@@ -24,7 +24,7 @@ from libs.common.messages import (
     SignalDecision,
 )
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
-from tests.chaos.harness import ChaosStack, running
+from tests.chaos.harness import ChaosStack, filled_or_refused_fail_safe, running, wait_entries_allowed
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -114,12 +114,24 @@ async def test_nats_server_killed_and_restarted_no_intent_lost_no_duplicate(chao
         return wanted <= done
 
     timelines = await c.wait_journal(all_settled, within=60)
-    states = Counter(x.state for x in timelines.values() if x.intent and x.intent.bucket is Bucket.ENTRY)
-    assert states == Counter({OrderState.FILLED: len(ids)}), states
+    entries = [x for x in timelines.values() if x.intent and x.intent.bucket is Bucket.ENTRY]
+    assert len(entries) == len(ids)
+    # an entry the router was gating at the instant the bus went away is refused (fail safe)
+    assert all(filled_or_refused_fail_safe(x) for x in entries), Counter(x.state for x in entries)
     assert_no_duplicates(c)
     assert sum(1 for cid, n in venue_orders_by_client_id(c).items() if cid in wanted) == len(ids)
     for name in ("router", "entry", "reconciler", "risk"):
         assert c.get(name, "/readyz")["ready"], name
+    # and it trades again by itself
+    await wait_entries_allowed(c, within=30)
+    await send_signal(c, "after-outage")
+    await c.tap.wait_for(
+        lambda: any(
+            t.to_state is OrderState.FILLED
+            for t in c.tap.of(OrderTransition, client_order_id=entry_cid("after-outage"))
+        )
+    )
+    assert_no_duplicates(c)
 
 
 async def test_entry_down_signals_wait_in_the_stream(chaos: ChaosStack):

@@ -16,9 +16,14 @@ from pathlib import Path
 import pytest
 
 from libs.common.messages import OrderTransition, ReconcileSummary
-from libs.common.replay import IntentTimeline
 from libs.common.state_machine import OrderState
-from tests.chaos.harness import ChaosStack, running
+from tests.chaos.harness import (
+    FAIL_SAFE,
+    ChaosStack,
+    filled_or_refused_fail_safe,
+    running,
+    wait_entries_allowed,
+)
 from tests.chaos.test_chaos import assert_no_duplicates, entry_cid, send_signal
 from tools.nats_config import USERS, env_var
 from tools.natsd import NatsCluster
@@ -27,8 +32,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 CLUSTER_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-cluster.conf"
 REPLICATED = ("ERL", "KV_erl_guard")
-# what a failover may legitimately cost: entries refused while the guard was unreadable or tightened
-FAIL_SAFE = ("guard_unavailable", "entries_blocked:")
 
 
 @pytest.fixture
@@ -57,24 +60,6 @@ async def wait_all_replicas_current(c: ChaosStack, within: float = 30.0) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"replicas not current in {within}s: {health}")
         await asyncio.sleep(0.2)
-
-
-async def wait_entries_allowed(c: ChaosStack, within: float) -> None:
-    """Poll (bounded) until entry and router both read knobs that allow entries again."""
-    deadline = time.monotonic() + within
-
-    def allowed(name: str) -> bool:
-        knobs = (c.get(name, "/status").get("guard") or {}).get("knobs") or {}
-        return bool(knobs.get("allow_entries"))
-
-    while not (allowed("entry") and allowed("router")):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"entries still refused after {within}s: {c.get('risk', '/guard')}")
-        await asyncio.sleep(0.2)
-
-
-def last_reason(t: IntentTimeline) -> str:
-    return [e.msg.reason for e in t.entries if isinstance(e.msg, OrderTransition)][-1]
 
 
 async def test_journal_replicated_and_losing_its_leader_loses_no_intent(chaos: ChaosStack):
@@ -112,9 +97,7 @@ async def test_journal_replicated_and_losing_its_leader_loses_no_intent(chaos: C
             assert d.reason.startswith(FAIL_SAFE), (sid, d.reason)
             continue
         t = timelines[d.correlation_id]
-        assert t.state is OrderState.FILLED or (
-            t.state is OrderState.BLOCKED and last_reason(t).startswith(FAIL_SAFE)
-        ), (sid, t.state, last_reason(t))
+        assert filled_or_refused_fail_safe(t), (sid, t.state, [e.msg for e in t.entries])
     assert timelines[decisions["before"].correlation_id].state is OrderState.FILLED
     assert_no_duplicates(c)
     _, new_leader, _ = await replica_health(c, "ERL")
