@@ -21,6 +21,8 @@ SCHEMA_VERSION = 1
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit", "stop_market", "take_profit_market"]
+# guard-knob modes, from loosest to strictest
+GuardMode = Literal["normal", "cautious", "defensive", "halted"]
 Qty = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -263,7 +265,7 @@ class GuardKnobs(BusMessage):
     min_entry_conf: float = Field(0.0, ge=0, le=1)
     entry_cooldown_sec: float = Field(0.0, ge=0)
     max_open_orders: int = Field(1000, ge=0)
-    mode: Literal["normal", "cautious", "defensive", "halted"] = "normal"
+    mode: GuardMode = "normal"
     reason: str = ""
     revision: int = Field(0, ge=0)
     # trace

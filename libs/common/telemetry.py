@@ -6,7 +6,11 @@ spelled two ways. Labels are low-cardinality by design: no symbol or order id.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from libs.common.messages import CancelOutcome, GuardMode, MismatchKind
 
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -94,7 +98,7 @@ _KNOWN: dict[str, list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]] = {
         (CANCEL_REPLACE_GIVEUPS, (("INTENT_CREATED",), ("CANCEL_SENT_UNKNOWN",), ("REPLACE_RACE",))),
         (
             CANCELS,
-            (("canceled",), ("already_gone",), ("filled",), ("conflict_open",), ("unknown",), ("failed",)),
+            tuple((o,) for o in get_args(CancelOutcome)),
         ),
         (
             ORDERS,
@@ -139,18 +143,7 @@ _KNOWN: dict[str, list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]] = {
     "reconciler": [
         (
             RECONCILE_MISMATCHES,
-            tuple(
-                (k,)
-                for k in (
-                    "position_drift",
-                    "orphan_order",
-                    "unknown_own_order",
-                    "missing_order",
-                    "missing_stop",
-                    "undersized_stop",
-                    "gap_ttl_breach",
-                )
-            ),
+            tuple((k,) for k in get_args(MismatchKind)),
         ),
         (
             RECONCILE_REPAIRS,
@@ -161,7 +154,7 @@ _KNOWN: dict[str, list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]] = {
     ],
     "risk": [
         (KILL_TRIPS, (("api_errors",), ("stale_data",), ("equity_drawdown",), ("reconcile_mismatch_storm",))),
-        (GUARD_MODE, (("normal",), ("cautious",), ("defensive",), ("halted",))),
+        (GUARD_MODE, tuple((m,) for m in get_args(GuardMode))),
     ],
 }
 

@@ -13,10 +13,11 @@ entries; exits and stop repairs never read them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
-from libs.common.messages import GuardKnobs
+from libs.common.messages import GuardKnobs, GuardMode
 
-MODES = ("normal", "cautious", "defensive", "halted")
+MODES: tuple[str, ...] = get_args(GuardMode)  # loosest to strictest
 
 
 @dataclass(frozen=True, slots=True)
