@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import nats.errors
+from nats.js import JetStreamContext
 
 from libs.common.bus import connect_nats
 from libs.common.config import NatsSettings
@@ -213,22 +214,25 @@ class ChaosStack:
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
-    async def timelines(self) -> dict[str, IntentTimeline]:
+    @contextlib.asynccontextmanager
+    async def _journal(self) -> AsyncIterator[JetStreamContext]:
+        """A fresh connection for one journal read (the tap's may be mid-reconnect)."""
         nc = await connect_nats(self.settings, "chaos-replay", fail_fast=True)
         try:
-            timelines, _ = await replay_timelines(nc.jetstream(), "ERL", "erl", order_subjects("erl"))
-            return timelines
+            yield nc.jetstream()
         finally:
             await nc.close()
 
+    async def timelines(self) -> dict[str, IntentTimeline]:
+        async with self._journal() as js:
+            timelines, _ = await replay_timelines(js, "ERL", "erl", order_subjects("erl"))
+        return timelines
+
     async def decisions(self) -> dict[str, SignalDecision]:
         """The entry service's journaled decision per signal id."""
-        nc = await connect_nats(self.settings, "chaos-replay", fail_fast=True)
-        try:
-            entries = await load_journal(nc.jetstream(), "ERL", "erl", ["erl.entry.decision.>"])
-            return {e.msg.signal_id: e.msg for e in entries if isinstance(e.msg, SignalDecision)}
-        finally:
-            await nc.close()
+        async with self._journal() as js:
+            entries = await load_journal(js, "ERL", "erl", ["erl.entry.decision.>"])
+        return {e.msg.signal_id: e.msg for e in entries if isinstance(e.msg, SignalDecision)}
 
     async def wait_journal(
         self,

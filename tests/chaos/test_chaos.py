@@ -58,21 +58,30 @@ def assert_no_duplicates(c: ChaosStack) -> None:
     assert dup == {}, f"duplicate orders on the venue: {dup}"
 
 
+async def wait_entry(c: ChaosStack, signal_id: str, state: OrderState = OrderState.FILLED) -> None:
+    """Until the tap sees the entry intent of ``signal_id`` move to ``state``."""
+    cid = entry_cid(signal_id)
+    await c.tap.wait_for(
+        lambda: any(t.to_state is state for t in c.tap.of(OrderTransition, client_order_id=cid))
+    )
+
+
+async def trades_again(c: ChaosStack, signal_id: str, within: float) -> None:
+    """After an outage the stack trades by itself: entries allowed again, and a new signal fills."""
+    await wait_entries_allowed(c, within=within)
+    await send_signal(c, signal_id)
+    await wait_entry(c, signal_id)
+
+
 async def test_router_killed_mid_submit_no_duplicate_no_loss(chaos: ChaosStack):
     c = chaos
     c.sim.add_fault(kind="timeout_after_accept", method="POST", path="/fapi/v1/order", count=1, delay_ms=3000)
     await send_signal(c, "k1")
     cid = entry_cid("k1")
-    await c.tap.wait_for(
-        lambda: any(
-            t.to_state is OrderState.SUBMITTING for t in c.tap.of(OrderTransition, client_order_id=cid)
-        )
-    )
+    await wait_entry(c, "k1", OrderState.SUBMITTING)
     await asyncio.to_thread(c.kill, "router")  # SIGKILL while the venue holds the order
     await asyncio.to_thread(c.restart, "router")
-    await c.tap.wait_for(
-        lambda: any(t.to_state is OrderState.FILLED for t in c.tap.of(OrderTransition, client_order_id=cid))
-    )
+    await wait_entry(c, "k1")
     posts = [
         r
         for r in c.sim.requests_log()
@@ -122,15 +131,7 @@ async def test_nats_server_killed_and_restarted_no_intent_lost_no_duplicate(chao
     assert sum(1 for cid, n in venue_orders_by_client_id(c).items() if cid in wanted) == len(ids)
     for name in ("router", "entry", "reconciler", "risk"):
         assert c.get(name, "/readyz")["ready"], name
-    # and it trades again by itself
-    await wait_entries_allowed(c, within=30)
-    await send_signal(c, "after-outage")
-    await c.tap.wait_for(
-        lambda: any(
-            t.to_state is OrderState.FILLED
-            for t in c.tap.of(OrderTransition, client_order_id=entry_cid("after-outage"))
-        )
-    )
+    await trades_again(c, "after-outage", within=30)
     assert_no_duplicates(c)
 
 
@@ -153,10 +154,7 @@ async def test_entry_down_signals_wait_in_the_stream(chaos: ChaosStack):
 async def test_reconciler_killed_stop_cancelled_meanwhile_repaired_after_restart(chaos: ChaosStack):
     c = chaos
     await send_signal(c, "r1")
-    cid = entry_cid("r1")
-    await c.tap.wait_for(
-        lambda: any(t.to_state is OrderState.FILLED for t in c.tap.of(OrderTransition, client_order_id=cid))
-    )
+    await wait_entry(c, "r1")
     stop = await c.tap.wait_for(
         lambda: next(
             (t for t in c.tap.of(OrderTransition, bucket=Bucket.SL) if t.to_state is OrderState.ACKED), None

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.messages import OrderTransition, ReconcileSummary
+from libs.common.messages import ReconcileSummary
 from libs.common.state_machine import OrderState
 from tests.chaos.harness import (
     FAIL_SAFE,
     ChaosStack,
     filled_or_refused_fail_safe,
     running,
-    wait_entries_allowed,
 )
-from tests.chaos.test_chaos import assert_no_duplicates, entry_cid, send_signal
+from tests.chaos.test_chaos import assert_no_duplicates, send_signal, trades_again, wait_entry
 from tools.nats_config import USERS, env_var
 from tools.natsd import NatsCluster
 
@@ -65,12 +64,7 @@ async def wait_all_replicas_current(c: ChaosStack, within: float = 30.0) -> None
 async def test_journal_replicated_and_losing_its_leader_loses_no_intent(chaos: ChaosStack):
     c = chaos
     await send_signal(c, "before")
-    await c.tap.wait_for(
-        lambda: any(
-            t.to_state is OrderState.FILLED
-            for t in c.tap.of(OrderTransition, client_order_id=entry_cid("before"))
-        )
-    )
+    await wait_entry(c, "before")
     await wait_all_replicas_current(c)
     _, leader, _ = await replica_health(c, "ERL")
     assert leader in c.cluster.nodes
@@ -116,14 +110,7 @@ async def test_journal_replicated_and_losing_its_leader_loses_no_intent(chaos: C
         ],
         within=60,
     )
-    await wait_entries_allowed(c, within=60)
-    await send_signal(c, "healed")
-    await c.tap.wait_for(
-        lambda: any(
-            t.to_state is OrderState.FILLED
-            for t in c.tap.of(OrderTransition, client_order_id=entry_cid("healed"))
-        )
-    )
+    await trades_again(c, "healed", within=60)
     assert_no_duplicates(c)
     for name in ("router", "entry", "reconciler", "risk"):
         assert c.get(name, "/readyz")["ready"], name

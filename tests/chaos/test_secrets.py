@@ -9,10 +9,9 @@ import uuid
 import httpx
 import pytest
 
-from libs.common.messages import OrderTransition
 from libs.common.state_machine import OrderState
 from tests.chaos.harness import ChaosStack, running
-from tests.chaos.test_chaos import entry_cid, send_signal
+from tests.chaos.test_chaos import send_signal, wait_entry
 from tools.stack import SERVICES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
@@ -32,23 +31,13 @@ async def test_exchange_credentials_from_files_never_leave_the_process(tmp_path)
     async with running(c):
         # the credentials work: an order is signed with the secret from the file and filled
         await send_signal(c, "signed")
-        await c.tap.wait_for(
-            lambda: any(
-                t.to_state is OrderState.FILLED
-                for t in c.tap.of(OrderTransition, client_order_id=entry_cid("signed"))
-            )
-        )
+        await wait_entry(c, "signed")
         # the venue rejects them: the error is logged and journaled, the credentials are not
         c.sim.add_fault(
             kind="binance_error", method="POST", path="/fapi/v1/order", code=-2015, msg="Invalid API-key."
         )
         await send_signal(c, "rejected")
-        await c.tap.wait_for(
-            lambda: any(
-                t.to_state is OrderState.REJECTED
-                for t in c.tap.of(OrderTransition, client_order_id=entry_cid("rejected"))
-            )
-        )
+        await wait_entry(c, "rejected", OrderState.REJECTED)
         async with httpx.AsyncClient(timeout=5) as client:
             exposed = [
                 (await client.get(c.url(spec.name, path))).text
