@@ -45,6 +45,8 @@ def check_signed_request(
         raise SimError(
             400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
         )
+    if recv_window_ms is not None and recv_window_ms > 60_000:
+        raise SimError(400, -1131, "recvWindow must be less than 60000")
     window = recv_window_ms or default_recv_window_ms
     if timestamp_ms > now_ms + 1000 or now_ms - timestamp_ms > window:
         raise SimError(400, -1021, "Timestamp for this request is outside of the recvWindow.")

@@ -2,10 +2,20 @@
 
 One-way mode (positionSide BOTH), USDT margin, market/limit orders and
 conditional ("algo") orders, with the venue rules our reliability layer must
-cope with: reduce-only rejection (-2022), client-id uniqueness among *open*
-orders only (-4116), unknown-order cancels (-2011), lookups of unknown orders
-(-2013), stops that would trigger immediately (-2021), one close-position stop or
-take-profit per direction (-4130), insufficient margin (-2019). A lock makes it
+cope with, each at least as strict as Binance USD-M:
+- reduce-only: rejected when it would not reduce (-2022); a resting reduce-only
+  order whose position is gone expires instead of filling, never flips;
+- closePosition: refused with no position (-4509), with reduceOnly (-1106) or a
+  quantity (-4137); one per kind and direction (-4130); expired by the venue when
+  the position it closes goes flat (reduce-only orders with a size are not);
+- client ids: uniqueness among *open* orders only (-4116), the venue's character
+  set (-1100); unknown-order cancels (-2011) and lookups (-2013);
+- prices: fills at the book (mark +/- half-spread), never at a marketable limit's
+  own price; PERCENT_PRICE band (-4016 / -4024); tick (-4014) and step (-1111);
+  minimum notional (-4164); stops that would trigger immediately (-2021);
+- query lag: an accepted order can be invisible to queries for a while (-2013);
+- insufficient margin (-2019).
+Every refusal is raised before the engine changes any state. A lock makes it
 safe to drive from the HTTP loop and a test thread.
 """
 
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +44,9 @@ def _bad(code: int, msg: str) -> SimError:
     return SimError(400, code, msg)
 
 
+CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+
+
 @dataclass(frozen=True)
 class Market:
     symbol: str
@@ -44,6 +58,9 @@ class Market:
     min_notional: float = 5.0
     price_precision: int = 1
     qty_precision: int = 3
+    # PERCENT_PRICE: limit prices must stay inside [mark * down, mark * up]
+    multiplier_up: float = 1.05
+    multiplier_down: float = 0.95
 
 
 @dataclass
@@ -66,6 +83,7 @@ class Order:
     close_position: bool = False
     orig_type: str = ""
     stop_price: float = 0.0
+    visible_at: int = 0  # query lag: GET order / openOrders do not see it before this (ms)
 
     @property
     def open(self) -> bool:
@@ -91,6 +109,7 @@ class AlgoOrder:
     status: str = "NEW"
     trigger_time: int = 0
     actual_order_id: int | None = None
+    visible_at: int = 0
 
     @property
     def open(self) -> bool:
@@ -112,6 +131,10 @@ def _round(x: float, step: float) -> float:
     return round(round(x / step) * step, 10)
 
 
+def _on_grid(x: float, step: float) -> bool:
+    return abs(x / step - round(x / step)) < 1e-6
+
+
 @dataclass
 class Engine:
     symbols: list[str]
@@ -120,6 +143,12 @@ class Engine:
     max_leverage: int = 125
     seed: int | None = None
     clock: Callable[[], float] = time.time
+    # taker fills happen at mark +/- this many basis points (the book), never at the mark itself
+    half_spread_bps: float = 2.0
+    # every accepted order stays invisible to queries for this long (the venue's read lag)
+    query_lag_ms: int = 0
+    # asked when a position goes flat: True keeps its close-position orders resting (a fault)
+    keep_protection: Callable[[str], bool] | None = None
     markets: dict[str, Market] = field(default_factory=dict)
     prices: dict[str, float] = field(default_factory=dict)
     orders: dict[int, Order] = field(default_factory=dict)
@@ -184,6 +213,11 @@ class Engine:
     def position(self, symbol: str) -> Position:
         return self.positions.setdefault(symbol, Position())
 
+    def pos_qty(self, symbol: str) -> float:
+        """Signed position size, without creating an entry (checks must not change state)."""
+        p = self.positions.get(symbol)
+        return p.qty if p is not None else 0.0
+
     def lev(self, symbol: str) -> int:
         return self.leverage.get(symbol, self.default_leverage)
 
@@ -221,19 +255,54 @@ class Engine:
         ids |= {a.client_id for a in self.algos.values() if a.open}
         return ids
 
-    def _check_client_id(self, client_id: str) -> None:
+    def _check_client_id(self, client_id: str, param: str = "newClientOrderId") -> None:
+        if not CLIENT_ID.match(client_id):
+            raise _bad(
+                -1100,
+                f"Illegal characters found in parameter '{param}'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{{1,36}}$'.",
+            )
         if client_id in self._open_client_ids():
             raise _bad(-4116, "ClientOrderId is duplicated.")
 
+    @staticmethod
+    def _check_qty(m: Market, qty: float) -> None:
+        if qty <= 0:
+            raise _bad(-4003, "Quantity less than or equal to zero.")
+        if not _on_grid(qty, m.step):
+            raise _bad(-1111, "Precision is over the maximum defined for this asset.")
+        if qty < m.min_qty - 1e-12:
+            raise _bad(-4003, "Quantity less than or equal to zero.")
+
+    @staticmethod
+    def _check_tick(m: Market, price: float) -> None:
+        if not _on_grid(price, m.tick):
+            raise _bad(-4014, "Price not increased by tick size.")
+
+    def _check_band(self, m: Market, price: float) -> None:
+        """PERCENT_PRICE, as exchangeInfo advertises it, measured from the mark price."""
+        mark = self.prices[m.symbol]
+        if price > mark * m.multiplier_up + 1e-9:
+            raise _bad(-4016, "Price is higher than mark price multiplier cap.")
+        if price < mark * m.multiplier_down - 1e-9:
+            raise _bad(-4024, "Price is lower than mark price multiplier floor.")
+
+    def book(self, symbol: str, side: str) -> float:
+        """Where a taker order on ``side`` executes: the ask for buys, the bid for sells."""
+        m, mark = self.markets[symbol], self.prices[symbol]
+        half = mark * self.half_spread_bps / 10_000
+        if side == "BUY":
+            return round(math.ceil((mark + half) / m.tick - 1e-9) * m.tick, 10)
+        return round(math.floor((mark - half) / m.tick + 1e-9) * m.tick, 10)
+
     def _reduce_qty(self, symbol: str, side: str, qty: float | None) -> float:
         """How much a reduce-only order may execute; -2022 if it would not reduce."""
-        pos = self.position(symbol).qty
+        pos = self.pos_qty(symbol)
         if (side == "SELL" and pos <= 0) or (side == "BUY" and pos >= 0):
             raise _bad(-2022, "ReduceOnly Order is rejected.")
         return abs(pos) if qty is None else min(qty, abs(pos))
 
     def _check_margin(self, symbol: str, side: str, qty: float, price: float) -> None:
-        pos = self.position(symbol).qty
+        pos = self.pos_qty(symbol)
         signed = qty if side == "BUY" else -qty
         increase = abs(pos + signed) - abs(pos)
         if increase <= 0:
@@ -265,6 +334,7 @@ class Engine:
             elif rest > 0:  # flipped through zero
                 p.entry_price = price
         p.update_time = self.now_ms()
+        self._expire_stale_close_position(o.symbol)
         o.cum_quote += qty * price
         o.executed = round(o.executed + qty, 10)
         o.avg_price = o.cum_quote / o.executed
@@ -272,24 +342,48 @@ class Engine:
         o.update_time = self.now_ms()
         self.fills.append({"order_id": o.order_id, "client_id": o.client_id, "qty": qty, "price": price})
 
-    def _execute(self, o: Order) -> None:
-        """Match a new or resting order against the mark price."""
-        px = self.prices[o.symbol]
-        if o.type == "MARKET":
-            qty = o.qty - o.executed
-            if o.reduce_only:
-                try:
-                    qty = self._reduce_qty(o.symbol, o.side, qty)
-                except SimError:
-                    o.status = "EXPIRED"  # position gone before a reduce-only could execute
-                    return
-                if qty < o.qty - o.executed:
-                    o.qty = o.executed + qty
-            self._fill(o, qty, px)
-        elif o.type == "LIMIT":
-            marketable = (o.side == "BUY" and px <= o.price) or (o.side == "SELL" and px >= o.price)
-            if marketable:
-                self._fill(o, o.qty - o.executed, o.price)
+    def _execute(self, o: Order, *, taker: bool) -> None:
+        """Match a new (taker) or resting (maker) order against the book around the mark price."""
+        book = self.book(o.symbol, o.side)
+        if o.type == "LIMIT":
+            marketable = (o.side == "BUY" and book <= o.price) or (o.side == "SELL" and book >= o.price)
+            if not marketable:
+                return
+            # a marketable limit takes the book; only a resting order fills at its own limit
+            px = book if taker else o.price
+        else:
+            px = book
+        qty = o.qty - o.executed
+        if o.reduce_only:
+            try:
+                allowed = self._reduce_qty(o.symbol, o.side, qty)
+            except SimError:
+                # the position it would reduce is gone: a reduce-only order never opens or flips one
+                o.status, o.update_time = "EXPIRED", self.now_ms()
+                return
+            if allowed < qty:
+                o.qty, qty = o.executed + allowed, allowed
+        self._fill(o, qty, px)
+
+    def _expire_stale_close_position(self, symbol: str) -> None:
+        """The venue expires close-position (GTE_GTC) orders whose position went flat or flipped.
+
+        Reduce-only orders with a size get no such help: they rest until they trigger.
+        """
+        pos = self.pos_qty(symbol)
+        stale = [
+            a
+            for a in self.algos.values()
+            if a.open
+            and a.close_position
+            and a.symbol == symbol
+            and (pos == 0 or (a.side == "SELL") == (pos < 0))
+        ]
+        if not stale or (self.keep_protection is not None and self.keep_protection(symbol)):
+            return
+        now = self.now_ms()
+        for a in stale:
+            a.status, a.update_time = "EXPIRED", now
 
     # ------------------------------------------------------------------ orders
 
@@ -316,17 +410,16 @@ class Engine:
                 raise _bad(
                     -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
                 )
-            if qty <= 0:
-                raise _bad(-4003, "Quantity less than or equal to zero.")
+            self._check_qty(m, qty)
             qty = _round(qty, m.step)
-            if qty < m.min_qty:
-                raise _bad(-4003, "Quantity less than or equal to zero.")
             if type == "LIMIT":
                 if price is None or price <= 0:
                     raise _bad(
                         -1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed."
                     )
+                self._check_tick(m, price)
                 price = _round(price, m.tick)
+                self._check_band(m, price)
             client_id = client_id or f"sim{self._next_id + 1}"
             self._check_client_id(client_id)
             ref = price if type == "LIMIT" else self.prices[symbol]
@@ -353,9 +446,10 @@ class Engine:
                 now,
                 now,
                 orig_type=type,
+                visible_at=now + self.query_lag_ms,
             )
             self.orders[o.order_id] = o
-            self._execute(o)
+            self._execute(o, taker=True)
             return o
 
     def place_algo(
@@ -384,17 +478,36 @@ class Engine:
                 raise _bad(
                     -1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed."
                 )
-            if not close_position:
-                if qty is None or qty <= 0:
+            if close_position:
+                if reduce_only:
+                    raise _bad(-1106, "Parameter 'reduceOnly' sent when not required.")
+                if qty:
+                    raise _bad(-4137, "Quantity must be zero with closePosition equals true")
+                qty = None
+            else:
+                if qty is None:
                     raise _bad(
                         -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
                     )
+                self._check_qty(m, qty)
                 qty = _round(qty, m.step)
-            if order_type in ("STOP", "TAKE_PROFIT") and (price is None or price <= 0):
-                raise _bad(-1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed.")
+            if order_type in ("STOP", "TAKE_PROFIT"):
+                if price is None or price <= 0:
+                    raise _bad(
+                        -1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed."
+                    )
+                self._check_tick(m, price)
+            self._check_tick(m, trigger_price)
             trigger_price = _round(trigger_price, m.tick)
             client_id = client_id or f"simalgo{self._next_id + 1}"
-            self._check_client_id(client_id)
+            self._check_client_id(client_id, "clientAlgoId")
+            if close_position and self.pos_qty(symbol) == 0:
+                # Binance also accepts GTE when open orders exist; we demand a position (harsher)
+                raise _bad(
+                    -4509,
+                    "Time in Force (TIF) GTE can only be used with open positions or open orders. "
+                    "Please ensure that positions or open orders are available.",
+                )
             if reduce_only or close_position:
                 self._reduce_qty(symbol, side, qty)  # -2022 when there is nothing to reduce
             is_stop = order_type in ("STOP_MARKET", "STOP")
@@ -409,6 +522,8 @@ class Engine:
                 )
             if self._crossed(symbol, side, order_type, trigger_price):
                 raise _bad(-2021, "Order would immediately trigger.")
+            if close_position:
+                time_in_force = "GTE_GTC"  # how the venue reports close-position orders
             now = self.now_ms()
             a = AlgoOrder(
                 self._id(),
@@ -425,6 +540,7 @@ class Engine:
                 now,
                 now,
                 working_type,
+                visible_at=now + self.query_lag_ms,
             )
             self.algos[a.algo_id] = a
             return a
@@ -437,38 +553,64 @@ class Engine:
             return px <= trigger if stop else px >= trigger
         return px >= trigger if stop else px <= trigger
 
-    def _find_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order | None:
+    def visible(self, x: Order | AlgoOrder) -> bool:
+        """Whether the venue's query side sees this order yet (see ``query_lag_ms``)."""
+        return x.visible_at <= self.now_ms()
+
+    def hide(self, order_id: int, lag_ms: int) -> None:
+        """Query lag for one accepted order (a fault): invisible to queries for ``lag_ms``."""
+        with self.lock:
+            x = self.orders.get(order_id) or self.algos.get(order_id)
+            if x is not None:
+                x.visible_at = max(x.visible_at, self.now_ms() + lag_ms)
+
+    def _find_order(
+        self, symbol: str, order_id: int | None, client_id: str | None, *, query: bool = False
+    ) -> Order | None:
+        """``query``: as the venue's query side answers, blind to orders still inside their lag."""
         if order_id is not None:
             o = self.orders.get(order_id)
-            return o if o is not None and o.symbol == symbol else None
-        if client_id:
-            # newest first: a client id may be reused once the earlier order closed
-            for o in sorted(self.orders.values(), key=lambda x: -x.order_id):
-                if o.client_id == client_id and o.symbol == symbol:
-                    return o
-        return None
+            found = o if o is not None and o.symbol == symbol else None
+        else:
+            found = None
+            if client_id:
+                # newest first: a client id may be reused once the earlier order closed
+                for o in sorted(self.orders.values(), key=lambda x: -x.order_id):
+                    if o.client_id == client_id and o.symbol == symbol and (not query or self.visible(o)):
+                        found = o
+                        break
+        return found if found is not None and (not query or self.visible(found)) else None
 
-    def _find_algo(self, symbol: str | None, algo_id: int | None, client_id: str | None) -> AlgoOrder | None:
+    def _find_algo(
+        self, symbol: str | None, algo_id: int | None, client_id: str | None, *, query: bool = False
+    ) -> AlgoOrder | None:
         if algo_id is not None:
             a = self.algos.get(algo_id)
-            return a if a is not None and (symbol is None or a.symbol == symbol) else None
-        if client_id:
-            for a in sorted(self.algos.values(), key=lambda x: -x.algo_id):
-                if a.client_id == client_id and (symbol is None or a.symbol == symbol):
-                    return a
-        return None
+            found = a if a is not None and (symbol is None or a.symbol == symbol) else None
+        else:
+            found = None
+            if client_id:
+                for a in sorted(self.algos.values(), key=lambda x: -x.algo_id):
+                    if (
+                        a.client_id == client_id
+                        and (symbol is None or a.symbol == symbol)
+                        and (not query or self.visible(a))
+                    ):
+                        found = a
+                        break
+        return found if found is not None and (not query or self.visible(found)) else None
 
     def get_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order:
         with self.lock:
             self.market(symbol)
-            o = self._find_order(symbol, order_id, client_id)
+            o = self._find_order(symbol, order_id, client_id, query=True)
             if o is None:
                 raise _bad(-2013, "Order does not exist.")
             return o
 
     def get_algo(self, symbol: str | None, algo_id: int | None, client_id: str | None) -> AlgoOrder:
         with self.lock:
-            a = self._find_algo(symbol, algo_id, client_id)
+            a = self._find_algo(symbol, algo_id, client_id, query=True)
             if a is None:
                 raise _bad(-2013, "Order does not exist.")
             return a
@@ -476,7 +618,8 @@ class Engine:
     def cancel_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order:
         with self.lock:
             self.market(symbol)
-            o = self._find_order(symbol, order_id, client_id)
+            # an order still inside its query lag is unknown to the cancel path too (-2011 while open)
+            o = self._find_order(symbol, order_id, client_id, query=True)
             if o is None or not o.open:
                 raise _bad(-2011, "Unknown order sent.")
             o.status = "CANCELED"
@@ -485,7 +628,7 @@ class Engine:
 
     def cancel_algo(self, symbol: str | None, algo_id: int | None, client_id: str | None) -> AlgoOrder:
         with self.lock:
-            a = self._find_algo(symbol, algo_id, client_id)
+            a = self._find_algo(symbol, algo_id, client_id, query=True)
             if a is None or not a.open:
                 raise _bad(-2011, "Unknown order sent.")
             a.status = "CANCELED"
@@ -494,11 +637,29 @@ class Engine:
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         with self.lock:
-            return [o for o in self.orders.values() if o.open and (symbol is None or o.symbol == symbol)]
+            return [
+                o
+                for o in self.orders.values()
+                if o.open and (symbol is None or o.symbol == symbol) and self.visible(o)
+            ]
 
     def open_algos(self, symbol: str | None = None) -> list[AlgoOrder]:
         with self.lock:
-            return [a for a in self.algos.values() if a.open and (symbol is None or a.symbol == symbol)]
+            return [
+                a
+                for a in self.algos.values()
+                if a.open and (symbol is None or a.symbol == symbol) and self.visible(a)
+            ]
+
+    def all_orders(self, symbol: str) -> list[Order]:
+        with self.lock:
+            return [o for o in self.orders.values() if o.symbol == symbol and self.visible(o)]
+
+    def all_algos(self, symbol: str | None) -> list[AlgoOrder]:
+        with self.lock:
+            return [
+                a for a in self.algos.values() if (symbol is None or a.symbol == symbol) and self.visible(a)
+            ]
 
     # ------------------------------------------------------------------ prices and triggers
 
@@ -516,7 +677,7 @@ class Engine:
         for o in list(self.orders.values()):
             if o.symbol == symbol and o.open and o.type == "LIMIT":
                 before = o.executed
-                self._execute(o)
+                self._execute(o, taker=False)
                 if o.executed != before:
                     touched.append(o.order_id)
         for a in list(self.algos.values()):
@@ -527,6 +688,7 @@ class Engine:
     def _trigger(self, a: AlgoOrder) -> int:
         """A triggered conditional order becomes a regular order carrying the same client id."""
         a.trigger_time = a.update_time = self.now_ms()
+        a.status = "TRIGGERING"
         qty: float | None = None if a.close_position else a.qty
         reduce = a.reduce_only or a.close_position
         if reduce:
@@ -555,9 +717,21 @@ class Engine:
         )
         self.orders[o.order_id] = o
         a.actual_order_id = o.order_id
-        self._execute(o)
+        self._execute(o, taker=True)
         a.status = "FINISHED" if not o.open else "TRIGGERED"
         return a.algo_id
+
+    def _execute_at(self, o: Order, price: float) -> None:
+        """Fill what is left of ``o`` at ``price`` (the market came to it); reduce-only rules hold."""
+        qty = o.qty - o.executed
+        if o.reduce_only:
+            try:
+                qty = self._reduce_qty(o.symbol, o.side, qty)
+            except SimError:
+                o.status, o.update_time = "EXPIRED", self.now_ms()
+                return
+            o.qty = o.executed + qty
+        self._fill(o, qty, price)
 
     def random_walk(self, vol: float = 0.0005) -> None:
         with self.lock:
@@ -586,7 +760,7 @@ class Engine:
         with self.lock:
             o = self._find_order(symbol, None, client_id)
             if o is not None and o.open:
-                self._fill(o, o.qty - o.executed, o.price or self.prices[symbol])
+                self._execute_at(o, o.price or self.prices[symbol])
                 return o
             a = self._find_algo(symbol, None, client_id)
             if a is not None and a.open:
@@ -601,7 +775,7 @@ class Engine:
                 if o.open:
                     self._trigger(o)
             elif o.open:
-                self._fill(o, o.qty - o.executed, o.price or self.prices[o.symbol])
+                self._execute_at(o, o.price or self.prices[o.symbol])
 
     def set_position(self, symbol: str, amount: float, entry_price: float | None = None) -> Position:
         with self.lock:
@@ -612,4 +786,5 @@ class Engine:
                 float(entry_price if entry_price is not None else self.prices[symbol]) if amount else 0.0
             )
             p.update_time = self.now_ms()
+            self._expire_stale_close_position(symbol)
             return p

@@ -15,11 +15,20 @@ FaultKind = Literal[
     "binance_error",  # answer 400 {code, msg} before handling
     "fill_on_cancel",  # on cancel: the order fills first, then the cancel answers -2011
     "fill_after_cancel_ack",  # on cancel: answer CANCELED, but the order is recorded as filled
+    # an accepted order answers -2013 to lookups and is missing from openOrders for delay_ms
+    # (the venue does this right after timeouts and -1007)
+    "query_lag",
+    # -1008 "server busy" before handling; like the venue, reduce-only and close-position orders pass
+    "overload",
+    # when a position goes flat, its close-position orders keep resting instead of expiring
+    "keep_protection",
 ]
 
-PRE_KINDS = ("latency", "http_error", "binance_error")
+PRE_KINDS = ("latency", "http_error", "binance_error", "overload")
 POST_KINDS = ("timeout_after_accept", "unknown_after_accept")
 CANCEL_KINDS = ("fill_on_cancel", "fill_after_cancel_ack")
+ACCEPT_KINDS = ("query_lag",)  # applied to the order a create just placed
+POSITION_KINDS = ("keep_protection",)  # matched against the symbol whose position went flat
 
 
 class FaultRule(BaseModel):
@@ -41,7 +50,7 @@ class FaultRule(BaseModel):
             raise ValueError("http_error needs status (e.g. 429, 418, 500, 502, 503, 504)")
         if self.kind == "binance_error" and self.code is None:
             raise ValueError("binance_error needs code (e.g. -2011, -4116, -2022, -2019)")
-        if self.kind in ("latency", "timeout_after_accept") and self.delay_ms <= 0:
+        if self.kind in ("latency", "timeout_after_accept", "query_lag") and self.delay_ms <= 0:
             raise ValueError(f"{self.kind} needs delay_ms > 0")
         return self
 

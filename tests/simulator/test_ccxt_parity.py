@@ -134,7 +134,7 @@ async def test_natural_venue_errors(sim, ex, setup, call, code, cls):
     if setup == "long_with_stop":
         await ex.create_order(BTC, "market", "sell", 0.0, None, {**close_stop, "clientOrderId": "C1"})
     if setup == "resting":
-        await ex.create_order(BTC, "limit", "buy", 0.01, 1000, {"clientOrderId": "D1"})
+        await ex.create_order(BTC, "limit", "buy", 0.01, 48_000, {"clientOrderId": "D1"})
     calls = {
         "cancel_unknown": lambda: ex.cancel_order(None, BTC, {"clientOrderId": "nope"}),
         "fetch_unknown": lambda: ex.fetch_order(None, BTC, {"clientOrderId": "nope"}),
@@ -143,7 +143,7 @@ async def test_natural_venue_errors(sim, ex, setup, call, code, cls):
         "stop_through": lambda: ex.create_order(
             BTC, "market", "sell", 0.01, None, {"stopLossPrice": 60_000, "reduceOnly": True}
         ),
-        "duplicate": lambda: ex.create_order(BTC, "limit", "buy", 0.01, 1000, {"clientOrderId": "D1"}),
+        "duplicate": lambda: ex.create_order(BTC, "limit", "buy", 0.01, 48_000, {"clientOrderId": "D1"}),
         "second_close_position_stop": lambda: ex.create_order(
             BTC, "market", "sell", 0.0, None, {**close_stop, "clientOrderId": "C2"}
         ),
@@ -154,7 +154,7 @@ async def test_natural_venue_errors(sim, ex, setup, call, code, cls):
 
 
 async def test_fill_on_cancel_race(sim, ex):
-    await ex.create_order(BTC, "limit", "buy", 0.01, 1000, {"clientOrderId": "R1"})
+    await ex.create_order(BTC, "limit", "buy", 0.01, 48_000, {"clientOrderId": "R1"})
     sim.add_fault(kind="fill_on_cancel", method="DELETE", path="/fapi/v1/order", count=1)
     err = await raises(ex.cancel_order(None, BTC, {"clientOrderId": "R1"}))
     assert isinstance(err, ccxt.OrderNotFound)
@@ -162,7 +162,7 @@ async def test_fill_on_cancel_race(sim, ex):
 
 
 async def test_fill_after_cancel_ack(sim, ex):
-    await ex.create_order(BTC, "limit", "buy", 0.01, 1000, {"clientOrderId": "R2"})
+    await ex.create_order(BTC, "limit", "buy", 0.01, 48_000, {"clientOrderId": "R2"})
     sim.add_fault(kind="fill_after_cancel_ack", method="DELETE", path="/fapi/v1/order", count=1)
     answer = await ex.cancel_order(None, BTC, {"clientOrderId": "R2"})
     assert answer["status"] == "canceled"

@@ -23,13 +23,13 @@ def mkt(e, side, qty, **kw):
 
 
 def test_market_fill_opens_and_closes_position_with_pnl(e):
-    o = mkt(e, "BUY", 0.1)
-    assert (o.status, o.executed, o.avg_price) == ("FILLED", 0.1, 50_000)
+    o = mkt(e, "BUY", 0.1)  # takes the ask: mark + 2 bp
+    assert (o.status, o.executed, o.avg_price) == ("FILLED", 0.1, 50_010)
     assert e.position("BTCUSDT").qty == 0.1
     e.set_price("BTCUSDT", 51_000)
-    assert e.unrealized("BTCUSDT") == pytest.approx(100)
-    mkt(e, "SELL", 0.1, reduce_only=True)
-    assert e.position("BTCUSDT").qty == 0 and e.wallet == pytest.approx(100_100)
+    assert e.unrealized("BTCUSDT") == pytest.approx(99)
+    mkt(e, "SELL", 0.1, reduce_only=True)  # hits the bid: 51,000 - 10.2
+    assert e.position("BTCUSDT").qty == 0 and e.wallet == pytest.approx(100_000 + 0.1 * (50_989.8 - 50_010))
 
 
 def test_reduce_only_rules(e):
@@ -41,13 +41,15 @@ def test_reduce_only_rules(e):
 
 
 def test_client_id_unique_among_open_orders_only(e):
-    e.place_order(symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=1000, client_id="A")
+    e.place_order(symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=48_000, client_id="A")
     assert (
-        code_of(e.place_order, symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=1000, client_id="A")
+        code_of(
+            e.place_order, symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=48_000, client_id="A"
+        )
         == -4116
     )
     e.cancel_order("BTCUSDT", None, "A")
-    again = e.place_order(symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=1000, client_id="A")
+    again = e.place_order(symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=48_000, client_id="A")
     assert e.get_order("BTCUSDT", None, "A") is again  # the newest order owns the id
 
 
@@ -60,7 +62,8 @@ def test_unknown_cancel_and_lookup_codes(e):
 
 def test_margin_and_notional(e):
     assert code_of(mkt, e, "BUY", 100.0) == -2019  # 5M notional at 20x > 100k
-    assert code_of(mkt, e, "BUY", 0.00001) == -4003  # rounds to zero
+    assert code_of(mkt, e, "BUY", 0.00001) == -1111  # off the step
+    assert code_of(mkt, e, "BUY", 0.0) == -4003
 
 
 def test_limit_rests_then_fills_on_price_cross(e):
@@ -125,7 +128,7 @@ def test_one_close_position_stop_and_take_profit_per_direction(e):
 
 
 def test_operator_hooks(e):
-    e.place_order(symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=1000, client_id="X")
+    e.place_order(symbol="BTCUSDT", side="BUY", type="LIMIT", qty=0.1, price=48_000, client_id="X")
     assert e.operator_cancel("BTCUSDT", "X") == "order"
     assert code_of(e.operator_cancel, "BTCUSDT", "X") == -2011
     e.set_position("ETHUSDT", -2.0, 3000)
