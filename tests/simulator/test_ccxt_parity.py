@@ -11,51 +11,20 @@ import json
 import time
 
 import ccxt
-import ccxt.async_support as ccxt_async
 import httpx
 import pytest
 
 from libs.common.exchange import make_exchange
+from tests.simulator.venue_calls import expected_class, raises
 
 pytestmark = pytest.mark.integration
 
 BTC = "BTC/USDT:USDT"
-REAL = "https://fapi.binance.com/fapi/v1/order"
-
-
-def expected_class(status: int, body: str) -> type[BaseException]:
-    ex = ccxt_async.binanceusdm()
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    try:
-        ex.handle_errors(status, "x", REAL, "POST", {}, body, parsed, {}, "")
-        ex.handle_http_status_code(status, "x", REAL, "POST", body)
-    except ccxt.BaseError as e:
-        return type(e)
-    raise AssertionError(f"real-host ccxt raised nothing for {status} {body}")
-
-
-@pytest.fixture
-async def ex(sim):
-    client = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret", timeout_ms=1000)
-    await client.load_markets()
-    yield client
-    await client.close()
 
 
 def raw(sim, method: str, path: str) -> tuple[int, str]:
     r = httpx.request(method, sim.base_url + path)
     return r.status_code, r.text
-
-
-async def raises(coro) -> BaseException:
-    try:
-        await coro
-    except ccxt.BaseError as e:
-        return e
-    raise AssertionError("no exception")
 
 
 PRE_FAULTS = [

@@ -1,0 +1,18 @@
+"""Fixtures for talking to the simulator through the real ccxt client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+
+from libs.common.exchange import make_exchange
+
+
+@pytest_asyncio.fixture
+async def ex(sim: Any) -> AsyncIterator[Any]:
+    client = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret", timeout_ms=1000)
+    await client.load_markets()
+    yield client
+    await client.close()
