@@ -1,8 +1,10 @@
 """FastAPI app: Binance USD-M REST under /fapi, fault injection and test controls under /_sim.
 
 Every /fapi request goes through one dispatcher: log it, apply "before"
-faults, check the signature, run the handler against the engine, apply
-"after" faults. The control API is unauthenticated on purpose: it is a test
+faults, charge Binance's request weight and order counts (429, then 418 bans:
+see ratelimit.py), check the signature, run the handler against the engine,
+apply "after" faults. Every answer carries X-MBX-USED-WEIGHT-1M and
+X-MBX-ORDER-COUNT-10S/1M. The control API is unauthenticated on purpose: it is a test
 and operator tool and the simulator binds to loopback by default.
 """
 
@@ -20,7 +22,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.simulator import wire
+from services.simulator import ratelimit, wire
 from services.simulator.auth import check_signed_request
 from services.simulator.config import SimulatorSettings
 from services.simulator.engine import AlgoOrder, Engine, SimError
@@ -38,10 +40,19 @@ PUBLIC = {
     "/fapi/v2/ticker/price",
 }
 
-HTTP_ERROR_BODIES = {
-    429: '{"code":-1003,"msg":"Too many requests; current limit of IP(127.0.0.1) is 2400 requests per minute."}',
-    418: '{"code":-1003,"msg":"Way too many requests; IP(127.0.0.1) banned until 4102444800000."}',
-}
+
+def limits_from(settings: SimulatorSettings) -> ratelimit.Limits:
+    return ratelimit.Limits(
+        weight_limit_1m=settings.weight_limit_1m,
+        orders_limit_10s=settings.orders_limit_10s,
+        orders_limit_1m=settings.orders_limit_1m,
+        ban_base_sec=settings.ban_base_sec,
+        rate_limits=settings.rate_limits,
+    )
+
+
+def refusal_response(r: ratelimit.Refusal) -> Response:
+    return JSONResponse(r.body(), status_code=r.status, headers={"Retry-After": str(r.retry_after_sec)})
 
 
 def _f(p: Params, key: str) -> float | None:
@@ -260,8 +271,19 @@ class PositionBody(BaseModel):
     entryPrice: float | None = Field(None, gt=0)
 
 
+class LimitsBody(BaseModel):
+    """POST /_sim/limits: change the rate limits at runtime (omitted fields stay)."""
+
+    model_config = ConfigDict(extra="forbid")
+    weight_limit_1m: int | None = Field(None, ge=1)
+    orders_limit_10s: int | None = Field(None, ge=1)
+    orders_limit_1m: int | None = Field(None, ge=1)
+    ban_base_sec: float | None = Field(None, gt=0, allow_inf_nan=False)
+    rate_limits: bool | None = None
+
+
 class Simulator:
-    """The running simulator: engine + faults + request log."""
+    """The running simulator: engine + faults + rate limiter + request log."""
 
     def __init__(self, settings: SimulatorSettings, engine: Engine | None = None) -> None:
         self.settings = settings
@@ -274,9 +296,12 @@ class Simulator:
         )
         self.faults = FaultBook()
         self.requests: deque[dict] = deque(maxlen=settings.request_log_size)
+        self.rate = ratelimit.RateLimiter(limits_from(settings), clock=lambda: self.engine.clock())
+        self.routes = {**ROUTES, ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info}
 
     async def dispatch(self, request: Request) -> Response:
         method, path = request.method, request.url.path
+        ip = request.client.host if request.client else "unknown"
         query = request.url.query
         body = (await request.body()).decode() if method in ("POST", "PUT") else ""
         payload = body if method in ("POST", "PUT") else query
@@ -295,6 +320,7 @@ class Simulator:
 
         def done(resp: Response, code: int | None = None) -> Response:
             entry["status"], entry["code"] = resp.status_code, code
+            resp.headers.update(self.rate.headers(ip))
             return resp
 
         def error(e: SimError) -> Response:
@@ -305,13 +331,15 @@ class Simulator:
             if rule.kind == "latency":
                 await asyncio.sleep(rule.delay_ms / 1000)
             elif rule.kind == "http_error":
-                text = HTTP_ERROR_BODIES.get(rule.status, "Service Unavailable.")
-                media = "application/json" if text.startswith("{") else "text/plain"
-                return done(Response(text, status_code=rule.status, media_type=media))
+                return done(*self._injected_http_error(rule.status, ip))
             elif rule.kind == "binance_error":
                 return error(SimError(400, rule.code, rule.msg or "Injected error."))
 
-        handler = ROUTES.get((method, path))
+        # injected faults above answer in front of the limiter and are not charged
+        refused = self.rate.admit(ip, method, path, params)
+        if refused is not None:
+            return done(refusal_response(refused), refused.code)
+        handler = self.routes.get((method, path))
         if handler is None:
             return error(SimError(404, -5000, f"Path {path}, Method {method} is invalid"))
         if path not in PUBLIC:
@@ -382,6 +410,17 @@ class Simulator:
         if not o.open:
             raise SimError(400, -2011, "Unknown order sent.")
         return o
+
+    def _exchange_info(self, e: Engine, p: Params) -> Any:
+        return {**wire.exchange_info(e), "rateLimits": self.rate.advertised()}
+
+    def _injected_http_error(self, status: int, ip: str) -> tuple[Response, int | None]:
+        """An http_error fault: 429/418 look like the venue's (body, Retry-After, a ban ending
+        soon) but leave the limiter's counters and bans alone; other statuses are plain text."""
+        if status in (429, 418):
+            r = ratelimit.injected_refusal(status, ip, self.engine.clock(), self.rate.limits)
+            return refusal_response(r), r.code
+        return Response("Service Unavailable.", status_code=status, media_type="text/plain"), None
 
     def state(self) -> dict:
         e = self.engine
@@ -454,7 +493,17 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
         sim.engine.reset()
         sim.faults.clear()
         sim.requests.clear()
+        sim.rate.reset(limits_from(settings))
         return {"reset": True}
+
+    @app.get("/_sim/limits")
+    async def limits() -> dict:
+        return sim.rate.view()
+
+    @app.post("/_sim/limits")
+    async def set_limits(body: LimitsBody) -> dict:
+        sim.rate.set_limits(**body.model_dump(exclude_none=True))
+        return sim.rate.view()
 
     @app.get("/_sim/state")
     async def state() -> dict:

@@ -28,6 +28,17 @@ class SimulatorSettings(BaseSettings):
     max_leverage: int = Field(125, ge=1, le=125, description="Highest leverage accepted")
     recv_window_ms: int = Field(60_000, ge=1, description="Default recvWindow for timestamp checks (-1021)")
     request_log_size: int = Field(10_000, ge=10, description="Requests kept for /_sim/requests")
+    rate_limits: bool = Field(
+        True,
+        description="Enforce Binance's request-weight and order-count limits (429, then 418 bans); "
+        "off only for benchmarks that isolate other costs (counters and headers stay)",
+    )
+    weight_limit_1m: int = Field(2400, ge=1, description="Request weight per IP per rolling minute")
+    orders_limit_10s: int = Field(300, ge=1, description="Order placements per 10 s (account-wide)")
+    orders_limit_1m: int = Field(1200, ge=1, description="Order placements per minute (account-wide)")
+    ban_base_sec: float = Field(
+        120.0, gt=0, description="First 418 IP ban; doubles per repeat offence, capped at 3 days"
+    )
 
     @field_validator("symbols")
     @classmethod

@@ -91,6 +91,29 @@ class SimControl:
     def clear_requests(self) -> None:
         self._call("DELETE", "/_sim/requests")
 
+    def limits(self) -> dict:
+        """Configured rate limits and the live counters per client IP (GET /_sim/limits)."""
+        return self._call("GET", "/_sim/limits")
+
+    def set_limits(
+        self,
+        *,
+        weight_limit_1m: int | None = None,
+        orders_limit_10s: int | None = None,
+        orders_limit_1m: int | None = None,
+        ban_base_sec: float | None = None,
+        rate_limits: bool | None = None,
+    ) -> dict:
+        """Change rate limits at runtime (omitted ones stay); reset() restores the settings."""
+        body = {
+            "weight_limit_1m": weight_limit_1m,
+            "orders_limit_10s": orders_limit_10s,
+            "orders_limit_1m": orders_limit_1m,
+            "ban_base_sec": ban_base_sec,
+            "rate_limits": rate_limits,
+        }
+        return self._call("POST", "/_sim/limits", json={k: v for k, v in body.items() if v is not None})
+
     def reset(self) -> None:
         self._call("POST", "/_sim/reset")
 
