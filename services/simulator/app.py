@@ -26,7 +26,15 @@ from services.simulator import ratelimit, wire
 from services.simulator.auth import check_signed_request
 from services.simulator.config import SimulatorSettings
 from services.simulator.engine import AlgoOrder, Engine, SimError
-from services.simulator.faults import CANCEL_KINDS, POST_KINDS, PRE_KINDS, FaultBook, FaultRule
+from services.simulator.faults import (
+    ACCEPT_KINDS,
+    CANCEL_KINDS,
+    POSITION_KINDS,
+    POST_KINDS,
+    PRE_KINDS,
+    FaultBook,
+    FaultRule,
+)
 
 Params = dict[str, str]
 Handler = Callable[[Engine, Params], Any]
@@ -152,7 +160,7 @@ def h_open_orders(e: Engine, p: Params) -> Any:
 def h_all_orders(e: Engine, p: Params) -> Any:
     sym = _need(p, "symbol")
     e.market(sym)
-    return [wire.order(o) for o in e.orders.values() if o.symbol == sym]
+    return [wire.order(o) for o in e.all_orders(sym)]
 
 
 def h_new_algo(e: Engine, p: Params) -> Any:
@@ -189,8 +197,7 @@ def h_open_algos(e: Engine, p: Params) -> Any:
 
 
 def h_all_algos(e: Engine, p: Params) -> Any:
-    sym = p.get("symbol")
-    return [wire.algo(a) for a in e.algos.values() if sym is None or a.symbol == sym]
+    return [wire.algo(a) for a in e.all_algos(p.get("symbol") or None)]
 
 
 def h_leverage(e: Engine, p: Params) -> Any:
@@ -247,6 +254,15 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 CANCEL_ROUTES = {("DELETE", "/fapi/v1/order"), ("DELETE", "/fapi/v1/algoOrder")}
+CREATE_ROUTES = {("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder")}
+OVERLOADED = SimError(
+    503, -1008, "Server is currently overloaded with other requests. Please try again in a few minutes."
+)
+
+
+def _protective(p: Params) -> bool:
+    """Reduce-only and close-position orders: the venue lets them through when it sheds load."""
+    return _b(p, "reduceOnly") or _b(p, "closePosition")
 
 
 # ----------------------------------------------------------------------------- control API bodies
@@ -293,8 +309,11 @@ class Simulator:
             default_leverage=settings.default_leverage,
             max_leverage=settings.max_leverage,
             seed=settings.seed,
+            half_spread_bps=settings.half_spread_bps,
+            query_lag_ms=settings.query_lag_ms,
         )
         self.faults = FaultBook()
+        self.engine.keep_protection = lambda symbol: bool(self.faults.take(POSITION_KINDS, "-", "-", symbol))
         self.requests: deque[dict] = deque(maxlen=settings.request_log_size)
         self.rate = ratelimit.RateLimiter(limits_from(settings), clock=lambda: self.engine.clock())
         self.routes = {**ROUTES, ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info}
@@ -327,13 +346,16 @@ class Simulator:
             return done(JSONResponse({"code": e.code, "msg": e.msg}, status_code=e.http_status), e.code)
 
         symbol = params.get("symbol")
-        for rule in self.faults.take(PRE_KINDS, method, path, symbol):
+        pre = PRE_KINDS if not _protective(params) else tuple(k for k in PRE_KINDS if k != "overload")
+        for rule in self.faults.take(pre, method, path, symbol):
             if rule.kind == "latency":
                 await asyncio.sleep(rule.delay_ms / 1000)
             elif rule.kind == "http_error":
                 return done(*self._injected_http_error(rule.status, ip))
             elif rule.kind == "binance_error":
                 return error(SimError(400, rule.code, rule.msg or "Injected error."))
+            elif rule.kind == "overload":
+                return error(OVERLOADED)
 
         # injected faults above answer in front of the limiter and are not charged
         refused = self.rate.admit(ip, method, path, params)
@@ -366,6 +388,9 @@ class Simulator:
                 result = handler(self.engine, params)
         except SimError as e:
             return error(e)
+        if (method, path) in CREATE_ROUTES:
+            for rule in self.faults.take(ACCEPT_KINDS, method, path, symbol):
+                self.engine.hide(int(result.get("orderId") or result.get("algoId")), rule.delay_ms)
 
         for rule in self.faults.take(POST_KINDS, method, path, symbol):
             if rule.kind == "timeout_after_accept":

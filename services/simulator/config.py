@@ -26,7 +26,15 @@ class SimulatorSettings(BaseSettings):
     seed: int | None = Field(None, description="Random-walk seed")
     default_leverage: int = Field(20, ge=1, le=125, description="Leverage before any POST /leverage")
     max_leverage: int = Field(125, ge=1, le=125, description="Highest leverage accepted")
-    recv_window_ms: int = Field(60_000, ge=1, description="Default recvWindow for timestamp checks (-1021)")
+    recv_window_ms: int = Field(
+        5_000, ge=1, le=60_000, description="recvWindow when a request sends none (Binance: 5000)"
+    )
+    half_spread_bps: float = Field(
+        2.0, ge=0, le=500, description="Taker fills at mark +/- this (the book), never at the mark"
+    )
+    query_lag_ms: int = Field(
+        0, ge=0, le=60_000, description="Accepted orders stay invisible to queries for this long (-2013)"
+    )
     request_log_size: int = Field(10_000, ge=10, description="Requests kept for /_sim/requests")
     rate_limits: bool = Field(
         True,

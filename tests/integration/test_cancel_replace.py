@@ -29,7 +29,7 @@ def cancel_result(tap, intent) -> CancelResult | None:
 
 
 async def resting_limit(bus, sim):
-    intent = make_intent(order_type="limit", price=round(sim.price(BTC_ID) * 0.5, 1))
+    intent = make_intent(order_type="limit", price=round(sim.price(BTC_ID) * 0.97, 1))
     await bus.publish(intent)
     await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
     return intent
@@ -47,7 +47,7 @@ async def test_cancel_open_order(bus, sim, router_factory):
 
 async def test_cancel_unknown_order_is_idempotent_success(bus, sim, router_factory):
     await router_factory()
-    never_sent = make_intent(order_type="limit", price=1000.0)
+    never_sent = make_intent(order_type="limit", price=48_000.0)
     await bus.publish(cancel_for(never_sent))
     r = await bus.tap.wait_for(lambda: cancel_result(bus.tap, never_sent))
     assert (r.outcome, r.code) == ("already_gone", -2011)

@@ -134,9 +134,13 @@ async def test_rate_limits_are_retried_with_one_event_per_retry(bus, sim, router
     assert len(creates(sim, intent.client_order_id)) == 3
 
 
+OVERLOADED = dict(kind="binance_error", code=-1008, msg="Server is currently overloaded with other requests.")
+
+
 async def test_retries_bounded_by_attempts(bus, sim, router_factory):
+    # (429s and bans are bounded by the elapsed cap only: tests/integration/test_venue_limits.py)
     await router_factory(retry_max_attempts=4)
-    sim.add_fault(kind="http_error", method="POST", path=ORDER_PATH, count=None, status=429)
+    sim.add_fault(method="POST", path=ORDER_PATH, count=None, **OVERLOADED)
     intent = make_intent()
     await bus.publish(intent)
     t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED, S.FAILED, S.REJECTED))
@@ -149,7 +153,7 @@ async def test_retries_bounded_by_elapsed_cap(bus, sim, router_factory):
     await router_factory(
         retry_max_attempts=50, retry_max_elapsed_sec=0.6, retry_base_delay_sec=0.1, retry_max_delay_sec=0.1
     )
-    sim.add_fault(kind="http_error", method="POST", path=ORDER_PATH, count=None, status=429)
+    sim.add_fault(method="POST", path=ORDER_PATH, count=None, **OVERLOADED)
     intent = make_intent()
     await bus.publish(intent)
     t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FAILED, S.FILLED))
@@ -187,10 +191,10 @@ async def test_duplicate_client_id_4116_is_resolved_by_lookup(bus, sim, router_f
     journal is gone): the natural -4116 leads to a lookup, never to a second order."""
     from libs.common.exchange import make_exchange
 
-    intent = make_intent(order_type="limit", price=1000.0)  # far below the market: rests
+    intent = make_intent(order_type="limit", price=48_000.0)  # far below the market: rests
     ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")
     try:
-        await ex.create_order(BTC, "limit", "buy", 0.01, 1000.0, {"clientOrderId": intent.client_order_id})
+        await ex.create_order(BTC, "limit", "buy", 0.01, 48_000.0, {"clientOrderId": intent.client_order_id})
     finally:
         await ex.close()
     await router_factory()
@@ -210,7 +214,7 @@ async def test_duplicate_client_id_4116_is_resolved_by_lookup(bus, sim, router_f
 async def test_restarted_router_recognises_open_orders_from_the_journal(bus, sim, router_factory):
     """A second delivery of an intent after a restart: the journal says it is live, nothing is sent."""
     first = await router_factory()
-    intent = make_intent(order_type="limit", price=1000.0)
+    intent = make_intent(order_type="limit", price=48_000.0)
     await bus.publish(intent, "first")
     await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
     await first.stop()

@@ -137,7 +137,7 @@ async def test_orphan_order_at_boot_freezes_entries(bus, sim, reconciler_factory
 
     ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")
     try:
-        await ex.create_order(BTC, "limit", "buy", 0.01, 1000.0, {"clientOrderId": "manual_orphan_1"})
+        await ex.create_order(BTC, "limit", "buy", 0.01, 48_000.0, {"clientOrderId": "manual_orphan_1"})
     finally:
         await ex.close()
     risk = await risk_factory()
@@ -155,7 +155,7 @@ async def test_rebuild_adopts_positions_and_our_orders(bus, sim, router_factory,
     px = sim.price(BTC_ID)
     sim.set_position(BTC_ID, 0.02, px)
     sl = stop_intent("sell", round(px * 0.9, 1), qty=None)
-    resting = make_intent(order_type="limit", price=1000.0)
+    resting = make_intent(order_type="limit", price=48_000.0)
     await bus.publish(sl)
     await bus.publish(resting)
     await bus.tap.wait_for(lambda: settled(bus.tap, sl, S.ACKED) and settled(bus.tap, resting, S.ACKED))

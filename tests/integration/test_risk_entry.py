@@ -51,7 +51,7 @@ async def place_orphan(sim, cid: str = "manual_orphan") -> None:
 
     ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")
     try:
-        await ex.create_order(BTC, "limit", "buy", 0.01, 1000.0, {"clientOrderId": cid})
+        await ex.create_order(BTC, "limit", "buy", 0.01, 48_000.0, {"clientOrderId": cid})
     finally:
         await ex.close()
 
@@ -201,7 +201,7 @@ async def test_entry_applies_every_knob(bus, sim, router_factory, risk_factory, 
     cases = [
         (sig("low-conf", confidence=0.5), "confidence_below_floor"),
         (sig("too-big", qty=1.0), "notional_cap"),  # 50k > 1k
-        (sig("ok-1", confidence=0.9, order_type="limit", price=1000.0), ""),  # rests: an open entry
+        (sig("ok-1", confidence=0.9, order_type="limit", price=48_000.0), ""),  # rests: an open entry
         (sig("cooldown", confidence=0.9), "cooldown"),
         (
             Signal(signal_id="cap", symbol="ETH/USDT:USDT", side="buy", qty=0.01, confidence=0.9),

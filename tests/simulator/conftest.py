@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from libs.common.exchange import make_exchange
@@ -16,3 +17,10 @@ async def ex(sim: Any) -> AsyncIterator[Any]:
     await client.load_markets()
     yield client
     await client.close()
+
+
+@pytest.fixture
+def sim(sim: Any) -> Iterator[Any]:
+    """The session simulator at the real venue's weight limit (integration tests scale it with time)."""
+    sim.set_limits(weight_limit_1m=2400)
+    yield sim
