@@ -43,8 +43,13 @@ def durable(name: str) -> tuple[list[str], list[str]]:
     return [f"$JS.ACK.{STREAM}.{name}.>"], [f"_ERL.deliver.{STREAM}.{name}"]
 
 
-def service(name: str, writes: list[str], durables: list[str]) -> dict[str, list[str]]:
+def service(
+    name: str, writes: list[str], durables: list[str], *, venue: bool = False
+) -> dict[str, list[str]]:
     pub, sub = list(JOURNAL_READ) + writes + [f"{PREFIX}.dlq.{name}"], [f"_INBOX.{name}.>"]
+    if venue:  # talks to the venue: states the IP bans it gets, hears everyone's
+        pub.append(f"{PREFIX}.venue.ban.{name}")
+        sub.append(f"{PREFIX}.venue.ban.>")
     for d in durables:
         p, s = durable(d)
         pub += p
@@ -53,8 +58,10 @@ def service(name: str, writes: list[str], durables: list[str]) -> dict[str, list
 
 
 USERS: dict[str, dict[str, list[str]]] = {
-    "router": service("router", [f"{PREFIX}.order.>"], ["router"]),
-    "entry": service("entry", [f"{PREFIX}.intent.order.>", f"{PREFIX}.entry.>"], ["entry", "entry-fills"]),
+    "router": service("router", [f"{PREFIX}.order.>"], ["router"], venue=True),
+    "entry": service(
+        "entry", [f"{PREFIX}.intent.order.>", f"{PREFIX}.entry.>"], ["entry", "entry-fills"], venue=True
+    ),
     "reconciler": service(
         "reconciler",
         [
@@ -65,6 +72,7 @@ USERS: dict[str, dict[str, list[str]]] = {
             f"$JS.API.CONSUMER.DELETE.{STREAM}.reconciler",  # it restarts its consumer at boot
         ],
         ["reconciler"],
+        venue=True,
     ),
     "risk": service("risk", [f"{PREFIX}.risk.>", f"$KV.{BUCKET}.knobs"], ["risk"]),
     # strategies: signals in, nothing else

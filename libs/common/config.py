@@ -52,6 +52,15 @@ class ExchangeSettings(_Base):
     api_secret_file: str | None = Field(
         None, description="Read the API secret from this file (docker secrets)"
     )
+    max_pause_sec: float = Field(
+        300.0, gt=0, description="Longest a 418 ban or 429 Retry-After holds venue calls before one try"
+    )
+    ban_default_pause_sec: float = Field(
+        60.0, gt=0, description="Pause after a 418 ban whose end cannot be read (no Retry-After, no date)"
+    )
+    rate_limit_default_pause_sec: float = Field(
+        1.0, gt=0, description="Pause after a 429 without a usable Retry-After"
+    )
 
     @model_validator(mode="after")
     def _normalise(self) -> ExchangeSettings:

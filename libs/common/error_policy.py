@@ -4,10 +4,12 @@ Pure: takes an exception (normally ccxt's) or a raw code/text, returns a
 decision. The router, the reconciler and the tests all use this mapping, so an
 error is never retried in one place and treated as final in another.
 
-Order of evidence: Binance error code (parsed from the message, ccxt carries no
-``.code``), then well-known message text, then the ccxt exception class.
-Anything unrecognised is ``fatal``: a retry storm on an error we do not
-understand is worse than a visible failure.
+Order of evidence: an IP ban first (HTTP 418 or its "banned until" text: its
+body carries -1003 like a plain 429, so the code alone would hide it), then the
+Binance error code (parsed from the message, ccxt carries no ``.code``), then
+well-known message text, then the ccxt exception class. Anything unrecognised is
+``fatal``: a retry storm on an error we do not understand is worse than a
+visible failure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import ccxt
+
+from libs.common.venue_limits import is_ban_text
 
 
 class Policy(StrEnum):
@@ -31,7 +35,8 @@ class Modification(StrEnum):
     """What must change before a retry_with_modification attempt."""
 
     RESYNC_CLOCK = "resync_clock"  # -1021: timestamp outside recvWindow
-    RESIZE_REDUCE_ONLY = "resize_reduce_only"  # -2022: re-read position, shrink or drop
+    # -2022 / -4118 / -4509 / -4129: the position is not what the order assumed: re-read it, shrink or drop
+    RESIZE_REDUCE_ONLY = "resize_reduce_only"
     TRIGGER_CROSSED = "trigger_crossed"  # -2021: the stop level is already through: close at market
     # -4130: a close-position stop (or take-profit) already rests in this direction: the protection
     # asked for exists, and the venue allows only one
@@ -54,6 +59,15 @@ class ErrorDecision:
     def retryable(self) -> bool:
         return self.policy in (Policy.RETRYABLE, Policy.RETRYABLE_WITH_MODIFICATION)
 
+    @property
+    def venue_pause(self) -> bool:
+        """The venue refused for its load (429, too many orders, an IP ban), not for this request:
+        wait until it lets us back in; that wait is not a failed attempt."""
+        return self.reason in VENUE_PAUSE_REASONS
+
+
+VENUE_PAUSE_REASONS = frozenset({"rate_limited", "ip_banned"})
+
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
@@ -72,10 +86,16 @@ _BY_CODE: dict[int, _Rule] = {
     -1003: _Rule(_R, "rate_limited"),
     -1006: _Rule(_R, "venue_unexpected_response", ambiguous=True),
     -1007: _Rule(_R, "venue_timeout_unknown_status", ambiguous=True),
-    -1008: _Rule(_R, "venue_overloaded"),
-    -1015: _Rule(_R, "rate_limited"),
+    -1008: _Rule(_R, "venue_overloaded"),  # refused, not executed (reduce-only / close-position are spared)
+    -1015: _Rule(_R, "rate_limited"),  # too many new orders (10 s / 1 min order counters)
     -1021: _Rule(_RM, "timestamp_outside_recv_window", modification=Modification.RESYNC_CLOCK),
     -1022: _Rule(_F, "bad_signature"),
+    -1100: _Rule(_F, "illegal_characters"),  # e.g. a client order id outside ^[.A-Z:/a-z0-9_-]{1,36}$
+    -1102: _Rule(_F, "mandatory_parameter_missing"),
+    -1106: _Rule(_F, "parameter_not_required"),  # e.g. closePosition with reduceOnly
+    -1111: _Rule(_F, "precision_over_maximum"),
+    -1116: _Rule(_F, "invalid_order_type"),
+    -1121: _Rule(_F, "invalid_symbol"),
     -2010: _Rule(_F, "order_rejected"),
     -2011: _Rule(_IS, "unknown_order"),
     -2013: _Rule(_IS, "order_does_not_exist"),
@@ -84,22 +104,51 @@ _BY_CODE: dict[int, _Rule] = {
     -2019: _Rule(_F, "insufficient_margin"),
     -2021: _Rule(_RM, "would_immediately_trigger", modification=Modification.TRIGGER_CROSSED),
     -2022: _Rule(_RM, "reduce_only_rejected", modification=Modification.RESIZE_REDUCE_ONLY),
+    -4003: _Rule(_F, "quantity_not_positive"),
+    -4014: _Rule(_F, "price_not_tick_multiple"),
+    -4016: _Rule(_F, "limit_price_outside_band"),  # PERCENT_PRICE: "Limit price can't be higher than ..."
+    -4028: _Rule(_F, "invalid_leverage"),
     -4116: _Rule(_IS, "duplicate_client_order_id"),
+    -4118: _Rule(_RM, "reduce_only_check_failed", modification=Modification.RESIZE_REDUCE_ONLY),
+    -4120: _Rule(_F, "use_algo_order_endpoint"),
+    # closePosition / GTE order with no open position (-4509 now, -4129 before)
+    -4129: _Rule(_RM, "no_position_for_close_order", modification=Modification.RESIZE_REDUCE_ONLY),
     -4130: _Rule(_RM, "close_position_order_exists", modification=Modification.PROTECTION_EXISTS),
-    -4131: _Rule(_F, "price_protection_rejected"),
+    # market protection (PERCENT_PRICE against the book in a fast market): refused, may pass a moment later
+    -4131: _Rule(_R, "price_protection_rejected"),
+    -4137: _Rule(_F, "close_position_with_quantity"),
     -4164: _Rule(_F, "notional_too_small"),
+    -4509: _Rule(_RM, "no_position_for_close_order", modification=Modification.RESIZE_REDUCE_ONLY),
+    -5000: _Rule(_F, "invalid_path"),
     -5022: _Rule(_F, "post_only_would_take"),
 }
+
+# HTTP 418 / "banned until": every call with this key is refused until the ban ends
+_IP_BANNED = _Rule(_R, "ip_banned")
 
 # Message fragments seen from Binance (and from venues whose ccxt errors carry no code).
 _BY_TEXT: tuple[tuple[str, int], ...] = (
     ("unknown order sent", -2011),
     ("order does not exist", -2013),
     ("reduceonly order is rejected", -2022),
+    ("reduceonly order failed", -4118),
+    ("reduce only check failed", -4118),
     ("clientorderid is duplicated", -4116),
     ("order would immediately trigger", -2021),
     ("margin is insufficient", -2019),
     ("closeposition in the direction is existing", -4130),
+    ("gte can only be used with open positions", -4509),
+    ("does not meet the percent_price filter", -4131),
+    ("limit price can't be higher than", -4016),
+    ("limit price can't be lower than", -4016),
+    ("quantity must be zero with closeposition", -4137),
+    ("precision is over the maximum", -1111),
+    ("price not increased by tick size", -4014),
+    ("illegal characters found in", -1100),
+    ("sent when not required", -1106),
+    ("too many new orders", -1015),
+    ("too many requests", -1003),
+    ("server is currently overloaded", -1008),
     ("send status unknown", -1007),
 )
 
@@ -173,15 +222,15 @@ def classify_order_error_policy(
     http_status = parse_http_status(message)
     if code is None:
         code = parse_binance_code(message)
+    if http_status == 418 or is_ban_text(message):
+        # an IP ban: sending during it prolongs it. Retryable only after it ends, within the elapsed cap
+        return _decision(_IP_BANNED, code, error_class, http_status)
     if code is not None and code in _BY_CODE:
         return _decision(_BY_CODE[code], code, error_class, http_status)
     lowered = message.lower()
     for fragment, mapped in _BY_TEXT:
         if fragment in lowered:
             return _decision(_BY_CODE[mapped], code if code is not None else mapped, error_class, http_status)
-    if http_status == 418:
-        # IP ban: resending prolongs it. Retryable only within the router's elapsed cap.
-        return _decision(_Rule(_R, "ip_banned"), code, error_class, http_status)
     if error is not None:
         for cls in type(error).__mro__:
             rule = _BY_CLASS.get(cls)  # type: ignore[arg-type]

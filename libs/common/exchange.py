@@ -7,11 +7,23 @@ that speaks the Binance USD-M wire format (our simulator, a recording proxy).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
 from typing import Any
 
+import ccxt
 import ccxt.async_support as ccxt_async
 
-from libs.common.logs import redact
+from libs.common.config import ExchangeSettings
+from libs.common.logs import RateLimitedLog, log_event, redact
+from libs.common.venue_limits import VenueLimits, VenuePause
+
+log = logging.getLogger("erl.exchange")
+
+# Unix time by which a venue call made from the current task must have gone out. Set by whoever owns a
+# retry budget (the router's ``Budget``); unset, a call waits out any pause (up to the pause cap).
+venue_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("venue_deadline", default=None)
 
 # Every fapi endpoint family ccxt's binanceusdm may route to.
 FAPI_URL_KEYS: dict[str, str] = {
@@ -25,21 +37,97 @@ FAPI_URL_KEYS: dict[str, str] = {
 }
 
 
-class BinanceUSDMAnyHost(ccxt_async.binanceusdm):
-    """binanceusdm that applies the futures (linear) error table to a custom host too.
+class VenuePaused(ccxt.RateLimitExceeded):
+    """A venue call that was not sent: a ban or a Retry-After outlasts the caller's retry budget."""
 
-    ccxt picks its per-market error table by URL prefix and only knows Binance's own
-    fapi hosts. Against any other host -2019 / -2021 / -2022 / -4116 / -4164 would
-    surface as a bare ExchangeError and our error policy would see a different
-    exception tree than in production. We map the configured base URL to the
-    linear table deliberately so both paths raise identical classes.
+    def __init__(self, pause: VenuePause) -> None:
+        until_ms = int(pause.until * 1000)
+        what = f"IP banned until {until_ms}" if pause.kind == "ban" else f"rate limited until {until_ms}"
+        super().__init__(f"binanceusdm request not sent: {what}")
+        self.pause = pause
+
+
+class BinanceUSDMVenue(ccxt_async.binanceusdm):
+    """binanceusdm with our venue boundary: request limits for every host, the linear error table for any host.
+
+    Limits: every HTTP response goes through ``on_rest_response`` into ``self.venue_limits`` (used weight,
+    order counts, a 418 ban or a 429 Retry-After) before ccxt raises anything, and ``fetch`` holds every
+    call while a pause is in force: the venue asked us to stop, so nothing goes out, whoever calls.
+
+    Error table: ccxt picks its per-market error table by URL prefix and only knows Binance's own fapi
+    hosts. Against any other host -2019 / -2021 / -2022 / -4116 / -4164 would surface as a bare
+    ExchangeError and our error policy would see a different exception tree than in production. We map
+    the configured base URL (``linearErrorBaseUrl``, custom hosts only) to the linear table deliberately
+    so both paths raise identical classes.
     """
+
+    # not ``limits``: ccxt's own attribute of that name holds market limits
+    venue_limits: VenueLimits
+
+    def __init__(self, config: dict[str, Any] | None = None, venue_limits: VenueLimits | None = None) -> None:
+        self.venue_limits = venue_limits or VenueLimits()
+        super().__init__(config or {})
 
     def get_exceptions_by_url(self, url: str | None, exactOrBroad: str) -> dict:
         linear_base = self.options.get("linearErrorBaseUrl")
         if url is not None and linear_base and url.startswith(linear_base):
             return self.safe_dict(self.safe_dict(self.exceptions, "linear", {}), exactOrBroad, {})
         return super().get_exceptions_by_url(url, exactOrBroad)
+
+    def on_rest_response(
+        self, code, reason, url, method, response_headers, response_body, request_headers, request_body
+    ):
+        pause = self.venue_limits.record(code, response_headers, response_body)
+        if pause is not None:
+            log_event(
+                log,
+                "venue.ban" if pause.kind == "ban" else "venue.rate_limited",
+                logging.ERROR if pause.kind == "ban" or pause.capped else logging.WARNING,
+                status=code,
+                method=method,
+                path=url.split("?", 1)[0],
+                pause_sec=round(pause.until - self.venue_limits.clock(), 3),
+                retry_after_sec=pause.retry_after_sec,
+                venue_until_ms=int(pause.venue_until * 1000) if pause.venue_until else None,
+                capped=pause.capped,
+                body=pause.message,
+            )
+        return super().on_rest_response(
+            code, reason, url, method, response_headers, response_body, request_headers, request_body
+        )
+
+    async def fetch(self, url, method="GET", headers=None, body=None):
+        await wait_out_pause(self.venue_limits)
+        return await super().fetch(url, method, headers, body)
+
+
+_waiting_log = RateLimitedLog(log, 10.0)
+
+
+async def wait_out_pause(limits: VenueLimits) -> None:
+    """Hold a venue call while a ban or a Retry-After is in force (re-checked: a pause may grow meanwhile).
+
+    Under a retry budget (``venue_deadline`` set) a pause that ends after it fails the call at once,
+    unsent (``VenuePaused``): the budget's owner ends the intent as it would any exhausted budget, and
+    nothing goes out late.
+    """
+    while (pause := limits.current()) is not None:
+        deadline = venue_deadline.get()
+        if deadline is not None and pause.until > deadline:
+            raise VenuePaused(pause)
+        _waiting_log(
+            "venue.paused_call", logging.WARNING, reason=pause.reason, wait_sec=round(limits.remaining(), 3)
+        )
+        await asyncio.sleep(max(pause.until - limits.clock(), 0.001))
+
+
+def limits_from_settings(settings: ExchangeSettings) -> VenueLimits:
+    """The limits state of one client, configured from the exchange settings."""
+    return VenueLimits(
+        max_pause_sec=settings.max_pause_sec,
+        ban_default_sec=settings.ban_default_pause_sec,
+        rate_limit_default_sec=settings.rate_limit_default_pause_sec,
+    )
 
 
 def make_exchange(
@@ -49,8 +137,13 @@ def make_exchange(
     api_secret: str,
     timeout_ms: int = 10_000,
     extra_options: dict[str, Any] | None = None,
-) -> ccxt_async.binanceusdm:
-    """Build an async binanceusdm client; the caller must ``await ex.close()``."""
+    venue_limits: VenueLimits | None = None,
+) -> BinanceUSDMVenue:
+    """Build an async binanceusdm client; the caller must ``await ex.close()``.
+
+    ``venue_limits`` (default: a fresh ``VenueLimits``) is exposed as ``ex.venue_limits``: its pauses hold every
+    call of this client, and services read the used weight from it.
+    """
     redact(api_key, api_secret)
     options: dict[str, Any] = {
         # load_markets then only calls GET /fapi/v1/exchangeInfo
@@ -72,12 +165,11 @@ def make_exchange(
         "options": options,
     }
     if api_url:
-        base = api_url.rstrip("/")
-        options["linearErrorBaseUrl"] = base
-        ex = BinanceUSDMAnyHost(config)
+        options["linearErrorBaseUrl"] = api_url.rstrip("/")
+    ex = BinanceUSDMVenue(config, venue_limits)
+    if api_url:
         api = dict(ex.urls["api"])
         for key, path in FAPI_URL_KEYS.items():
-            api[key] = base + path
+            api[key] = options["linearErrorBaseUrl"] + path
         ex.urls["api"] = api
-        return ex
-    return ccxt_async.binanceusdm(config)
+    return ex

@@ -73,6 +73,10 @@ class Journal:
         return len(self._queue)
 
     async def emit(self, msg: BusMessage) -> None:
+        self.emit_nowait(msg)
+
+    def emit_nowait(self, msg: BusMessage) -> None:
+        """``emit`` for synchronous callers (it only enqueues)."""
         if len(self._queue) >= self.max_backlog:
             # bounded memory beats an OOM during a long outage; visible in /status and logs
             self._queue.popleft()

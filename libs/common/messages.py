@@ -201,7 +201,11 @@ class OrderRetry(BusMessage):
     code: int | None = None
     policy: str
     tries: int = Field(ge=1, description="attempts made so far")
-    attempt: int = Field(ge=2, description="the attempt this retry is about to make")
+    attempt: int = Field(
+        ge=1,
+        description="the attempt this retry is about to make; after a venue pause (429, IP ban) the same "
+        "attempt again, as the venue did not handle it",
+    )
     delay_sec: float = Field(ge=0)
     elapsed_sec: float = Field(ge=0)
 
@@ -442,6 +446,31 @@ class SignalDecision(BusMessage):
         return self.signal_id
 
 
+# ----------------------------------------------------------------------------- venue
+
+
+class VenueBan(BusMessage):
+    """The venue banned our IP (HTTP 418): every call until ``banned_until_ms`` would lengthen the ban.
+
+    Journaled by the service that got the 418; every service using the venue pauses its calls until
+    then, and risk counts it as an API error.
+    """
+
+    family: ClassVar[str] = "venue.ban"
+    kind: Literal["venue.ban"] = "venue.ban"
+    banned_until_ms: int = Field(
+        ge=0, description="calls resume then (the venue's word, at most the pause cap)"
+    )
+    retry_after_sec: float | None = Field(None, ge=0, description="the Retry-After header, if usable")
+    venue_banned_until_ms: int | None = Field(None, description="the body's 'banned until', if readable")
+    capped: bool = Field(False, description="the venue asked for longer than EXCHANGE_MAX_PAUSE_SEC")
+    source_service: Token
+    reason: str = Field("", max_length=500)
+
+    def subject_token(self) -> str:
+        return self.source_service
+
+
 # ----------------------------------------------------------------------------- plumbing
 
 
@@ -482,6 +511,7 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
     RebuildSummary,
     Stage1GapAssertion,
     SignalDecision,
+    VenueBan,
     DeadLetter,
 )
 _BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}

@@ -26,8 +26,10 @@ from libs.common.bus import Publisher, connect_nats, ensure_journal
 from libs.common.config import NatsSettings
 from libs.common.journal import Journal
 from libs.common.logs import RateLimitedLog, log_event
+from libs.common.messages import DecodeError, VenueBan, decode
 from libs.common.replay import IntentTimeline, order_subjects, replay_timelines
-from libs.common.telemetry import HTTP_REQUESTS, preinit
+from libs.common.telemetry import HTTP_REQUESTS, VENUE_BANNED_UNTIL, VENUE_BANS, preinit
+from libs.common.venue_limits import VenueLimits, VenuePause
 
 
 class _QuietServer(uvicorn.Server):
@@ -40,6 +42,10 @@ class _QuietServer(uvicorn.Server):
 
 class Service:
     name: str = "service"
+    # set by services that talk to the venue (their exchange client's limits) before Service.__init__:
+    # an IP ban learned from their own responses is journaled (``venue.ban``) and one learned from the
+    # bus pauses their venue calls too (the ban is on the key / IP, not on the process)
+    venue_limits: VenueLimits | None = None
 
     def __init__(self, nats_settings: NatsSettings, http_host: str, http_port: int) -> None:
         self.nats_settings = nats_settings
@@ -55,6 +61,8 @@ class Service:
         self._server: _QuietServer | None = None
         self._bus_ready = asyncio.Event()
         preinit(self.name)
+        if self.venue_limits is not None:
+            self.venue_limits.listeners.append(self._on_venue_pause)
         self.app = self._make_app()
 
     # ------------------------------------------------------------------ to override
@@ -133,6 +141,7 @@ class Service:
                 "uptime_sec": round(time.time() - self.started_at, 1),
                 "nats_connected": bool(self.nc and self.nc.is_connected),
                 "journal_backlog": self.journal.backlog if self.journal else None,
+                **({"venue": self.venue_limits.status()} if self.venue_limits else {}),
                 **self.status(),
             }
 
@@ -142,6 +151,50 @@ class Service:
 
         self.add_routes(app)
         return app
+
+    # ------------------------------------------------------------------ venue bans
+
+    def _on_venue_pause(self, pause: VenuePause) -> None:
+        """A new or longer pause in our venue limits: metric, and the journal when it is our own 418."""
+        if pause.kind != "ban":
+            return
+        VENUE_BANNED_UNTIL.labels(self.name).set(pause.until)
+        VENUE_BANS.labels(self.name, pause.source).inc()
+        if pause.source == "bus":
+            log_event(
+                self.log,
+                "venue.ban_learned",
+                logging.ERROR,
+                banned_for_sec=round(pause.until - time.time(), 3),
+                capped=pause.capped,
+                reason=pause.message,
+            )
+            return
+        if self.journal is not None:
+            self.journal.emit_nowait(
+                VenueBan(
+                    banned_until_ms=int(pause.until * 1000),
+                    retry_after_sec=pause.retry_after_sec,
+                    venue_banned_until_ms=int(pause.venue_until * 1000) if pause.venue_until else None,
+                    capped=pause.capped,
+                    source_service=self.name,
+                    reason=pause.message[:500],
+                )
+            )
+
+    async def _on_ban_message(self, m) -> None:
+        assert self.venue_limits is not None
+        try:
+            ban = decode(self.nats_settings.subject_prefix, m.subject, m.data)
+        except DecodeError as e:
+            log_event(self.log, "venue.ban_unreadable", logging.WARNING, subject=m.subject, error=str(e))
+            return
+        if isinstance(ban, VenueBan):
+            self.venue_limits.learn(
+                ban.banned_until_ms / 1000,
+                retry_after_sec=ban.retry_after_sec,
+                message=f"{ban.source_service}: {ban.reason}",
+            )
 
     @property
     def bound_port(self) -> int | None:
@@ -174,6 +227,11 @@ class Service:
             return
         self.publisher = Publisher(self.js, self.nats_settings, self.name)
         self.journal = Journal(self.publisher, self.name)
+        if self.venue_limits is not None:
+            # core NATS is enough: a ban matters only while it lasts, and the stream keeps the record
+            await self.nc.subscribe(
+                f"{self.nats_settings.subject_prefix}.venue.ban.>", cb=self._on_ban_message
+            )
         await self.prepare()
         self._bus_ready.set()
         log_event(self.log, "service.bus_ready", service=self.name)

@@ -79,6 +79,18 @@ UNPROTECTED_TIME = Histogram(
 )
 ORPHAN_ORDERS = Gauge("erl_orphan_orders", "Open orders that could add exposure and nobody tracks")
 
+# --- venue limits (every service holding an exchange client)
+VENUE_BANNED_UNTIL = Gauge(
+    "erl_venue_banned_until_seconds",
+    "End of the latest venue IP ban (unix time; in the past: none)",
+    ["service"],
+)
+VENUE_BANS = Counter(
+    "erl_venue_bans_total",
+    "Venue IP bans (HTTP 418) learned, from our own responses or the bus",
+    ["service", "source"],
+)
+
 # --- risk
 KILL_SWITCH = Gauge("erl_kill_switch_tripped", "1 while the kill switch holds entries")
 KILL_TRIPS = Counter("erl_kill_switch_trips_total", "Kill-switch trips by trigger", ["reason"])
@@ -93,8 +105,20 @@ BELIEF_DEBT = Gauge("erl_belief_debt", "Belief debt driving the controller")
 
 # Known label values are created at zero when a service starts, so dashboards and alerts see "none
 # yet" as 0 instead of as a missing series (which looks the same as a misspelt metric).
-_KNOWN: dict[str, list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]] = {
+_Known = list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]
+
+
+def _venue(service: str) -> _Known:
+    """Series of a service that talks to the venue."""
+    return [
+        (VENUE_BANNED_UNTIL, ((service,),)),
+        (VENUE_BANS, ((service, "response"), (service, "bus"))),
+    ]
+
+
+_KNOWN: dict[str, _Known] = {
     "router": [
+        *_venue("router"),
         (CANCEL_REPLACE_GIVEUPS, (("INTENT_CREATED",), ("CANCEL_SENT_UNKNOWN",), ("REPLACE_RACE",))),
         (
             CANCELS,
@@ -123,6 +147,7 @@ _KNOWN: dict[str, list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]] = {
         ),
     ],
     "entry": [
+        *_venue("entry"),
         (SIGNALS, (("sent",), ("refused",))),
         (
             ENTRY_BLOCKS,
@@ -141,6 +166,7 @@ _KNOWN: dict[str, list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]]] = {
         ),
     ],
     "reconciler": [
+        *_venue("reconciler"),
         (
             RECONCILE_MISMATCHES,
             tuple((k,) for k in get_args(MismatchKind)),

@@ -20,7 +20,7 @@ import ccxt
 
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings
-from libs.common.exchange import make_exchange
+from libs.common.exchange import limits_from_settings, make_exchange
 from libs.common.guard import GuardView
 from libs.common.ids import Bucket
 from libs.common.logs import log_event
@@ -65,7 +65,14 @@ class EntryService(Service):
         self.guard_settings = guard_settings or GuardSettings()
         ex = exchange_settings or ExchangeSettings()
         # public calls only (mark price for the notional cap)
-        self.ex = make_exchange(api_url=ex.api_url, api_key="", api_secret="", timeout_ms=ex.timeout_ms)
+        self.ex = make_exchange(
+            api_url=ex.api_url,
+            api_key="",
+            api_secret="",
+            timeout_ms=ex.timeout_ms,
+            venue_limits=limits_from_settings(ex),
+        )
+        self.venue_limits = self.ex.venue_limits
         self.guard: GuardView | None = None
         self.entries: OrderedDict[str, EntryContext] = OrderedDict()  # entry client id -> context
         self.stops: dict[

@@ -1,7 +1,7 @@
 """Risk service: kill switch + belief controller -> the guard knobs in KV, plus the halt API.
 
 Inputs arrive from the journal (reconcile summaries, retries, rejections,
-halt commands). Every evaluation computes one knob set; when it differs from
+venue IP bans, halt commands). Every evaluation computes one knob set; when it differs from
 the published one it is written to the KV bucket with compare-and-set and
 journaled with its trace. Knobs only ever constrain entries.
 """
@@ -33,6 +33,7 @@ from libs.common.messages import (
     OrderTransition,
     RebuildSummary,
     ReconcileSummary,
+    VenueBan,
     encode,
 )
 from libs.common.service import Service
@@ -151,6 +152,7 @@ class RiskService(Service):
                 f"{p}.risk.command.>",
                 f"{p}.order.retry.>",
                 f"{p}.order.transition.>",
+                f"{p}.venue.ban.>",
             ],
             max_deliver=3,
             max_ack_pending=1024,
@@ -194,7 +196,7 @@ class RiskService(Service):
             self.orphans_at_boot = len(msg.orphans)
         elif isinstance(msg, HaltCommand):
             await self.command(msg.action, msg.reason, msg.source, journal=False)
-        elif isinstance(msg, OrderRetry):
+        elif isinstance(msg, OrderRetry | VenueBan):  # a venue IP ban is an API error in itself
             self.api_errors.append(msg.ts_ms / 1000)
         elif isinstance(msg, OrderTransition):
             if msg.to_state in (OrderState.REJECTED, OrderState.FAILED) and msg.error_class:

@@ -86,10 +86,10 @@ async def cancel_order(
             else:
                 report = CancelReport("failed", None, d.reason, d.code)
                 break
-            delay = budget.next_delay(tries)
+            delay = budget.next_delay(tries, d)
             if delay is None:
                 break
-            await emit_retry_and_wait(
+            tries = await emit_retry_and_wait(
                 sink,
                 budget,
                 operation="cancel",

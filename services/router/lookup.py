@@ -55,10 +55,10 @@ async def lookup_order(
             d = classify_order_error_policy(e)
             if d.policy is Policy.IDEMPOTENT_SAFE:  # -2013 / -2011 as a plain error: does not exist
                 return LookupResult(True, None, d.reason)
-            delay = budget.next_delay(tries) if d.retryable else None
+            delay = budget.next_delay(tries, d) if d.retryable else None
             if delay is None:
                 return LookupResult(False, None, d.reason)
-            await emit_retry_and_wait(
+            tries = await emit_retry_and_wait(
                 sink,
                 budget,
                 operation="fetch",

@@ -1,4 +1,12 @@
-"""The retry budget of one router operation and the one place ``order.retry`` is emitted."""
+"""The retry budget of one router operation and the one place ``order.retry`` is emitted.
+
+A 429 or an IP ban is the venue asking every caller to stop for a while, not a failure of one
+request: the retry that follows waits until the venue lets us back in (the pause in the client's
+``VenueLimits``), is journaled like any retry (one ``order.retry`` per wait) and does not use up an
+attempt; only the elapsed cap bounds it. The transport itself (``libs/common/exchange.py``) holds
+every call during such a pause, and the deadline a ``Budget`` sets keeps that hold inside the budget:
+a call whose pause outlasts it fails unsent, so a create never goes out after its budget has ended.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from libs.common.error_policy import ErrorDecision
+from libs.common.exchange import venue_deadline
 from libs.common.journal import EventSink
 from libs.common.logs import log_event
 from libs.common.messages import OrderRetry
 from libs.common.retry import RetryPolicy
 from libs.common.telemetry import RETRIES, RETRY_DELAY
+from libs.common.venue_limits import VenueLimits
 
 log = logging.getLogger("erl.router.retry")
 
@@ -22,7 +32,12 @@ Operation = Literal["create", "cancel", "fetch", "leverage"]
 
 
 class Budget:
-    """Shared elapsed cap for everything done for one intent; attempts are counted per operation."""
+    """Shared elapsed cap for everything done for one intent; attempts are counted per operation.
+
+    With the venue client's ``limits``, creating a budget also sets the deadline of the venue calls made
+    from this task from now on (``venue_deadline``): a ban or Retry-After ending after the budget fails a
+    call at once, unsent, instead of holding it past the budget.
+    """
 
     def __init__(
         self,
@@ -31,14 +46,29 @@ class Budget:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limits: VenueLimits | None = None,
     ) -> None:
         self.policy, self.clock, self.rng, self.sleep = policy, clock, rng, sleep
+        self.limits = limits
+        self.pauses = 0  # venue pauses waited out under this budget: their backoff grows like attempts'
         self.t0 = clock()
+        if limits is not None:
+            venue_deadline.set(limits.clock() + policy.max_elapsed_sec)
 
     def elapsed(self) -> float:
         return self.clock() - self.t0
 
-    def next_delay(self, tries: int) -> float | None:
+    def next_delay(self, tries: int, decision: ErrorDecision | None = None) -> float | None:
+        """Delay before the next attempt, or None when the budget is spent.
+
+        After a venue pause (``decision.venue_pause``) the delay is the rest of that pause (at least the
+        backoff for the pauses so far) and the attempt limit does not apply: only the elapsed cap does.
+        """
+        if decision is not None and decision.venue_pause:
+            self.pauses += 1
+            pause = self.limits.remaining() if self.limits is not None else 0.0
+            delay = max(self.policy.delay(self.pauses, self.rng), pause)
+            return delay if self.elapsed() + delay <= self.policy.max_elapsed_sec else None
         return self.policy.next_delay(tries, self.elapsed(), self.rng)
 
 
@@ -53,8 +83,14 @@ async def emit_retry_and_wait(
     correlation_id: str,
     client_order_id: str,
     symbol: str,
-) -> None:
-    """Emit exactly one ``order.retry`` for the attempt about to be made, then back off."""
+) -> int:
+    """Emit exactly one ``order.retry`` for the attempt about to be made, then back off.
+
+    Returns the attempt counter to continue from: ``tries`` after a failed attempt; ``tries - 1`` after a
+    venue pause, so the attempt the venue refused to handle is made again under the same number.
+    """
+    charged = not decision.venue_pause
+    attempt = tries + 1 if charged else tries
     event = OrderRetry(
         correlation_id=correlation_id,
         client_order_id=client_order_id,
@@ -65,7 +101,7 @@ async def emit_retry_and_wait(
         code=decision.code,
         policy=decision.policy.value,
         tries=tries,
-        attempt=tries + 1,
+        attempt=attempt,
         delay_sec=round(delay, 4),
         elapsed_sec=round(budget.elapsed(), 4),
     )
@@ -83,8 +119,9 @@ async def emit_retry_and_wait(
         reason=decision.reason,
         code=decision.code,
         tries=tries,
-        attempt=tries + 1,
+        attempt=attempt,
         delay_sec=round(delay, 4),
     )
     await sink.emit(event)
     await budget.sleep(delay)
+    return tries if charged else tries - 1

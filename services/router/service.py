@@ -21,7 +21,7 @@ from fastapi import FastAPI, HTTPException
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
 from libs.common.error_policy import classify_order_error_policy
-from libs.common.exchange import make_exchange
+from libs.common.exchange import limits_from_settings, make_exchange
 from libs.common.guard import GuardView
 from libs.common.logs import log_event
 from libs.common.messages import BusMessage, CancelIntent, OrderIntent, ReplaceIntent
@@ -77,8 +77,10 @@ class RouterService(Service):
                 api_key=exchange_settings.api_key.get_secret_value(),
                 api_secret=exchange_settings.api_secret.get_secret_value(),
                 timeout_ms=exchange_settings.timeout_ms,
+                venue_limits=limits_from_settings(exchange_settings),
             )
         )
+        self.venue_limits = self.venue.ex.venue_limits
         self.orders: OrderedDict[str, Lifecycle] = OrderedDict()  # client_order_id -> lifecycle
         self.unknown: dict[str, Lifecycle] = {}
         self.leverage: dict[str, int] = {}
@@ -132,8 +134,9 @@ class RouterService(Service):
             await self.guard.wait_until(lambda k: self.guard.loaded, self.guard_settings.stale_after_sec)
         await self.consumer.run(self.stop_event)
 
-    def budget(self) -> Budget:
-        return Budget(self.retry_policy, rng=self.rng)
+    def budget(self, policy: RetryPolicy | None = None) -> Budget:
+        """A fresh budget for one intent; it also bounds venue pauses for the calls made under it."""
+        return Budget(policy or self.retry_policy, rng=self.rng, limits=self.venue_limits)
 
     def _remember(self, life: Lifecycle) -> None:
         self.orders[life.intent.client_order_id] = life
@@ -205,10 +208,10 @@ class RouterService(Service):
                 return ""
             except Exception as e:
                 d = classify_order_error_policy(e)
-                delay = budget.next_delay(tries) if d.retryable else None
+                delay = budget.next_delay(tries, d) if d.retryable else None
                 if delay is None:
                     return f"leverage_not_set:{d.reason}"
-                await emit_retry_and_wait(
+                tries = await emit_retry_and_wait(
                     self.journal,
                     budget,
                     operation="leverage",
@@ -288,7 +291,7 @@ class RouterService(Service):
 
     async def resolve_once(self, life: Lifecycle) -> None:
         intent = life.intent
-        single_try = Budget(RetryPolicy(max_attempts=1), rng=self.rng)
+        single_try = self.budget(RetryPolicy(max_attempts=1))
         res = await lookup_intent(self.venue, self.journal, single_try, intent)
         if not res.known:
             return

@@ -110,13 +110,13 @@ class OrderSubmitter:
                 elif d.policy is not Policy.RETRYABLE:
                     await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
                     return SubmitOutcome(OrderState.REJECTED, d.reason, life)
-                delay = budget.next_delay(tries)
+                delay = budget.next_delay(tries, d)
                 if delay is None:
                     reason = f"retries_exhausted:{d.reason}"
                     await life.move(OrderState.FAILED, reason, error_class=d.error_class, code=d.code)
                     return SubmitOutcome(OrderState.FAILED, reason, life)
                 await life.move(OrderState.RETRY_WAIT, d.reason, error_class=d.error_class, code=d.code)
-                await emit_retry_and_wait(
+                tries = await emit_retry_and_wait(
                     self.sink,
                     budget,
                     operation="create",
@@ -176,8 +176,14 @@ class OrderSubmitter:
                 return SubmitOutcome(OrderState.FAILED, reason, life)
             new_qty = reducible_qty(intent.side, position, qty)
             if new_qty is None or new_qty <= 0:
+                # -2022 / -4118 for a reduce-only order, -4509 / -4129 for a close-position one: the
+                # position it was meant to close is gone (or on the other side)
                 await life.move(OrderState.MOOT, f"{d.reason}:no_position_to_reduce")
                 return SubmitOutcome(OrderState.MOOT, "no_position_to_reduce", life)
+            if intent.close_position:
+                # there is a position to close after all (it opened meanwhile): the same order again; a
+                # close-position order carries no size (the venue refuses one with a quantity, -4137)
+                return intent, None
             if qty is not None and new_qty >= qty:
                 # the venue refused a size that fits the position: nothing left to modify
                 await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)

@@ -16,7 +16,7 @@ import pytest
 from libs.common.bus import BusUnavailable, Publisher, connect_nats, ensure_journal
 from libs.common.config import EntrySettings, GuardSettings, KillSettings, NatsSettings, RiskSettings
 from libs.common.guard import GUARD_KEY
-from libs.common.messages import GuardKnobs, OrderTransition, Signal, SignalDecision, encode
+from libs.common.messages import GuardKnobs, OrderTransition, Signal, SignalDecision, VenueBan, encode
 from libs.common.state_machine import OrderState
 from tools.nats_config import USERS, env_var, render
 from tools.natsd import NatsServer
@@ -83,6 +83,26 @@ async def test_each_user_may_state_only_its_own_facts(secured_nats):
     assert GuardKnobs.model_validate_json((await kv.get(GUARD_KEY)).value).reason == "written by risk"
     await kv.delete(GUARD_KEY)
     await nc.close()
+
+
+async def test_venue_bans_are_stated_by_their_source_and_heard_by_every_venue_service(secured_nats):
+    nc, _ = await as_user(secured_nats, "ops")
+    await ensure_journal(nc.jetstream(), creds(secured_nats, "ops"))
+    await nc.close()
+    listeners = [(await as_user(secured_nats, u))[0] for u in ("entry", "reconciler")]
+    subs = [await nc.subscribe("erl.venue.ban.>") for nc in listeners]
+    for nc in listeners:
+        await nc.flush()
+    router, pub = await as_user(secured_nats, "router")
+    ban = VenueBan(banned_until_ms=1, source_service="router")
+    await pub.publish(ban, uuid.uuid4().hex)  # journaled: the stream stores it
+    for sub in subs:  # every venue service hears it
+        assert (await sub.next_msg(timeout=2)).subject == "erl.venue.ban.router"
+    entry, entry_pub = await as_user(secured_nats, "entry")
+    with pytest.raises(BusUnavailable):
+        await entry_pub.publish(ban, uuid.uuid4().hex)  # entry may not state the router's ban
+    for nc in (router, entry, *listeners):
+        await nc.close()
 
 
 async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):

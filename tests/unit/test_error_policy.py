@@ -13,6 +13,7 @@ from libs.common.error_policy import (
 )
 
 FAPI = "https://fapi.binance.com/fapi/v1/order"
+RM = Policy.RETRYABLE_WITH_MODIFICATION
 
 
 def raised_by_ccxt(status: int, body: dict | str, url: str = FAPI) -> BaseException:
@@ -67,6 +68,28 @@ CASES = [
         Modification.PROTECTION_EXISTS,
     ),
     (-4164, Policy.FATAL, "notional_too_small", False, None),
+    # venue load: retryable, refused before handling (not ambiguous)
+    (-1008, Policy.RETRYABLE, "venue_overloaded", False, None),
+    (-1015, Policy.RETRYABLE, "rate_limited", False, None),
+    (-4131, Policy.RETRYABLE, "price_protection_rejected", False, None),
+    # the position is not what the order assumed: re-read it, resize or end MOOT
+    (-4118, RM, "reduce_only_check_failed", False, Modification.RESIZE_REDUCE_ONLY),
+    (-4129, RM, "no_position_for_close_order", False, Modification.RESIZE_REDUCE_ONLY),
+    (-4509, RM, "no_position_for_close_order", False, Modification.RESIZE_REDUCE_ONLY),
+    # malformed or refused for itself: resending the same request cannot help
+    (-1100, Policy.FATAL, "illegal_characters", False, None),
+    (-1102, Policy.FATAL, "mandatory_parameter_missing", False, None),
+    (-1106, Policy.FATAL, "parameter_not_required", False, None),
+    (-1111, Policy.FATAL, "precision_over_maximum", False, None),
+    (-1116, Policy.FATAL, "invalid_order_type", False, None),
+    (-1121, Policy.FATAL, "invalid_symbol", False, None),
+    (-4003, Policy.FATAL, "quantity_not_positive", False, None),
+    (-4014, Policy.FATAL, "price_not_tick_multiple", False, None),
+    (-4016, Policy.FATAL, "limit_price_outside_band", False, None),
+    (-4028, Policy.FATAL, "invalid_leverage", False, None),
+    (-4120, Policy.FATAL, "use_algo_order_endpoint", False, None),
+    (-4137, Policy.FATAL, "close_position_with_quantity", False, None),
+    (-5000, Policy.FATAL, "invalid_path", False, None),
 ]
 
 
@@ -101,6 +124,60 @@ def test_http_statuses(status, policy, ambiguous):
     assert d.policy is policy and d.ambiguous is ambiguous
     if status == 418:
         assert d.reason == "ip_banned"
+
+
+BAN_MSG = "Way too many requests; IP(127.0.0.1) banned until 1700000123456. Please use the websocket."
+
+
+@pytest.mark.parametrize("status", [418, 429, 400])
+def test_ip_ban_is_its_own_decision_whatever_the_status(status):
+    # the body's -1003 alone would read as a plain rate limit: the ban is in the text
+    err = raised_by_ccxt(status, {"code": -1003, "msg": BAN_MSG})
+    d = classify_order_error_policy(err)
+    assert (d.policy, d.reason, d.code, d.ambiguous, d.venue_pause) == (
+        Policy.RETRYABLE,
+        "ip_banned",
+        -1003,
+        False,
+        True,
+    )
+
+
+def test_rate_limit_429_is_a_venue_pause_not_a_ban():
+    err = raised_by_ccxt(
+        429, {"code": -1003, "msg": "Too many requests; current limit of IP(1.2.3.4) is 2400."}
+    )
+    d = classify_order_error_policy(err)
+    assert (d.reason, d.venue_pause) == ("rate_limited", True)
+    assert not classify_order_error_policy(code=-1008).venue_pause  # overloaded: an attempt like any other
+
+
+@pytest.mark.parametrize(
+    "text,code",
+    [
+        ("ReduceOnly Order Failed. Please check your existing position and open orders.", -4118),
+        ("Reduce only check failed.", -4118),
+        ("TIF GTE can only be used with open positions or open orders.", -4509),
+        ("The counterparty's best price does not meet the PERCENT_PRICE filter limit.", -4131),
+        ("Limit price can't be higher than 51234.5.", -4016),
+        ("Limit price can't be lower than 48000.", -4016),
+        ("Quantity must be zero with closePosition equals true.", -4137),
+        ("Precision is over the maximum defined for this asset.", -1111),
+        ("Price not increased by tick size.", -4014),
+        ("Illegal characters found in parameter 'newClientOrderId'.", -1100),
+        ("Parameter 'reduceOnly' sent when not required.", -1106),
+        ("Too many new orders; current limit is 300 orders per TEN_SECONDS.", -1015),
+        ("Server is currently overloaded with other requests.", -1008),
+    ],
+)
+def test_messages_without_a_code_still_map(text, code):
+    d = classify_order_error_policy(ccxt.ExchangeError(f'binanceusdm {{"msg":"{text}"}}'))
+    assert d.code == code and d.reason == classify_order_error_policy(code=code).reason
+
+
+def test_ban_text_without_a_code():
+    d = classify_order_error_policy(ccxt.DDoSProtection(f"binanceusdm {BAN_MSG}"))
+    assert d.reason == "ip_banned"
 
 
 def test_timeouts_and_network_errors_are_ambiguous_retryable():

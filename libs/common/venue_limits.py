@@ -1,0 +1,207 @@
+"""What the venue tells us about its request limits, and until when we must not call it. Pure.
+
+Binance USD-M answers every request with the IP's used weight (``X-MBX-USED-WEIGHT-1M``) and order
+counts (``X-MBX-ORDER-COUNT-10S`` / ``-1M``). Over the limit it answers HTTP 429 (-1003) with
+``Retry-After``; a client that keeps sending is banned: HTTP 418 (-1003 "Way too many requests; IP(...)
+banned until <epoch ms>"), and every request during a ban makes it longer. So a ban or a 429 is not an
+error of one request but a pause of every call made with this key, and that is what this object holds.
+
+The venue's word is read defensively: ``Retry-After`` first, else the body's "banned until", else a
+conservative default; a pause longer than ``max_pause_sec`` is cut to it (and flagged ``capped``), so a
+garbled or absurd answer can never stop us for good. Times are unix seconds (``clock``, injectable):
+a ban is shared with other processes as an absolute time.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+PauseKind = Literal["ban", "rate_limit"]
+PauseSource = Literal["response", "bus"]
+
+# a second sighting of a pause we already hold (concurrent calls answered alike) is not news
+SAME_PAUSE_SLACK_SEC = 1.0
+
+_BANNED_UNTIL = re.compile(r"banned until\s+(\d{9,})", re.I)
+_BAN_TEXT = ("banned until", "way too many requests")
+
+
+@dataclass(frozen=True, slots=True)
+class VenuePause:
+    """The venue refused us for a while: no call with this key until ``until``."""
+
+    kind: PauseKind  # ban: HTTP 418; rate_limit: HTTP 429
+    until: float  # unix seconds: calls resume then
+    retry_after_sec: float | None = None  # the Retry-After header, when there was a usable one
+    venue_until: float | None = None  # the venue's own "banned until" (unix seconds), when it said
+    capped: bool = False  # the venue asked for longer than max_pause_sec
+    source: PauseSource = "response"  # our own response, or another service's (the bus)
+    message: str = ""
+
+    @property
+    def reason(self) -> str:
+        """The error policy's reason for a call this pause refused."""
+        return "ip_banned" if self.kind == "ban" else "rate_limited"
+
+
+def header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """Case-insensitive header lookup (ccxt hands over a plain dict in the server's spelling)."""
+    if not headers:
+        return None
+    wanted = name.lower()
+    for k, v in headers.items():
+        if k.lower() == wanted:
+            return v
+    return None
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After value (delta-seconds or an HTTP date); None if absent or unusable."""
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
+def parse_banned_until(body: str | None) -> float | None:
+    """Unix seconds from a body's "banned until <epoch ms>"; None if absent or unparsable."""
+    m = _BANNED_UNTIL.search(body or "")
+    if m is None:
+        return None
+    value = int(m.group(1))
+    return value / 1000 if value >= 10**11 else float(value)  # milliseconds, or seconds from a sloppy venue
+
+
+def is_ban_text(text: str | None) -> bool:
+    lowered = (text or "").lower()
+    return any(f in lowered for f in _BAN_TEXT)
+
+
+def _count(headers: Mapping[str, str] | None, name: str) -> int | None:
+    value = header(headers, name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class VenueLimits:
+    """Last reported usage plus the pauses in force, for one API key (one process, or several via the bus)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_pause_sec: float = 300.0,
+        ban_default_sec: float = 60.0,
+        rate_limit_default_sec: float = 1.0,
+    ) -> None:
+        self.clock = clock
+        self.max_pause_sec = max_pause_sec
+        self.ban_default_sec = ban_default_sec
+        self.rate_limit_default_sec = rate_limit_default_sec
+        self.used_weight_1m: int | None = None
+        self.order_count_10s: int | None = None
+        self.order_count_1m: int | None = None
+        self.ban: VenuePause | None = None
+        self.rate_limit: VenuePause | None = None
+        # told of every new or longer pause (metrics, journal); must not block
+        self.listeners: list[Callable[[VenuePause], None]] = []
+
+    # ------------------------------------------------------------------ learning
+
+    def record(
+        self, status: int | None, headers: Mapping[str, str] | None, body: str | None
+    ) -> VenuePause | None:
+        """One HTTP response. Returns the pause it starts or lengthens, else None."""
+        for attr, name in (
+            ("used_weight_1m", "X-MBX-USED-WEIGHT-1M"),
+            ("order_count_10s", "X-MBX-ORDER-COUNT-10S"),
+            ("order_count_1m", "X-MBX-ORDER-COUNT-1M"),
+        ):
+            value = _count(headers, name)
+            if value is not None:
+                setattr(self, attr, value)
+        if status not in (418, 429):
+            return None
+        now = self.clock()
+        retry_after = parse_retry_after(header(headers, "Retry-After"), now)
+        message = (body or "").strip()[:300]
+        if status == 418 or is_ban_text(body):
+            venue_until = parse_banned_until(body)
+            if retry_after is not None:
+                until = now + retry_after
+            elif venue_until is not None and venue_until > now:
+                until = venue_until
+            else:  # no usable end (absent, garbled or already past): a conservative default
+                until = now + self.ban_default_sec
+            pause = VenuePause("ban", until, retry_after, venue_until, message=message)
+        else:
+            until = now + (retry_after if retry_after is not None else self.rate_limit_default_sec)
+            pause = VenuePause("rate_limit", until, retry_after, message=message)
+        return self._apply(self._capped(pause, now))
+
+    def learn(
+        self, until: float, *, retry_after_sec: float | None = None, message: str = ""
+    ) -> VenuePause | None:
+        """A ban another service learned from its own response (the bus): pause too, within our own cap."""
+        now = self.clock()
+        if until <= now:
+            return None
+        pause = VenuePause("ban", until, retry_after_sec, until, source="bus", message=message[:300])
+        return self._apply(self._capped(pause, now))
+
+    def _capped(self, pause: VenuePause, now: float) -> VenuePause:
+        if pause.until - now <= self.max_pause_sec:
+            return pause
+        return replace(pause, until=now + self.max_pause_sec, capped=True)
+
+    def _apply(self, pause: VenuePause) -> VenuePause | None:
+        now = self.clock()
+        held = self.ban if pause.kind == "ban" else self.rate_limit
+        live = held is not None and held.until > now
+        if live and pause.until <= held.until:
+            return None
+        if pause.kind == "ban":
+            self.ban = pause
+        else:
+            self.rate_limit = pause
+        if live and pause.until <= held.until + SAME_PAUSE_SLACK_SEC:
+            return None  # the same pause seen again (a concurrent call): a little longer, not news
+        for listener in self.listeners:
+            listener(pause)
+        return pause
+
+    # ------------------------------------------------------------------ reading
+
+    def current(self) -> VenuePause | None:
+        """The pause in force now (the later-ending one when both are), or None."""
+        now = self.clock()
+        live = [p for p in (self.ban, self.rate_limit) if p is not None and p.until > now]
+        return max(live, key=lambda p: p.until, default=None)
+
+    def remaining(self) -> float:
+        """Seconds until venue calls may go out again (0 when they may now)."""
+        pause = self.current()
+        return max(pause.until - self.clock(), 0.0) if pause else 0.0
+
+    def status(self) -> dict:
+        pause = self.current()
+        return {
+            "used_weight_1m": self.used_weight_1m,
+            "order_count_10s": self.order_count_10s,
+            "order_count_1m": self.order_count_1m,
+            "paused": pause.reason if pause else None,
+            "paused_for_sec": round(self.remaining(), 3),
+        }
