@@ -75,6 +75,18 @@ def retries(tap: Any, intent: OrderIntent, operation: str | None = None) -> list
     return [r for r in out if operation is None or r.operation == operation]
 
 
+def creates(sim: Any, client_order_id: str, path: str = "/fapi/v1/order") -> list[dict]:
+    """POSTs that tried to create this client id (the venue saw each one); conditional orders go to
+    ``/fapi/v1/algoOrder`` with the id as ``clientAlgoId``."""
+    return [
+        r
+        for r in sim.requests_log()
+        if r["method"] == "POST"
+        and r["path"] == path
+        and client_order_id in (r["params"].get("newClientOrderId"), r["params"].get("clientAlgoId"))
+    ]
+
+
 def settled(tap: Any, intent: OrderIntent, *states: OrderState) -> OrderTransition | None:
     """The first transition of ``intent`` into one of ``states`` (default: any settled state)."""
     wanted = set(states) or {

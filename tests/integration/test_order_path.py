@@ -12,23 +12,12 @@ import pytest
 from libs.common.ids import CLIENT_ORDER_ID_LEN, Bucket
 from libs.common.messages import OrderTransition, Signal
 from libs.common.state_machine import OrderState
-from tests.integration.helpers import BTC, BTC_ID, make_intent, path_of, retries, settled
+from tests.integration.helpers import BTC, BTC_ID, creates, make_intent, path_of, retries, settled
 
 pytestmark = pytest.mark.integration
 
 S = OrderState
 ORDER_PATH = "/fapi/v1/order"
-
-
-def creates(sim, client_order_id: str) -> list[dict]:
-    """POSTs that tried to create this client id (the venue saw each one)."""
-    return [
-        r
-        for r in sim.requests_log()
-        if r["method"] == "POST"
-        and r["path"] == ORDER_PATH
-        and r["params"].get("newClientOrderId") == client_order_id
-    ]
 
 
 async def test_signal_to_filled_order_end_to_end(bus, sim, router_factory, entry_service):
@@ -254,17 +243,17 @@ async def test_reduce_only_exit_without_position_is_moot(bus, sim, router_factor
     assert t.to_state is S.MOOT and "no_position_to_reduce" in t.reason
 
 
-async def test_reduce_only_rejected_is_resized_to_the_position(bus, sim, router_factory):
+@pytest.mark.parametrize(
+    "code,msg",
+    [
+        (-2022, "ReduceOnly Order is rejected."),
+        (-4118, "ReduceOnly Order Failed. Please check your existing position and open orders."),
+    ],
+)
+async def test_reduce_only_rejected_is_resized_to_the_position(bus, sim, router_factory, code, msg):
     await router_factory()
     sim.set_position(BTC_ID, amount=0.005, entry_price=sim.price(BTC_ID))
-    sim.add_fault(
-        kind="binance_error",
-        method="POST",
-        path=ORDER_PATH,
-        count=1,
-        code=-2022,
-        msg="ReduceOnly Order is rejected.",
-    )
+    sim.add_fault(kind="binance_error", method="POST", path=ORDER_PATH, count=1, code=code, msg=msg)
     exit_ = make_intent(Bucket.EXIT, side="sell", qty=0.01)
     await bus.publish(exit_)
     t = await bus.tap.wait_for(lambda: settled(bus.tap, exit_, S.FILLED, S.FAILED, S.REJECTED, S.MOOT))

@@ -13,11 +13,10 @@ import time
 import pytest
 
 from libs.common.config import KillSettings
-from libs.common.ids import Bucket
 from libs.common.messages import KillSwitchEvent, OrderTransition, VenueBan
 from libs.common.state_machine import OrderState
 from libs.common.venue_limits import VenueLimits
-from tests.integration.helpers import BTC_ID, make_intent, retries, settled, stop_intent
+from tests.integration.helpers import BTC_ID, creates, make_intent, retries, settled, stop_intent
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +36,6 @@ def learned(limits: VenueLimits) -> asyncio.Event:
 
 def requests_between(sim, start: float, end: float, path: str | None = None) -> list[dict]:
     return [r for r in sim.requests_log() if start < r["ts"] < end and (path is None or r["path"] == path)]
-
-
-def creates(sim, client_order_id: str, path: str = ORDER_PATH) -> list[dict]:
-    """POSTs that tried to create this client id (conditional orders carry it as clientAlgoId)."""
-    return [
-        r
-        for r in sim.requests_log()
-        if r["method"] == "POST"
-        and r["path"] == path
-        and client_order_id in (r["params"].get("newClientOrderId"), r["params"].get("clientAlgoId"))
-    ]
 
 
 def ban(seconds: float, source: str = "router") -> VenueBan:
@@ -192,21 +180,3 @@ async def test_close_position_stop_refused_while_a_position_exists_is_sent_again
     sent = creates(sim, sl.client_order_id, ALGO_PATH)
     assert len(sent) == 2 and all(r["params"].get("closePosition") == "true" for r in sent)
     assert all("quantity" not in r["params"] for r in sent)
-
-
-async def test_reduce_only_check_failed_4118_is_resized_like_2022(bus, sim, router_factory):
-    await router_factory()
-    sim.set_position(BTC_ID, amount=0.005, entry_price=sim.price(BTC_ID))
-    sim.add_fault(
-        kind="binance_error",
-        method="POST",
-        path=ORDER_PATH,
-        count=1,
-        code=-4118,
-        msg="ReduceOnly Order Failed. Please check your existing position and open orders.",
-    )
-    exit_ = make_intent(Bucket.EXIT, side="sell", qty=0.01)
-    await bus.publish(exit_)
-    t = await bus.tap.wait_for(lambda: settled(bus.tap, exit_))
-    assert t.to_state is S.FILLED
-    assert [float(r["params"]["quantity"]) for r in creates(sim, exit_.client_order_id)] == [0.01, 0.005]
