@@ -51,3 +51,29 @@ def machine() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
     }
+
+
+async def jetstream_baseline(nats_url: str, n: int = 500) -> dict[str, float]:
+    """The same-run substrate baseline: acked JetStream publish latency (ms) on a scratch stream.
+
+    Figures from different machines compare as ratios to this.
+    """
+    import time
+    import uuid
+
+    import nats
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    stream = f"BENCH_BASELINE_{uuid.uuid4().hex[:8]}"
+    await js.add_stream(name=stream, subjects=[f"{stream}.>"], storage="file")
+    lat: list[float] = []
+    try:
+        for i in range(n):
+            t = time.perf_counter()
+            await js.publish(f"{stream}.x", b"x" * 200, headers={"Nats-Msg-Id": f"b{i}"})
+            lat.append((time.perf_counter() - t) * 1000)
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()
+    return dist(lat)

@@ -142,12 +142,17 @@ async def bus(nats_settings: NatsSettings) -> AsyncIterator[Bus]:
 
 # ----------------------------------------------------------------------------- exchange simulator
 
+TEST_WEIGHT_LIMIT_1M = 24_000
+
 
 @pytest.fixture(scope="session")
 def sim_server() -> Iterator[Any]:
     from services.simulator.testing import SimulatorThread
 
-    with SimulatorThread() as s:
+    # Integration tests compress time about tenfold (reconcile ticks every 0.2 s, not 1-2 s), so the
+    # venue's per-minute weight limit is scaled with it; tests/simulator and test_read_budget check
+    # the real 2,400 limit and the pacing against it.
+    with SimulatorThread(weight_limit_1m=TEST_WEIGHT_LIMIT_1M) as s:
         yield s
 
 
@@ -243,6 +248,9 @@ def fast_reconciler_settings(**overrides: Any) -> ReconcilerSettings:
         settle_sec=0.3,
         summary_heartbeat_sec=1.0,
         equity_every_ticks=1,
+        venue_weight_limit_1m=TEST_WEIGHT_LIMIT_1M,
+        weight_budget_share=0.5,
+        sweep_every_sec=2.0,
     )
     args.update(overrides)
     return ReconcilerSettings(**args)

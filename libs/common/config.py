@@ -137,7 +137,19 @@ class ReconcilerSettings(_Base):
 
     http_host: str = Field("127.0.0.1", description="REST bind address")
     http_port: int = Field(8102, ge=0, le=65535, description="REST port")
-    interval_sec: float = Field(1.0, gt=0, description="Time between reconcile ticks")
+    interval_sec: float = Field(1.0, gt=0, description="Shortest time between reconcile ticks")
+    max_interval_sec: float = Field(
+        10.0, gt=0, description="Longest time between ticks, whatever the read budget says"
+    )
+    weight_budget_share: float = Field(
+        0.25, gt=0, le=1, description="Share of the venue's request-weight limit the reconciler paces to"
+    )
+    venue_weight_limit_1m: int = Field(
+        2400, ge=1, description="The venue's request weight per IP per minute (Binance: 2400)"
+    )
+    sweep_every_sec: float = Field(
+        30.0, gt=0, description="Read every symbol's open orders at least this often (orders behind our back)"
+    )
     repair_cooldown_sec: float = Field(
         10.0, ge=0, description="Minimum time between stop repairs of a symbol"
     )

@@ -63,6 +63,9 @@ RECONCILE_TICKS = Histogram("erl_reconcile_tick_seconds", "Reconcile tick durati
 RECONCILE_READ_FAILURES = Counter(
     "erl_reconcile_read_failures_total", "Ticks where the venue could not be read"
 )
+RECONCILE_INTERVAL = Gauge(
+    "erl_reconcile_interval_seconds", "Time to the next reconcile tick, paced by the venue read budget"
+)
 RECONCILE_MISMATCHES = Counter("erl_reconcile_mismatches_total", "Mismatches by kind", ["kind"])
 RECONCILE_REPAIRS = Counter("erl_reconcile_repairs_total", "Repair actions by kind", ["action"])
 RECONCILE_REPAIR_SKIPPED = Counter(

@@ -38,6 +38,7 @@ from libs.common.telemetry import (
     PROTECTION_GAP_AGE,
     PROTECTION_GAP_BREACHES,
     PROTECTION_GAPS,
+    RECONCILE_INTERVAL,
     RECONCILE_MISMATCHES,
     RECONCILE_READ_FAILURES,
     RECONCILE_REPAIR_SKIPPED,
@@ -46,9 +47,17 @@ from libs.common.telemetry import (
     UNPROTECTED_TIME,
 )
 from services.reconciler.belief import Belief
+from services.reconciler.read_budget import ReadPlan, next_delay, plan_reads, sweep_reserve_1m
 from services.reconciler.rebuild import rebuild
-from services.reconciler.tick import ReconcileConfig, ReconcileState, reconcile_tick, vanished_orders
-from services.reconciler.venue_reader import lookup, read_snapshot
+from services.reconciler.tick import (
+    ReconcileConfig,
+    ReconcileState,
+    Snapshot,
+    VenueOrderView,
+    reconcile_tick,
+    vanished_orders,
+)
+from services.reconciler.venue_reader import lookup, read_orders, read_positions, read_snapshot
 
 
 def intent_symbol(intent: OrderIntent | ReplaceIntent) -> str:
@@ -90,6 +99,10 @@ class ReconcilerService(Service):
         self._last_summary_at = 0.0
         self._skipped_seen = 0
         self._equity: float | None = None
+        self._last_sweep = 0.0  # monotonic time of the last every-symbol read
+        self._latest_orders: list[VenueOrderView] = []  # each symbol's open orders as last read
+        self.last_plan: ReadPlan | None = None
+        self.next_delay_sec = settings.interval_sec
         self._tick_done = asyncio.Condition()
         self.consumer: ConsumerLoop | None = None
         super().__init__(nats_settings, settings.http_host, settings.http_port)
@@ -201,7 +214,7 @@ class ReconcilerService(Service):
                     error=f"{type(e).__name__}: {e}",
                     exc_info=True,
                 )
-            wait = max(self.settings.interval_sec - (time.monotonic() - t0), 0.0)
+            wait = max(self.next_delay_sec - (time.monotonic() - t0), 0.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), wait)
 
@@ -210,7 +223,20 @@ class ReconcilerService(Service):
         started = time.time()
         with_equity = self.state.tick % self.settings.equity_every_ticks == 0
         try:
-            snap = await read_snapshot(self.ex, with_equity=with_equity)
+            positions = await read_positions(self.ex)
+            watched = self._watched(positions)
+            regular = plan_reads(watched, sweep=False, with_equity=with_equity)
+            sweep = time.monotonic() - self._last_sweep >= self.settings.sweep_every_sec
+            plan = plan_reads(watched, sweep=True, with_equity=with_equity) if sweep else regular
+            orders, equity = await read_orders(self.ex, plan)
+            if sweep:
+                self._last_sweep = time.monotonic()
+            else:
+                # unwatched symbols: their latest read (orphans stay counted between sweeps)
+                orders = orders + [o for o in self._latest_orders if o.symbol not in watched]
+            self._latest_orders = orders
+            self._pace(plan, regular)
+            snap = Snapshot(positions, orders, equity)
             if snap.equity is None:
                 snap = dataclasses.replace(snap, equity=self._equity)  # the balance is read every few ticks
             self._equity = snap.equity
@@ -260,6 +286,30 @@ class ReconcilerService(Service):
             summary, force=bool(result.mismatches or result.repairs or result.gap_events or changed)
         )
         return summary
+
+    def _watched(self, positions: dict) -> set[str]:
+        """Symbols whose orders a per-symbol tick must read: anything with a position, an order we
+        believe open, a believed position or an open protection gap."""
+        return (
+            set(positions)
+            | {o.symbol for o in self.belief.open_orders()}
+            | {s for s, q in self.belief.qty.items() if q}
+            | set(self.state.gaps.gaps)
+        )
+
+    def _pace(self, plan: ReadPlan, regular: ReadPlan) -> None:
+        """Time to the next tick from the regular tick's cost (sweeps have their own reserve)."""
+        s = self.settings
+        self.last_plan = plan
+        self.next_delay_sec = next_delay(
+            base_sec=s.interval_sec,
+            max_sec=s.max_interval_sec,
+            tick_cost=regular.cost,
+            used_1m=self.ex.venue_limits.used_weight_1m,
+            budget_1m=s.weight_budget_share * s.venue_weight_limit_1m,
+            reserved_1m=sweep_reserve_1m(regular, s.sweep_every_sec),
+        )
+        RECONCILE_INTERVAL.set(self.next_delay_sec)
 
     async def _publish_summary(self, summary: ReconcileSummary, *, force: bool) -> None:
         now = time.time()
@@ -311,6 +361,14 @@ class ReconcilerService(Service):
             "belief_positions": {k: v for k, v in self.belief.qty.items() if v},
             "belief_states": {k: v.value for k, v in self.state.belief_state.items()},
             "open_gaps": {k: round(time.time() - g.opened_at, 3) for k, g in self.state.gaps.gaps.items()},
+            "read_plan": {
+                "symbols": list(self.last_plan.symbols)
+                if self.last_plan and self.last_plan.symbols
+                else "all",
+                "weight": self.last_plan.cost if self.last_plan else None,
+                "next_tick_sec": round(self.next_delay_sec, 3),
+                "venue_used_weight_1m": self.ex.venue_limits.used_weight_1m,
+            },
         }
 
     def add_routes(self, app: FastAPI) -> None:

@@ -1,7 +1,8 @@
 """Read the venue through ccxt into the reconciler's typed snapshot; look up vanished orders.
 
-Three calls cover any number of symbols: positions, open orders, open
-conditional (algo) orders; the balance for equity is read every few ticks.
+Positions (every symbol) first, then open regular and conditional (algo) orders in
+the shape the read plan chose: per watched symbol, or every symbol at once; the
+balance for equity every few ticks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import ccxt
 
+from services.reconciler.read_budget import ReadPlan
 from services.reconciler.tick import PositionView, Snapshot, VenueOrderView
 
 
@@ -47,21 +49,29 @@ def position_view(p: dict[str, Any]) -> tuple[str, PositionView]:
     return p["symbol"], PositionView(qty, float(p.get("entryPrice") or 0), float(p.get("markPrice") or 0))
 
 
-async def read_snapshot(ex: ccxt.Exchange, *, with_equity: bool) -> Snapshot:
-    calls = [
-        ex.fetch_positions(),
-        ex.fetch_open_orders(),
-        ex.fetch_open_orders(None, None, None, {"trigger": True}),
-    ]
-    if with_equity:
+async def read_positions(ex: ccxt.Exchange) -> dict[str, PositionView]:
+    return dict(position_view(p) for p in await ex.fetch_positions() if float(p.get("contracts") or 0))
+
+
+async def read_orders(ex: ccxt.Exchange, plan: ReadPlan) -> tuple[list[VenueOrderView], float | None]:
+    """Open orders as ``plan`` shapes the queries, plus equity when the plan asks for it."""
+    symbols: tuple[str | None, ...] = (None,) if plan.symbols is None else plan.symbols
+    calls = [ex.fetch_open_orders(s, None, None, {"trigger": t}) for s in symbols for t in (False, True)]
+    if plan.with_equity:
         calls.append(ex.fetch_balance())
     results = await asyncio.gather(*calls)
-    positions = dict(position_view(p) for p in results[0] if float(p.get("contracts") or 0))
-    orders = [order_view(o, False) for o in results[1]] + [order_view(o, True) for o in results[2]]
+    orders = [order_view(o, i % 2 == 1) for i, batch in enumerate(results[: 2 * len(symbols)]) for o in batch]
     equity = None
-    if with_equity:
-        total = (results[3].get("total") or {}).get("USDT")
+    if plan.with_equity:
+        total = (results[-1].get("total") or {}).get("USDT")
         equity = float(total) if total is not None else None
+    return orders, equity
+
+
+async def read_snapshot(ex: ccxt.Exchange, *, with_equity: bool) -> Snapshot:
+    """Everything, every symbol (the restart rebuild and sweeps)."""
+    positions = await read_positions(ex)
+    orders, equity = await read_orders(ex, ReadPlan(None, with_equity))
     return Snapshot(positions, orders, equity)
 
 

@@ -1,0 +1,53 @@
+"""The reconciler's read plan and pacing against the venue's request-weight budget."""
+
+import pytest
+
+from services.reconciler.read_budget import SWEEP, ReadPlan, next_delay, plan_reads, sweep_reserve_1m
+
+
+def test_per_symbol_when_cheaper_every_symbol_on_a_sweep():
+    p = plan_reads({"BTCUSDT", "ETHUSDT"}, sweep=False, with_equity=False)
+    assert p.symbols == ("BTCUSDT", "ETHUSDT") and p.cost == 5 + 2 * 2
+    assert plan_reads({"BTCUSDT"}, sweep=True, with_equity=False).symbols is None
+    assert plan_reads(set(), sweep=False, with_equity=True).cost == 5 + 5  # positions + balance only
+
+
+def test_many_symbols_switch_to_the_every_symbol_query():
+    fifty = {f"S{i:03d}USDT" for i in range(50)}
+    p = plan_reads(fifty, sweep=False, with_equity=False)
+    assert p.symbols is None and p.cost == 5 + 2 * 40
+    assert plan_reads(list(fifty)[:39], sweep=False, with_equity=False).symbols is not None
+
+
+@pytest.mark.parametrize(
+    "cost,used,expected",
+    [
+        (9, None, 1.0),  # cheap tick: the configured floor
+        (85, None, 8.5),  # 85 weight at 600/min -> one tick per 8.5 s
+        (85, 1200, 10.0),  # the IP is at twice the budget: stretched, capped by max_sec
+        (9, 1200, 2.0),  # stretched by used/budget
+        (9, 300, 1.0),  # under budget: no stretch
+    ],
+)
+def test_next_delay(cost, used, expected):
+    d = next_delay(base_sec=1.0, max_sec=10.0, tick_cost=cost, used_1m=used, budget_1m=600)
+    assert d == pytest.approx(expected)
+
+
+def test_steady_state_stays_inside_the_budget():
+    """Whatever the shape, ticks at the chosen pace spend at most the budget per minute."""
+    for plan in (ReadPlan(None, True), ReadPlan(("A",) * 30, False), ReadPlan((), False)):
+        d = next_delay(base_sec=1.0, max_sec=60.0, tick_cost=plan.cost, used_1m=None, budget_1m=600)
+        assert plan.cost * 60 / d <= 600 + 1e-9
+
+
+def test_sweeps_are_paid_from_a_reserve():
+    regular = plan_reads({"BTCUSDT"}, sweep=False, with_equity=False)  # 7 weight
+    reserve = sweep_reserve_1m(regular, 30.0)
+    assert reserve == SWEEP.cost * 2  # two sweeps a minute
+    d = next_delay(
+        base_sec=0.1, max_sec=60.0, tick_cost=regular.cost, used_1m=None, budget_1m=600, reserved_1m=reserve
+    )
+    assert regular.cost * 60 / d + reserve == pytest.approx(600)  # ticks + sweeps fill the budget exactly
+    every = plan_reads({f"S{i}" for i in range(45)}, sweep=False, with_equity=False)
+    assert sweep_reserve_1m(every, 30.0) == 0  # every tick is a sweep already
