@@ -63,8 +63,11 @@ def next_delay(
 ) -> float:
     """Seconds to the next tick: no faster than ``base_sec``; regular ticks of ``tick_cost`` spend no
     more than what the budget leaves after ``reserved_1m`` (sweeps); longer while the whole IP is over
-    budget; never beyond ``max_sec`` (protection must still be checked within a bounded time)."""
-    for_ticks = max(budget_1m - reserved_1m, budget_1m * 0.1)
+    budget; never beyond ``max_sec`` (protection must still be checked within a bounded time).
+
+    One tick's cost is held back: a rolling minute can hold one tick more than 60 / delay.
+    """
+    for_ticks = max(budget_1m - reserved_1m - tick_cost, budget_1m * 0.1)
     delay = max(base_sec, tick_cost * 60.0 / for_ticks)
     if used_1m is not None and used_1m > budget_1m:
         delay *= used_1m / budget_1m

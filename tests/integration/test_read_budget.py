@@ -38,7 +38,7 @@ async def test_idle_ticks_read_per_symbol_and_pace_to_the_share(sim, reconciler_
     assert used(sim) - before == plan.cost  # the venue counted exactly what the plan said
     # paced: this shape at this delay, plus the sweeps' reserve, stays inside the share
     sweeps_1m = SWEEP.cost * 60 / rec.settings.sweep_every_sec
-    assert plan.cost * 60 / rec.next_delay_sec + sweeps_1m <= budget + 1e-6
+    assert (int(60 / rec.next_delay_sec) + 1) * plan.cost + sweeps_1m <= budget
     assert rec.next_delay_sec > rec.settings.interval_sec  # the 0.05 s base alone would blow the budget
 
 
@@ -71,5 +71,7 @@ async def test_fifty_positions_use_every_symbol_queries_at_a_slower_pace(nats_se
         plan = rec.last_plan
         assert plan is not None and plan.symbols is None  # 50 symbols: the 40-weight query is cheaper
         assert plan.cost == SWEEP.cost + 5  # + the balance (equity every tick in the fast settings)
-        assert rec.next_delay_sec == pytest.approx(plan.cost * 60 / (0.25 * settings.venue_weight_limit_1m))
+        budget = 0.25 * settings.venue_weight_limit_1m
+        assert rec.next_delay_sec == pytest.approx(plan.cost * 60 / (budget - plan.cost))
+        assert (int(60 / rec.next_delay_sec) + 1) * plan.cost <= budget  # a full window fits
         assert not [ip for ip in big.limits()["ips"].values() if ip["banned"] or ip["retry_after_until_ms"]]
