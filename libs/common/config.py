@@ -108,11 +108,28 @@ class RouterSettings(_Base):
         5.0, gt=0, description="Redelivery delay of an intent lost in transit (held ones heartbeat)"
     )
     max_deliver: int = Field(10, ge=1, description="Deliveries before an intent is dead-lettered")
+    mark_cache_sec: float = Field(
+        1.0,
+        ge=0,
+        description="Entry notional cap: venue mark reused this long, then re-read in the background",
+    )
+    mark_max_stale_sec: float = Field(
+        5.0,
+        gt=0,
+        description="Entry notional cap: a mark older than this is re-read first; unreadable -> BLOCKED "
+        "notional_unknown",
+    )
 
     @model_validator(mode="after")
     def _delays(self) -> RouterSettings:
         if self.retry_max_delay_sec < self.retry_base_delay_sec:
             raise ValueError("ROUTER_RETRY_MAX_DELAY_SEC must be >= ROUTER_RETRY_BASE_DELAY_SEC")
+        return self
+
+    @model_validator(mode="after")
+    def _marks(self) -> RouterSettings:
+        if self.mark_max_stale_sec < self.mark_cache_sec:
+            raise ValueError("ROUTER_MARK_MAX_STALE_SEC must be >= ROUTER_MARK_CACHE_SEC")
         return self
 
 
@@ -126,7 +143,21 @@ class EntrySettings(_Base):
     default_stop_pct: float = Field(
         0.02, gt=0, lt=1, description="Stage-1 stop distance when a signal names none"
     )
-    price_cache_sec: float = Field(1.0, ge=0, description="Mark price reuse window for notional caps")
+    price_cache_sec: float = Field(
+        1.0, ge=0, description="Venue mark reused this long for notional caps, then re-read in the background"
+    )
+    price_max_stale_sec: float = Field(
+        5.0,
+        gt=0,
+        description="A venue mark older than this is re-read before a cap check; unreadable -> refused "
+        "mark_price_unavailable",
+    )
+
+    @model_validator(mode="after")
+    def _prices(self) -> EntrySettings:
+        if self.price_max_stale_sec < self.price_cache_sec:
+            raise ValueError("ENTRY_PRICE_MAX_STALE_SEC must be >= ENTRY_PRICE_CACHE_SEC")
+        return self
 
 
 T = TypeVar("T", bound=BaseSettings)

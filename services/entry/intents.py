@@ -2,7 +2,9 @@
 
 The intent inherits the signal's timestamp, so a copy republished after the
 bus dedup window is recognisably stale and the router refuses it instead of
-placing a second entry.
+placing a second entry. ``notional_usdt`` is what the entry service counted
+(from the venue's mark, never the signal's ``ref_price``); it is informational:
+the router computes the notional again from its own mark read.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, m
 from libs.common.messages import OrderIntent, Signal
 
 
-def entry_intent_from_signal(signal: Signal, *, default_leverage: int) -> OrderIntent:
+def entry_intent_from_signal(
+    signal: Signal, *, default_leverage: int, notional_usdt: float | None = None
+) -> OrderIntent:
     intent_id = make_intent_id("signal", signal.signal_id, Bucket.ENTRY)
-    ref_price = signal.price or signal.ref_price
     return OrderIntent(
         ts_ms=signal.ts_ms,
         intent_id=intent_id,
@@ -26,7 +29,7 @@ def entry_intent_from_signal(signal: Signal, *, default_leverage: int) -> OrderI
         qty=signal.qty,
         price=signal.price if signal.order_type == "limit" else None,
         leverage=signal.leverage or default_leverage,
-        notional_usdt=signal.qty * ref_price if ref_price else None,
+        notional_usdt=notional_usdt,
         signal_id=signal.signal_id,
         confidence=signal.confidence,
         source="entry",

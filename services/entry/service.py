@@ -1,7 +1,10 @@
 """Entry service: signals in, guarded entry intents out, stage-1 protection after fills.
 
 Guard knobs are read-only here (KV watch); when they cannot be read, no new
-entries. Every decision is journaled (``entry.decision``). When an entry
+entries. The notional cap counts at the venue's mark price this service reads
+itself (cached, bounded staleness; a signal's ``ref_price`` is informational
+only); when no mark can be read, no new entries either. Every decision is
+journaled (``entry.decision``). When an entry
 fills, a close-position stop (and optional take-profit) is sent at once; if
 the stop cannot be placed, a ``Stage1GapAssertion`` starts the reconciler's
 gap clock immediately.
@@ -16,14 +19,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-import ccxt
-
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings
 from libs.common.exchange import limits_from_settings, make_exchange
 from libs.common.guard import GuardView
 from libs.common.ids import Bucket
 from libs.common.logs import log_event
+from libs.common.marks import MarkCache, read_mark
 from libs.common.messages import (
     BusMessage,
     GuardKnobs,
@@ -64,7 +66,7 @@ class EntryService(Service):
         self.settings = settings
         self.guard_settings = guard_settings or GuardSettings()
         ex = exchange_settings or ExchangeSettings()
-        # public calls only (mark price for the notional cap)
+        # public calls only (the venue's mark price for the notional cap)
         self.ex = make_exchange(
             api_url=ex.api_url,
             api_key="",
@@ -80,7 +82,12 @@ class EntryService(Service):
         ] = {}  # stage-1 stop client id -> (entry correlation id, symbol)
         self.open_entries: set[str] = set()
         self.last_entry_at: dict[str, float] = {}
-        self._prices: dict[str, tuple[float, float]] = {}
+        self.marks = MarkCache(
+            lambda symbol: read_mark(self.ex, symbol),
+            fresh_sec=settings.price_cache_sec,
+            max_stale_sec=settings.price_max_stale_sec,
+            service=self.name,
+        )
         self.counts: dict[str, int] = {}
         super().__init__(nats_settings, settings.http_host, settings.http_port)
 
@@ -160,25 +167,6 @@ class EntryService(Service):
         if isinstance(msg, Signal):
             await self.on_signal(msg)
 
-    async def reference_price(self, signal: Signal) -> float | None:
-        if signal.ref_price or signal.price:
-            return signal.ref_price or signal.price
-        cached = self._prices.get(signal.symbol)
-        now = time.monotonic()
-        if cached and now - cached[1] <= self.settings.price_cache_sec:
-            return cached[0]
-        try:
-            mark = await self.ex.fetch_mark_price(signal.symbol)
-            price = float(mark.get("markPrice") or 0) or None
-        except ccxt.BaseError as e:
-            log_event(
-                self.log, "entry.price_unavailable", logging.WARNING, symbol=signal.symbol, error=str(e)[:200]
-            )
-            return None
-        if price:
-            self._prices[signal.symbol] = (price, now)
-        return price
-
     async def on_signal(self, signal: Signal) -> None:
         assert self.publisher and self.journal
         knobs = self.guard.current() if self.guard else None
@@ -187,23 +175,22 @@ class EntryService(Service):
             self._count(
                 "duplicate_signal"
             )  # redelivered after we already sent it: the bus dedupes the intent too
+        # the caps' price is the venue's mark read here (cached, bounded staleness), never the signal's
+        # ref_price or limit alone; read only when an entry could pass
+        mark = await self.marks.get(signal.symbol) if knobs is not None and knobs.allow_entries else None
         decision = entry_decision(
             signal,
             knobs,
             now=time.time(),
             last_entry_at=self.last_entry_at.get(signal.symbol),
             open_entries=len(self.open_entries),
-            ref_price=await self.reference_price(signal)
-            if knobs is not None and knobs.allow_entries
-            else None,
+            mark_price=mark,
         )
         if not decision.accepted:
             ENTRY_BLOCKS.labels(decision.reason.split(":", 1)[0]).inc()
             await self._decided(signal, knobs, decision.reason, None)
             return
-        price = await self.reference_price(signal)
-        if price and intent.notional_usdt is None:
-            intent = intent.model_copy(update={"notional_usdt": signal.qty * price})
+        intent = intent.model_copy(update={"notional_usdt": decision.notional_usdt})
         self._remember(EntryContext(intent, signal))
         self.open_entries.add(intent.client_order_id)
         self.last_entry_at[signal.symbol] = time.time()
@@ -323,7 +310,9 @@ class EntryService(Service):
             "counts": dict(sorted(self.counts.items())),
             "open_entries": len(self.open_entries),
             "guard": self.guard.status() if self.guard else None,
+            "marks": self.marks.status(),
         }
 
     async def on_stop(self) -> None:
+        await self.marks.close()
         await self.ex.close()

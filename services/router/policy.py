@@ -2,12 +2,18 @@
 
 Exits and protective orders (TP/SL/EXIT buckets) are never policy-blocked and
 never leverage-capped: a halt that also blocks the stop is the classic trap.
+
+The notional cap is applied to a number the router computes itself: qty x the
+venue's mark (a limit at max(limit, mark), ``cap_notional``). An intent's own
+``notional_usdt`` can only raise that number, never lower it; without a mark
+there is no number, and the entry is refused (``notional_unknown``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libs.common.marks import cap_notional
 from libs.common.messages import GuardKnobs, OrderIntent
 
 
@@ -17,6 +23,7 @@ class PolicyDecision:
     reason: str = ""
     leverage: int | None = None  # leverage to enforce on the venue before an entry
     leverage_capped: bool = False
+    notional_usdt: float | None = None  # what the entry counted against the cap (computed here)
 
 
 ALLOW_EXIT = PolicyDecision(True, "exit_exempt")
@@ -29,8 +36,12 @@ def entry_policy(
     hard_max_leverage: int,
     max_age_sec: float,
     now_ms: int,
+    mark_price: float | None,
 ) -> PolicyDecision:
-    """Decide whether an intent may go to the venue and at what leverage."""
+    """Decide whether an intent may go to the venue and at what leverage.
+
+    ``mark_price`` is the venue's mark as the router read it (None: could not be read).
+    """
     if intent.is_exit:
         return ALLOW_EXIT
     if guard is None:
@@ -41,9 +52,26 @@ def entry_policy(
     age_sec = (now_ms - intent.ts_ms) / 1000.0
     if age_sec > max_age_sec:
         return PolicyDecision(False, f"stale_intent:{age_sec:.1f}s")
-    if intent.notional_usdt is not None and intent.notional_usdt > guard.max_notional_usdt:
-        return PolicyDecision(False, "notional_cap")
+    notional = entry_notional(intent, mark_price)
+    if notional is None:
+        return PolicyDecision(False, "notional_unknown")
+    if notional > guard.max_notional_usdt:
+        return PolicyDecision(
+            False, f"notional_cap:{notional:.2f}>{guard.max_notional_usdt:g}", notional_usdt=notional
+        )
     cap = min(hard_max_leverage, guard.max_leverage)
     requested = intent.leverage if intent.leverage is not None else cap
     leverage = min(requested, cap)
-    return PolicyDecision(True, "", leverage=leverage, leverage_capped=leverage < requested)
+    return PolicyDecision(
+        True, "", leverage=leverage, leverage_capped=leverage < requested, notional_usdt=notional
+    )
+
+
+def entry_notional(intent: OrderIntent, mark_price: float | None) -> float | None:
+    """USDT an entry counts against the cap: computed from the venue mark, raised (never lowered) by the
+    intent's own ``notional_usdt``; None without a usable mark or quantity."""
+    if mark_price is None or not mark_price > 0 or intent.qty is None:
+        return None
+    limit = intent.price if intent.order_type == "limit" else None
+    computed = cap_notional(intent.qty, mark_price, limit)
+    return max(computed, intent.notional_usdt or 0.0)

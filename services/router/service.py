@@ -24,6 +24,7 @@ from libs.common.error_policy import classify_order_error_policy
 from libs.common.exchange import limits_from_settings, make_exchange
 from libs.common.guard import GuardView
 from libs.common.logs import log_event
+from libs.common.marks import MarkCache
 from libs.common.messages import BusMessage, CancelIntent, OrderIntent, ReplaceIntent
 from libs.common.retry import RetryPolicy
 from libs.common.service import Service
@@ -81,6 +82,13 @@ class RouterService(Service):
             )
         )
         self.venue_limits = self.venue.ex.venue_limits
+        # the notional cap's price: the venue's mark, read by the router itself (never an intent's number)
+        self.marks = MarkCache(
+            self.venue.mark_price,
+            fresh_sec=settings.mark_cache_sec,
+            max_stale_sec=settings.mark_max_stale_sec,
+            service=self.name,
+        )
         self.orders: OrderedDict[str, Lifecycle] = OrderedDict()  # client_order_id -> lifecycle
         self.unknown: dict[str, Lifecycle] = {}
         self.leverage: dict[str, int] = {}
@@ -179,12 +187,18 @@ class RouterService(Service):
     async def _gate(self, life: Lifecycle, budget: Budget) -> str:
         """Entry-only policy + leverage cap; returns a refusal reason or ""."""
         intent = life.intent
+        guard = self.guard.current() if self.guard else None
+        # the notional cap's price, read only when an entry could pass (cached: no venue call per entry)
+        mark = None
+        if not intent.is_exit and guard is not None and guard.allow_entries:
+            mark = await self.marks.get(intent.symbol)
         decision = entry_policy(
             intent,
-            self.guard.current() if self.guard else None,
+            guard,
             hard_max_leverage=self.settings.max_leverage,
             max_age_sec=self.settings.intent_max_age_sec,
             now_ms=int(time.time() * 1000),
+            mark_price=mark,
         )
         if not decision.allowed:
             POLICY_BLOCKS.labels(self.name, decision.reason.split(":", 1)[0]).inc()
@@ -330,6 +344,7 @@ class RouterService(Service):
             "unknown_orders": sorted(self.unknown),
             "tracked_orders": len(self.orders),
             "guard": self.guard.status() if self.guard else None,
+            "marks": self.marks.status(),
             "consumer_in_flight": self.consumer.in_flight if self.consumer else 0,
             "retry_policy": {
                 "max_attempts": self.retry_policy.max_attempts,
@@ -352,6 +367,7 @@ class RouterService(Service):
             }
 
     async def on_stop(self) -> None:
+        await self.marks.close()
         await self.venue.close()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import ccxt
 
+from libs.common.marks import read_mark
 from libs.common.messages import OrderIntent
 from libs.common.state_machine import OrderState
 
@@ -136,6 +137,14 @@ class Venue:
             contracts = float(p.get("contracts") or 0)
             total += -contracts if p.get("side") == "short" else contracts
         return total
+
+    async def mark_price(self, symbol: str) -> float:
+        """The venue's mark price (premiumIndex with the symbol: weight 1); the router's one mark read.
+
+        Uncached: the router reads it through a ``MarkCache`` (libs/common/marks.py). Raises on failure.
+        """
+        await self.ensure_markets()
+        return await read_mark(self.ex, symbol)
 
     async def set_leverage(self, symbol: str, leverage: int) -> None:
         await self.ensure_markets()

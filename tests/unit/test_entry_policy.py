@@ -1,0 +1,54 @@
+"""The entry service's gate (services/entry/policy.py): caps count at the venue's mark, never a caller's price."""
+
+from __future__ import annotations
+
+from libs.common.messages import GuardKnobs, Signal
+from services.entry.intents import entry_intent_from_signal
+from services.entry.policy import entry_decision
+
+MARK = 50_000.0
+CAP = GuardKnobs(max_notional_usdt=10_000)
+
+
+def sig(**kw) -> Signal:
+    return Signal(**{"signal_id": "s1", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": 0.01, **kw})
+
+
+def decide(signal: Signal, knobs: GuardKnobs | None = CAP, mark: float | None = MARK, **kw):
+    args = dict(now=1_000.0, last_entry_at=None, open_entries=0, mark_price=mark)
+    args.update(kw)
+    return entry_decision(signal, knobs, **args)
+
+
+def test_ref_price_never_lowers_the_count():
+    # the reproduced bug: --ref-price 1 let a 14.6k entry through a 10k cap
+    d = decide(sig(qty=0.292, ref_price=1.0))
+    assert not d.accepted and d.reason == "notional_cap:14600.00>10000"
+    d = decide(sig(qty=0.1, ref_price=1_000_000.0))  # nor raises it: informational only
+    assert d.accepted and d.notional_usdt == 5_000
+
+
+def test_no_mark_no_entry():
+    assert decide(sig(ref_price=50_000.0), mark=None).reason == "mark_price_unavailable"
+    assert decide(sig(), mark=0.0).reason == "mark_price_unavailable"
+    # the knob checks that need no price still come first
+    assert decide(sig(), knobs=None, mark=None).reason == "guard_unavailable"
+    assert decide(sig(), mark=None, open_entries=5, knobs=GuardKnobs(max_open_orders=5)).reason.startswith(
+        "open_order_cap"
+    )
+
+
+def test_limit_signal_counts_at_the_higher_of_limit_and_mark():
+    above = sig(order_type="limit", price=52_000.0, qty=0.197)  # 9,850 at the mark
+    assert decide(above).reason == "notional_cap:10244.00>10000"
+    below = sig(order_type="limit", price=48_000.0, qty=0.205)  # 9,840 at the limit
+    assert decide(below).reason == "notional_cap:10250.00>10000"
+    ok = sig(order_type="limit", price=48_000.0, qty=0.197)
+    d = decide(ok)
+    assert d.accepted and d.notional_usdt == 0.197 * MARK
+
+
+def test_intent_carries_the_counted_notional_not_the_signals_price():
+    s = sig(qty=0.2, ref_price=1.0)
+    assert entry_intent_from_signal(s, default_leverage=5).notional_usdt is None
+    assert entry_intent_from_signal(s, default_leverage=5, notional_usdt=10_000.0).notional_usdt == 10_000.0
