@@ -96,6 +96,7 @@ _BY_CODE: dict[int, _Rule] = {
     -1111: _Rule(_F, "precision_over_maximum"),
     -1116: _Rule(_F, "invalid_order_type"),
     -1121: _Rule(_F, "invalid_symbol"),
+    -2007: _Rule(_F, "invalid_callback_rate"),  # trailing stop: callbackRate outside 0.1..10 %
     -2010: _Rule(_F, "order_rejected"),
     -2011: _Rule(_IS, "unknown_order"),
     -2013: _Rule(_IS, "order_does_not_exist"),
@@ -116,6 +117,8 @@ _BY_CODE: dict[int, _Rule] = {
     -4130: _Rule(_RM, "close_position_order_exists", modification=Modification.PROTECTION_EXISTS),
     # market protection (PERCENT_PRICE against the book in a fast market): refused, may pass a moment later
     -4131: _Rule(_R, "price_protection_rejected"),
+    -4135: _Rule(_F, "invalid_activation_price"),
+    -4136: _Rule(_F, "close_position_trailing_stop"),  # TRAILING_STOP_MARKET cannot be closePosition
     -4137: _Rule(_F, "close_position_with_quantity"),
     -4164: _Rule(_F, "notional_too_small"),
     -4509: _Rule(_RM, "no_position_for_close_order", modification=Modification.RESIZE_REDUCE_ONLY),

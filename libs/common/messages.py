@@ -20,7 +20,11 @@ from libs.common.state_machine import OrderState, PositionBelief, ReplaceState
 SCHEMA_VERSION = 1
 
 Side = Literal["buy", "sell"]
-OrderType = Literal["market", "limit", "stop_market", "take_profit_market"]
+OrderType = Literal["market", "limit", "stop_market", "take_profit_market", "trailing_stop_market"]
+# conditional orders: Binance's algo endpoint, looked up and cancelled with ``trigger``
+TRIGGER_ORDER_TYPES = frozenset({"stop_market", "take_profit_market", "trailing_stop_market"})
+# a trailing stop's callback rate in percent (1 = 1%), as Binance USD-M accepts it
+CallbackRate = Annotated[float, Field(ge=0.1, le=10, allow_inf_nan=False)]
 # guard-knob modes, from loosest to strictest
 GuardMode = Literal["normal", "cautious", "defensive", "halted"]
 Qty = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -74,12 +78,20 @@ class Signal(BusMessage):
     ref_price: Price | None = Field(None, description="price at signal time, for notional caps")
     stop_loss_price: Price | None = None
     take_profit_price: Price | None = None
+    trailing_callback_rate: CallbackRate | None = Field(
+        None, description="stage-1 trailing stop: retrace in percent from the best price (1 = 1%)"
+    )
+    trailing_activation_price: Price | None = Field(
+        None, description="the trailing stop starts tracking once price reaches this (default: at once)"
+    )
     source: str = Field("cli", max_length=64)
 
     @model_validator(mode="after")
     def _limit_needs_price(self) -> Signal:
         if self.order_type == "limit" and self.price is None:
             raise ValueError("a limit signal needs a price")
+        if self.trailing_activation_price is not None and self.trailing_callback_rate is None:
+            raise ValueError("a trailing activation price needs a trailing callback rate")
         return self
 
     def subject_token(self) -> str:
@@ -101,6 +113,8 @@ class OrderIntent(BusMessage):
     qty: Qty | None = None  # None only with close_position
     price: Price | None = None
     stop_price: Price | None = None
+    callback_rate: CallbackRate | None = Field(None, description="trailing stops: retrace percent (1 = 1%)")
+    activation_price: Price | None = Field(None, description="trailing stops: start tracking at this price")
     reduce_only: bool = False
     close_position: bool = False
     leverage: int | None = Field(None, ge=1, le=125)
@@ -116,6 +130,13 @@ class OrderIntent(BusMessage):
             raise ValueError("a limit order needs a price")
         if self.order_type in ("stop_market", "take_profit_market") and self.stop_price is None:
             raise ValueError(f"a {self.order_type} order needs stop_price")
+        if self.order_type == "trailing_stop_market":
+            if self.callback_rate is None:
+                raise ValueError("a trailing_stop_market order needs callback_rate")
+            if self.close_position:
+                raise ValueError("a trailing stop cannot be close-position (Binance -4136): give it a qty")
+        elif self.callback_rate is not None or self.activation_price is not None:
+            raise ValueError("callback_rate and activation_price are for trailing_stop_market orders only")
         if self.qty is None and not self.close_position:
             raise ValueError("qty is required unless close_position")
         if self.bucket is Bucket.ENTRY and (self.reduce_only or self.close_position):
@@ -132,7 +153,7 @@ class OrderIntent(BusMessage):
     @property
     def is_trigger(self) -> bool:
         """Conditional orders live on Binance's algo endpoint and need ``trigger`` on lookups."""
-        return self.order_type in ("stop_market", "take_profit_market")
+        return self.order_type in TRIGGER_ORDER_TYPES
 
 
 class CancelIntent(BusMessage):
