@@ -163,9 +163,12 @@ def sim(sim_server: Any) -> Iterator[Any]:
     sim_server.clear_faults()
 
 
-def exchange_settings(sim: Any, timeout_ms: int = 1500) -> ExchangeSettings:
+def exchange_settings(sim: Any, timeout_ms: int = 1500, **overrides: Any) -> ExchangeSettings:
+    # a short recvWindow: an ambiguous create is decided (found, or void and absent) within 1.5 s
+    args: dict[str, Any] = dict(recv_window_ms=1000, ambiguity_margin_ms=500)
+    args.update(overrides)
     return ExchangeSettings(
-        api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret", timeout_ms=timeout_ms
+        api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret", timeout_ms=timeout_ms, **args
     )
 
 

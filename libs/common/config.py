@@ -48,6 +48,19 @@ class ExchangeSettings(_Base):
     api_key: SecretStr = Field(SecretStr("sim-key"), description="API key (never logged)")
     api_secret: SecretStr = Field(SecretStr("sim-secret"), description="API secret (never logged)")
     timeout_ms: int = Field(5000, ge=100, description="Per-request HTTP timeout")
+    recv_window_ms: int = Field(
+        5000,
+        ge=500,
+        le=60_000,
+        description="recvWindow of signed requests: a request the venue has not handled by then is void, "
+        "which bounds how long an ambiguous order can stay undecided",
+    )
+    ambiguity_margin_ms: int = Field(
+        1000,
+        ge=0,
+        le=60_000,
+        description="Added to recvWindow before 'not found' counts as absent (clock offset, signing delay)",
+    )
     api_key_file: str | None = Field(None, description="Read the API key from this file (docker secrets)")
     api_secret_file: str | None = Field(
         None, description="Read the API secret from this file (docker secrets)"

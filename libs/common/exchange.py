@@ -130,12 +130,25 @@ def limits_from_settings(settings: ExchangeSettings) -> VenueLimits:
     )
 
 
+def exchange_from_settings(settings: ExchangeSettings) -> BinanceUSDMVenue:
+    """The signed client a venue-facing service uses, built from its exchange settings."""
+    return make_exchange(
+        api_url=settings.api_url,
+        api_key=settings.api_key.get_secret_value(),
+        api_secret=settings.api_secret.get_secret_value(),
+        timeout_ms=settings.timeout_ms,
+        recv_window_ms=settings.recv_window_ms,
+        venue_limits=limits_from_settings(settings),
+    )
+
+
 def make_exchange(
     *,
     api_url: str | None,
     api_key: str,
     api_secret: str,
     timeout_ms: int = 10_000,
+    recv_window_ms: int = 5_000,
     extra_options: dict[str, Any] | None = None,
     venue_limits: VenueLimits | None = None,
 ) -> BinanceUSDMVenue:
@@ -154,6 +167,9 @@ def make_exchange(
         "defaultType": "swap",
         # a custom venue answers with ms timestamps of its own clock; skip drift guessing
         "adjustForTimeDifference": False,
+        # short on purpose: the venue voids a request it has not handled by timestamp + recvWindow,
+        # and that is the only hard bound on how long an ambiguous create can stay undecided
+        "recvWindow": recv_window_ms,
     }
     if extra_options:
         options.update(extra_options)

@@ -153,6 +153,7 @@ class IntentTimeline:
     intent: OrderIntent | None = None
     entries: list[JournalEntry] = field(default_factory=list)
     state: OrderState | None = None
+    state_ts_ms: int | None = None  # when the last transition was journaled (its own ts_ms)
     client_order_ids: set[str] = field(default_factory=set)
     retries: int = 0
     restarts: int = 0  # transitions whose from_state did not follow the previous to_state
@@ -173,7 +174,7 @@ class IntentTimeline:
         elif isinstance(m, OrderTransition):
             if self.state is not None and m.from_state is not self.state:
                 self.restarts += 1
-            self.state = m.to_state
+            self.state, self.state_ts_ms = m.to_state, m.ts_ms
             self.client_order_ids.add(m.client_order_id)
         elif isinstance(m, OrderRetry):
             self.retries += 1

@@ -56,7 +56,13 @@ _ORDER_EDGES: dict[OrderState, frozenset[OrderState]] = {
         }
     ),
     OrderState.RETRY_WAIT: frozenset(
-        {OrderState.SUBMITTING, OrderState.FAILED, OrderState.REJECTED, OrderState.MOOT}
+        {
+            OrderState.SUBMITTING,
+            OrderState.FAILED,
+            OrderState.REJECTED,
+            OrderState.MOOT,
+            OrderState.UNKNOWN,  # picked up again after a restart: look it up before any resend
+        }
     ),
     OrderState.UNKNOWN: frozenset(
         {

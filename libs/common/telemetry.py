@@ -52,6 +52,11 @@ CANCEL_REPLACE_GIVEUPS = Counter("erl_cancel_replace_giveups_total", "Cancel/rep
 POLICY_BLOCKS = Counter("erl_policy_blocks_total", "Intents refused by policy", ["service", "reason"])
 LEVERAGE_CAPPED = Counter("erl_leverage_capped_total", "Entries whose leverage was capped")
 UNKNOWN_ORDERS = Gauge("erl_orders_unknown", "Orders whose venue outcome is not yet known")
+NOT_RESENT = Counter(
+    "erl_router_not_resent_total",
+    "Intents delivered again but not sent: the journal has them resting (open) or ended (settled)",
+    ["admission"],
+)
 
 # --- entry
 SIGNALS = Counter("erl_signals_total", "Signals by decision", ["decision"])
@@ -131,6 +136,7 @@ _KNOWN: dict[str, _Known] = {
             ORDERS,
             tuple(
                 (b, o)
+        (NOT_RESENT, (("open",), ("settled",), ("resolve",))),
                 for b in ("ENTRY", "TP", "SL", "EXIT")
                 for o in ("ACKED", "FILLED", "REJECTED", "FAILED", "BLOCKED", "UNKNOWN", "MOOT")
             ),

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
-from libs.common.exchange import limits_from_settings, make_exchange
+from libs.common.exchange import exchange_from_settings
 from libs.common.logs import log_event
 from libs.common.messages import (
     BusMessage,
@@ -76,13 +76,7 @@ class ReconcilerService(Service):
     ) -> None:
         self.settings = settings
         self.boot = boot or BootSettings()
-        self.ex = make_exchange(
-            api_url=exchange_settings.api_url,
-            api_key=exchange_settings.api_key.get_secret_value(),
-            api_secret=exchange_settings.api_secret.get_secret_value(),
-            timeout_ms=exchange_settings.timeout_ms,
-            venue_limits=limits_from_settings(exchange_settings),
-        )
+        self.ex = exchange_from_settings(exchange_settings)
         self.venue_limits = self.ex.venue_limits
         self.belief = Belief(settle_sec=settings.settle_sec)
         self.state = ReconcileState(

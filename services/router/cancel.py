@@ -1,9 +1,12 @@
 """Idempotent cancel, cross-checked with a fetch.
 
-"Unknown order" from a cancel is success (already gone) *unless* a fetch shows
-the order still open / new / partially filled: some venues answer -2011 for
-an order they have not finished routing, and treating that as gone would leave
-a live order nobody tracks.
+"Unknown order" from a cancel is success (already gone) only when a fetch
+confirms it: a fetch showing the order still open / new / partially filled is a
+conflict (some venues answer -2011 for an order they have not finished routing),
+and a fetch that finds nothing proves nothing for an order we may have placed
+(the venue's query side lags right after acceptance): that stays ``unknown``,
+as does a fetch that cannot answer. Treating either as gone would leave a live
+order nobody tracks, and a replace would then place a second stop beside it.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ class CancelReport:
         return self.outcome in ("canceled", "already_gone")
 
 
-def _outcome_from_fetch(order: VenueOrder | None) -> CancelOutcome:
+def _outcome_from_fetch(order: VenueOrder | None, may_exist: bool) -> CancelOutcome:
     if order is None:
-        return "already_gone"
+        # not found: gone only if it was never placed as far as our journal knows
+        return "unknown" if may_exist else "already_gone"
     if order.is_open:
         return "conflict_open"
     if order.state is OrderState.FILLED:
@@ -54,7 +58,12 @@ async def cancel_order(
     client_order_id: str,
     trigger: bool,
     correlation_id: str,
+    may_exist: bool = True,
+    order_correlation_id: str | None = None,
 ) -> CancelReport:
+    """``may_exist``: our journal says the order may have reached the venue (a lookup that finds
+    nothing is then no proof that it is gone)."""
+
     async def fetch() -> LookupResult:
         return await lookup_order(
             venue,
@@ -76,10 +85,10 @@ async def cancel_order(
             d = classify_order_error_policy(e)
             if d.policy is Policy.IDEMPOTENT_SAFE:
                 res = await fetch()
-                outcome = _outcome_from_fetch(res.order) if res.known else "already_gone"
+                outcome = _outcome_from_fetch(res.order, may_exist) if res.known else "unknown"
                 reason = d.reason if res.known else f"{d.reason}:unverified"
                 report = CancelReport(outcome, res.order, reason, d.code)
-                if outcome != "conflict_open":
+                if outcome not in ("conflict_open", "unknown"):
                     break
             elif d.retryable:
                 report = CancelReport("unknown", None, d.reason, d.code)
@@ -108,12 +117,16 @@ async def cancel_order(
             res = await fetch()
             if res.known and res.order is not None and res.order.state is OrderState.CANCELED:
                 report = CancelReport("canceled", res.order, "venue_ack+fetch")
-            elif res.known:
-                report = CancelReport(_outcome_from_fetch(res.order), res.order, "venue_ack+fetch")
+            elif res.known and res.order is not None:
+                report = CancelReport(_outcome_from_fetch(res.order, may_exist), res.order, "venue_ack+fetch")
             else:
+                # the venue acknowledged this very cancel (a bare ack is its success answer), the fetch
+                # could not add the status: a triggered or filled order answers -2011, never an ack
                 report = CancelReport("canceled", order, "venue_ack:unverified")
         else:
-            report = CancelReport(_outcome_from_fetch(order), order, f"venue_status:{order.venue_status}")
+            report = CancelReport(
+                _outcome_from_fetch(order, may_exist), order, f"venue_status:{order.venue_status}"
+            )
         break
     CANCELS.labels(report.outcome).inc()
     await sink.emit(
@@ -122,6 +135,7 @@ async def cancel_order(
             client_order_id=client_order_id,
             symbol=symbol,
             outcome=report.outcome,
+            order_correlation_id=order_correlation_id,
             status=report.order.venue_status if report.order else None,
             filled_qty=report.order.filled if report.order else None,
             reason=report.reason,

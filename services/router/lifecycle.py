@@ -23,6 +23,8 @@ class Lifecycle:
         self.last_order: VenueOrder | None = None
         self.reason = ""
         self.leverage: int | None = None
+        # unix time from which "not found" means absent: the last send can no longer be accepted
+        self.absent_after: float | None = None
 
     async def move(
         self,

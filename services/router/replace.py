@@ -80,6 +80,7 @@ async def cancel_replace_order(
     *,
     max_attempts: int,
     strict: bool = True,
+    old_may_exist: bool = True,
 ) -> ReplaceOutcome:
     m = ReplaceMachine(intent, sink, strict=strict)
     symbol = intent.new_order.symbol
@@ -95,6 +96,7 @@ async def cancel_replace_order(
             client_order_id=intent.old_client_order_id,
             trigger=intent.old_is_trigger,
             correlation_id=intent.correlation_id,
+            may_exist=old_may_exist,
         )
         if report.outcome == "filled":
             await m.move(ReplaceState.FILLED_AFTER_CANCEL, "old order filled before the cancel")

@@ -58,6 +58,12 @@ class Budget:
     def elapsed(self) -> float:
         return self.clock() - self.t0
 
+    def delay_towards(self, tries: int, until: float) -> float | None:
+        """Backoff while waiting for a moment on the wall clock (a request's validity deadline), never
+        sleeping past it by more than a hair; attempts do not limit it, only the elapsed cap does."""
+        d = min(self.policy.delay(tries, self.rng), max(until - time.time(), 0.0) + 0.001)
+        return d if self.elapsed() + d <= self.policy.max_elapsed_sec else None
+
     def next_delay(self, tries: int, decision: ErrorDecision | None = None) -> float | None:
         """Delay before the next attempt, or None when the budget is spent.
 

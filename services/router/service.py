@@ -1,9 +1,11 @@
 """Router service: JetStream intents in, ccxt orders out, every step journaled.
 
 Thin shell: decoding, ordering and dead-lettering are in ``ConsumerLoop``; the
-decisions are in ``policy`` / ``submit`` / ``cancel`` / ``replace``. What lives
-here is the wiring, the in-memory registry of recent orders, and the resolver
-that keeps asking the venue about orders whose outcome is still unknown.
+decisions are in ``policy`` / ``submit`` / ``cancel`` / ``replace`` / ``ledger``.
+What lives here is the wiring, the in-memory registry of recent orders, the
+intent ledger (every intent's last journaled state: an intent is never sent
+twice, whatever the bus redelivers), and the resolver that keeps asking the
+venue about orders whose outcome is still unknown.
 """
 
 from __future__ import annotations
@@ -16,16 +18,25 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 
+import nats.js.errors
 from fastapi import FastAPI, HTTPException
 
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
 from libs.common.error_policy import classify_order_error_policy
-from libs.common.exchange import limits_from_settings, make_exchange
+from libs.common.exchange import exchange_from_settings
 from libs.common.guard import GuardView
+from libs.common.journal import EventSink
 from libs.common.logs import log_event
 from libs.common.marks import MarkCache
-from libs.common.messages import BusMessage, CancelIntent, OrderIntent, ReplaceIntent
+from libs.common.messages import (
+    BusMessage,
+    CancelIntent,
+    OrderIntent,
+    OrderTransition,
+    ReplaceIntent,
+    decode,
+)
 from libs.common.retry import RetryPolicy
 from libs.common.service import Service
 from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
@@ -33,11 +44,13 @@ from libs.common.telemetry import (
     INTENT_LATENCY,
     INTENTS,
     LEVERAGE_CAPPED,
+    NOT_RESENT,
     ORDERS,
     POLICY_BLOCKS,
     UNKNOWN_ORDERS,
 )
 from services.router.cancel import cancel_order
+from services.router.ledger import MAY_EXIST, Admission, IntentLedger, LedgerEntry, LedgerSink, admit
 from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_intent
 from services.router.policy import entry_policy
@@ -47,6 +60,7 @@ from services.router.submit import OrderSubmitter
 from services.router.venue import Venue
 
 REGISTRY_SIZE = 10_000
+RECOVERY_HOURS = 24.0  # the journal window the ledger is loaded from at boot
 
 
 class RouterService(Service):
@@ -73,14 +87,12 @@ class RouterService(Service):
         )
         self.rng = rng or random.Random()
         self.venue = Venue(
-            make_exchange(
-                api_url=exchange_settings.api_url,
-                api_key=exchange_settings.api_key.get_secret_value(),
-                api_secret=exchange_settings.api_secret.get_secret_value(),
-                timeout_ms=exchange_settings.timeout_ms,
-                venue_limits=limits_from_settings(exchange_settings),
-            )
+            exchange_from_settings(exchange_settings),
+            ambiguity_margin_ms=exchange_settings.ambiguity_margin_ms,
         )
+        # complete from boot on; _load_ledger extends it back over the journal's recovery window
+        self.ledger = IntentLedger(RECOVERY_HOURS * 3600, complete_since=time.time())
+        self.sink: EventSink  # the journal, recording every transition in the ledger too (prepare)
         self.venue_limits = self.venue.ex.venue_limits
         # the notional cap's price: the venue's mark, read by the router itself (never an intent's number)
         self.marks = MarkCache(
@@ -100,7 +112,9 @@ class RouterService(Service):
     # ------------------------------------------------------------------ wiring
 
     async def prepare(self) -> None:
-        await self._recover_unknown_from_journal()
+        assert self.journal
+        self.sink = LedgerSink(self.journal, self.ledger)
+        await self._load_ledger()
 
     async def run_tasks(self) -> list[Awaitable[None]]:
         assert self.js and self.publisher and self.nc
@@ -173,9 +187,30 @@ class RouterService(Service):
             # already handled in this process (redelivery after a lost ack): nothing to send
             self._count("duplicate_delivery")
             return
-        life = Lifecycle(intent, self.journal)
+        entry = self.ledger.get(intent.client_order_id) or await self._journaled(intent)
+        admission = admit(entry.state if entry else None)
+        if admission in (Admission.OPEN, Admission.SETTLED):
+            # journaled as resting or ended: sending it again could only place it twice
+            assert entry is not None
+            self._count(f"not_resent_{admission.value}")
+            NOT_RESENT.labels(admission.value).inc()
+            log_event(
+                self.log,
+                "order.not_resent",
+                logging.WARNING,
+                correlation_id=intent.correlation_id,
+                client_order_id=intent.client_order_id,
+                state=entry.state.value,
+                redelivered=delivery.redelivered,
+            )
+            if admission is Admission.OPEN:
+                self._remember(Lifecycle(intent, self.sink, state=entry.state))
+            return
+        life = Lifecycle(intent, self.sink, state=entry.state if entry else OrderState.CREATED)
+        if entry is not None:  # sent before, by us or a predecessor: void a recvWindow after that
+            life.absent_after = self.venue.absent_after(entry.at)
         self._remember(life)
-        outcome = await OrderSubmitter(self.venue, self.journal).submit(
+        outcome = await OrderSubmitter(self.venue, self.sink).submit(
             life, self.budget(), redelivered=delivery.redelivered, gate=self._gate
         )
         INTENT_LATENCY.observe(time.perf_counter() - t0)
@@ -226,7 +261,7 @@ class RouterService(Service):
                 if delay is None:
                     return f"leverage_not_set:{d.reason}"
                 tries = await emit_retry_and_wait(
-                    self.journal,
+                    self.sink,
                     budget,
                     operation="leverage",
                     decision=d,
@@ -242,14 +277,17 @@ class RouterService(Service):
         life = self.orders.get(msg.client_order_id)
         if life is not None and life.state in (OrderState.ACKED, OrderState.PARTIALLY_FILLED):
             await life.move(OrderState.CANCEL_PENDING, msg.reason or "cancel requested")
+        entry = self.ledger.get(msg.client_order_id)
         report = await cancel_order(
             self.venue,
-            self.journal,
+            self.sink,
             self.budget(),
             symbol=msg.symbol,
             client_order_id=msg.client_order_id,
             trigger=msg.is_trigger,
             correlation_id=msg.correlation_id,
+            may_exist=entry is not None and entry.state in MAY_EXIST,
+            order_correlation_id=entry.correlation_id if entry else None,
         )
         self._count(f"cancel_{report.outcome}")
         if life is None or life.state is not OrderState.CANCEL_PENDING:
@@ -270,15 +308,31 @@ class RouterService(Service):
 
     async def on_replace(self, msg: ReplaceIntent) -> None:
         INTENTS.labels(self.name, "replace", msg.new_order.bucket.value).inc()
-        submitter = OrderSubmitter(self.venue, self.journal)
+        new = self.ledger.get(msg.new_order.client_order_id) or await self._journaled(msg.new_order)
+        if new is not None:
+            # the replacement was sent before (this replace delivered again): never place it twice
+            self._count("replace_not_repeated")
+            NOT_RESENT.labels(admit(new.state).value).inc()
+            log_event(
+                self.log,
+                "order.replace_not_repeated",
+                logging.WARNING,
+                correlation_id=msg.correlation_id,
+                new_client_order_id=msg.new_order.client_order_id,
+                state=new.state.value,
+            )
+            return
+        old = self.ledger.get(msg.old_client_order_id)
+        submitter = OrderSubmitter(self.venue, self.sink)
         outcome = await cancel_replace_order(
             self.venue,
-            self.journal,
+            self.sink,
             submitter,
             msg,
             self.budget(),
             max_attempts=self.settings.cancel_replace_max_attempts,
             strict=self.settings.replace_strict_transitions,
+            old_may_exist=old is None or old.state in MAY_EXIST,
         )
         self._count(f"replace_{outcome.state.value}")
         if outcome.new_lifecycle is not None:
@@ -306,35 +360,69 @@ class RouterService(Service):
     async def resolve_once(self, life: Lifecycle) -> None:
         intent = life.intent
         single_try = self.budget(RetryPolicy(max_attempts=1))
-        res = await lookup_intent(self.venue, self.journal, single_try, intent)
+        started = time.time()
+        res = await lookup_intent(self.venue, self.sink, single_try, intent)
         if not res.known:
             return
         if res.order is None:
+            if life.absent_after is None or started < life.absent_after:
+                return  # not found *yet*: the last send can still be accepted
             # never reached the venue: the intent failed; protection gaps are the reconciler's to repair
             await life.move(OrderState.FAILED, "resolver: not on venue")
         else:
             await life.settle(res.order, "resolver")
         log_event(self.log, "order.resolved", correlation_id=intent.correlation_id, state=life.state.value)
 
-    async def _recover_unknown_from_journal(self, hours: float = 24.0) -> None:
-        """At boot: intents whose last journaled state is UNKNOWN go back to the resolver."""
+    async def _load_ledger(self) -> None:
+        """At boot: every intent's last journaled state goes into the ledger; intents whose outcome is
+        still open go back to the resolver. If the journal cannot be read the ledger covers only what
+        this process sees: older intents are then checked one by one (``_journaled``)."""
+        boot = time.time()
         try:
-            timelines = await self.recent_timelines(hours)
+            timelines = await self.recent_timelines(RECOVERY_HOURS)
         except Exception as e:
             log_event(self.log, "router.recover_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
             return
+        self.ledger.complete_since = boot - RECOVERY_HOURS * 3600
         recovered = 0
         for t in timelines.values():
-            if t.intent is None or t.state is None:
+            if t.intent is None:
                 continue
-            if t.state is OrderState.UNKNOWN:
-                life = Lifecycle(t.intent, self.journal, state=OrderState.UNKNOWN)
+            cid = t.intent.client_order_id
+            if t.state is None:
+                # journaled as an intent but no transition survived: a predecessor may have sent it
+                # just before it died, so it counts as sent at the latest now
+                self.ledger.record(cid, OrderState.SUBMITTING, boot, t.correlation_id)
+                continue
+            at = (t.state_ts_ms or 0) / 1000
+            self.ledger.record(cid, t.state, at, t.correlation_id)
+            if admit(t.state) is Admission.RESOLVE:
+                life = Lifecycle(t.intent, self.sink, state=t.state)
+                if t.state is not OrderState.UNKNOWN:
+                    await life.move(OrderState.UNKNOWN, "recovered at boot")
+                life.absent_after = self.venue.absent_after(at)
                 self._remember(life)
                 self._track_unknown(life)
                 recovered += 1
             elif t.state in OPEN_ORDER_STATES:
-                self._remember(Lifecycle(t.intent, self.journal, state=t.state))
+                self._remember(Lifecycle(t.intent, self.sink, state=t.state))
         log_event(self.log, "router.recovered", unknown=recovered, intents=len(timelines))
+
+    async def _journaled(self, intent: OrderIntent) -> LedgerEntry | None:
+        """An intent the ledger does not know: never handled, unless it predates what the ledger covers
+        (then the journal itself is asked: one direct get of its last transition)."""
+        if self.ledger.covers(intent.ts_ms / 1000):
+            return None
+        assert self.js
+        subject = f"{self.nats_settings.subject_prefix}.order.transition.{intent.correlation_id}"
+        try:
+            raw = await self.js.get_last_msg(self.nats_settings.stream, subject)
+        except nats.js.errors.NotFoundError:
+            # no transition on record, and too old for the ledger to vouch for: treat it as maybe sent
+            return LedgerEntry(OrderState.SUBMITTING, time.time(), intent.correlation_id)
+        t = decode(self.nats_settings.subject_prefix, raw.subject, raw.data or b"")
+        assert isinstance(t, OrderTransition)
+        return LedgerEntry(t.to_state, t.ts_ms / 1000, t.correlation_id)
 
     # ------------------------------------------------------------------ REST
 

@@ -3,9 +3,12 @@
 Rules, in the order they matter:
 1. After any failure whose outcome is ambiguous (timeout, 5xx, -1007, a
    redelivered intent after a crash, -4116 duplicate id) the order is looked up
-   by client id before anything is resent. If the lookup itself cannot answer,
-   the intent stays UNKNOWN and is handed to the resolver; it is never resent
-   blind.
+   by client id before anything is resent. "Not found" is only "not found yet"
+   until the original request can no longer be accepted (its timestamp +
+   recvWindow + a margin: ``Lifecycle.absent_after``): until then the lookup is
+   repeated with backoff, and the lookup that decides starts after that moment.
+   If the lookups cannot answer in the budget, the intent stays UNKNOWN and is
+   handed to the resolver; it is never resent blind.
 2. Retries are bounded by attempts and by an elapsed cap; each retry emits
    exactly one ``order.retry``.
 3. Errors the policy calls fatal end the intent as REJECTED at once.
@@ -57,6 +60,10 @@ def as_market_exit(intent: OrderIntent) -> OrderIntent:
     )
 
 
+# a lookup found nothing while the last send could still be accepted: look again, do not resend
+NOT_FOUND_YET = ErrorDecision(Policy.RETRYABLE, "not_found_yet", -2013, "OrderNotFound")
+
+
 class OrderSubmitter:
     def __init__(self, venue: Venue, sink: EventSink) -> None:
         self.venue, self.sink = venue, sink
@@ -72,9 +79,14 @@ class OrderSubmitter:
         """Drive ``life`` to a settled state. ``gate`` runs once, right before the first send."""
         intent = life.intent
         qty = intent.qty
-        if redelivered and life.state is OrderState.CREATED:
+        if life.state in (OrderState.SUBMITTING, OrderState.RETRY_WAIT) or (
+            redelivered and life.state is OrderState.CREATED
+        ):
             # we may have sent it before a crash: find out before sending again
             await life.move(OrderState.UNKNOWN, "redelivered")
+        if life.state is OrderState.UNKNOWN and life.absent_after is None:
+            # sent at some unknown moment before now: void at the latest one recvWindow from now
+            life.absent_after = self.venue.absent_after(time.time())
         if life.state is OrderState.UNKNOWN:
             found = await self._resolve(life, budget, intent)
             if found is not None:
@@ -89,6 +101,7 @@ class OrderSubmitter:
             tries += 1
             life.attempt = tries
             await life.move(OrderState.SUBMITTING, f"attempt {tries}")
+            life.absent_after = self.venue.absent_after(time.time())
             t = time.perf_counter()
             try:
                 order = await self.venue.create(intent, qty)
@@ -134,14 +147,35 @@ class OrderSubmitter:
             return SubmitOutcome(life.state, "venue", life)
 
     async def _resolve(self, life: Lifecycle, budget: Budget, intent: OrderIntent) -> SubmitOutcome | None:
-        """From UNKNOWN: settle if the venue has the order, park if it cannot say, None if absent."""
-        res = await lookup_intent(self.venue, self.sink, budget, intent)
-        if not res.known:
-            return SubmitOutcome(OrderState.UNKNOWN, f"lookup_failed:{res.reason}", life)
-        if res.order is None:
-            return None
-        await life.settle(res.order, "found_by_client_id")
-        return SubmitOutcome(life.state, "found_by_client_id", life)
+        """From UNKNOWN: settle if the venue has the order, park if it cannot say, None once it is proven
+        absent: not found by a lookup that started after the last send became void."""
+        tries = 0
+        while True:
+            started = time.time()
+            res = await lookup_intent(self.venue, self.sink, budget, intent)
+            if not res.known:
+                return SubmitOutcome(OrderState.UNKNOWN, f"lookup_failed:{res.reason}", life)
+            if res.order is not None:
+                await life.settle(res.order, "found_by_client_id")
+                return SubmitOutcome(life.state, "found_by_client_id", life)
+            deadline = life.absent_after or 0.0
+            if started >= deadline:
+                return None
+            tries += 1
+            delay = budget.delay_towards(tries, deadline)
+            if delay is None:  # the resolver keeps asking, and decides after the deadline
+                return SubmitOutcome(OrderState.UNKNOWN, NOT_FOUND_YET.reason, life)
+            await emit_retry_and_wait(
+                self.sink,
+                budget,
+                operation="fetch",
+                decision=NOT_FOUND_YET,
+                tries=tries,
+                delay=delay,
+                correlation_id=intent.correlation_id,
+                client_order_id=intent.client_order_id,
+                symbol=intent.symbol,
+            )
 
     async def _modify(
         self, life: Lifecycle, budget: Budget, intent: OrderIntent, qty: float | None, d: ErrorDecision

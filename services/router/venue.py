@@ -16,6 +16,7 @@ import ccxt
 from libs.common.marks import read_mark
 from libs.common.messages import OrderIntent
 from libs.common.state_machine import OrderState
+from services.router.ledger import absent_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ def create_order_args(
 class Venue:
     """Async calls against one ccxt exchange. Raises ccxt exceptions unchanged."""
 
-    def __init__(self, exchange: ccxt.Exchange) -> None:
+    def __init__(self, exchange: ccxt.Exchange, *, ambiguity_margin_ms: int = 1000) -> None:
         self.ex = exchange
         self._markets_loaded = False
 
@@ -102,6 +103,12 @@ class Venue:
         typ, side, amount, price, params = create_order_args(intent, qty)
         if amount is None:
             # closePosition stops carry no quantity; ccxt still wants a number it will drop
+        self.ambiguity_margin_ms = ambiguity_margin_ms
+
+    def absent_after(self, sent_at: float) -> float:
+        """Unix time from which a request sent at ``sent_at`` is void at the venue (its recvWindow)."""
+        recv_window_ms = int(self.ex.options.get("recvWindow") or 5000)
+        return absent_after(sent_at, recv_window_ms, self.ambiguity_margin_ms)
             amount = 0.0
         order = await self.ex.create_order(intent.symbol, typ, side, amount, price, params)
         return venue_order_from_ccxt(order, intent.client_order_id)

@@ -1,0 +1,259 @@
+"""Never placed twice, never replaced blind (issue 8, items 1-3 and 9), against the strict simulator.
+
+Each scenario is one that broke before: a create delayed in transit past the HTTP timeout and
+then executed; a filled exit published again after a router restart; a replace whose cancel
+could not be verified.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.common.ids import Bucket
+from libs.common.messages import CancelReplaceGiveup, CancelResult
+from libs.common.state_machine import OrderState, ReplaceState
+from tests.integration.helpers import (
+    BTC_ID,
+    cancel_for,
+    creates,
+    make_intent,
+    path_of,
+    replace_for,
+    retries,
+    settled,
+    stop_intent,
+)
+
+pytestmark = pytest.mark.integration
+
+S = OrderState
+
+
+def venue_orders(sim, cid: str) -> list[dict]:
+    st = sim.state()
+    return [o for o in st["orders"] if o["clientOrderId"] == cid] + [
+        a for a in st["algo_orders"] if a["clientAlgoId"] == cid
+    ]
+
+
+# ----------------------------------------------------------------------------- 1. ambiguity ends at the deadline
+
+
+async def test_create_delayed_past_the_http_timeout_is_found_not_resent(bus, sim, router_factory):
+    """The request arrives after the client gave up, inside its recvWindow: the venue executes it.
+    Lookups answer -2013 meanwhile; the router must keep looking, not resend."""
+    await router_factory(timeout_ms=300)
+    sim.add_fault(kind="latency", method="POST", path="/fapi/v1/order", count=1, delay_ms=800)
+    intent = make_intent()
+    await bus.publish(intent)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED, S.FAILED, S.UNKNOWN, S.REJECTED))
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED, S.FAILED))
+    assert t.to_state is S.FILLED and t.reason == "found_by_client_id"
+    assert len(venue_orders(sim, intent.client_order_id)) == 1
+    assert len(creates(sim, intent.client_order_id)) == 1  # never resent
+    assert sim.position(BTC_ID) == pytest.approx(0.01)
+    not_yet = [r for r in retries(bus.tap, intent, "fetch") if r.reason == "not_found_yet"]
+    assert not_yet, "the -2013 answers before the delayed create landed were 'not found yet'"
+
+
+async def test_accepted_order_hidden_by_query_lag_is_not_resent(bus, sim, router_factory):
+    """Timeout after the venue accepted, and lookups answer -2013 for a while (query lag)."""
+    await router_factory(timeout_ms=300)
+    sim.add_fault(kind="timeout_after_accept", method="POST", path="/fapi/v1/order", count=1, delay_ms=600)
+    sim.add_fault(kind="query_lag", method="POST", path="/fapi/v1/order", count=1, delay_ms=1_000)
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED, S.FAILED, S.FILLED))
+    assert t.to_state is S.ACKED and t.reason == "found_by_client_id"
+    assert len(venue_orders(sim, intent.client_order_id)) == 1
+    assert len(creates(sim, intent.client_order_id)) == 1
+
+
+async def test_a_create_that_never_arrived_is_sent_again_only_after_its_window(bus, sim, router_factory):
+    """A 503 before handling: absent, but only provably so once the request is void; then one resend."""
+    router = await router_factory()
+    sim.add_fault(kind="http_error", method="POST", path="/fapi/v1/order", count=1, status=503)
+    intent = make_intent()
+    await bus.publish(intent)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED, S.FAILED))
+    assert t.to_state is S.FILLED
+    posts = creates(sim, intent.client_order_id)
+    assert len(posts) == 2 and len(venue_orders(sim, intent.client_order_id)) == 1
+    gap_sec = posts[1]["ts"] - posts[0]["ts"]
+    window_sec = (
+        router.exchange_settings.recv_window_ms + router.exchange_settings.ambiguity_margin_ms
+    ) / 1000
+    assert gap_sec >= window_sec  # the resend waited until the first request could no longer land
+
+
+# ----------------------------------------------------------------------------- 2. the intent ledger
+
+
+async def test_filled_exit_published_again_after_a_restart_is_not_sent(bus, sim, router_factory):
+    sim.set_position(BTC_ID, 0.02)
+    first = await router_factory()
+    exit_ = make_intent(Bucket.EXIT, side="sell", qty=0.01)
+    await bus.publish(exit_)
+    await bus.tap.wait_for(lambda: settled(bus.tap, exit_, S.FILLED))
+    await first.stop()
+    second = await router_factory()
+    await bus.publish(exit_)  # same intent, new message id
+    await bus.publish(exit_)
+    await second.consumer.wait_until(lambda: second.counts.get("not_resent_settled", 0) == 2)
+    assert len(creates(sim, exit_.client_order_id)) == 1
+    assert sim.position(BTC_ID) == pytest.approx(0.01)  # sold once
+
+
+async def test_republished_in_the_same_process_is_not_sent(bus, sim, router_factory):
+    router = await router_factory()
+    intent = make_intent()
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
+    await bus.publish(intent)
+    await router.consumer.wait_until(lambda: router.counts.get("duplicate_delivery", 0) == 1)
+    assert len(creates(sim, intent.client_order_id)) == 1
+
+
+async def test_resting_order_republished_after_restart_is_tracked_not_sent(bus, sim, router_factory):
+    first = await router_factory()
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    await first.stop()
+    second = await router_factory()
+    await bus.publish(intent)
+    # known from the boot replay as resting: handled as a duplicate, never sent
+    await second.consumer.wait_until(
+        lambda: second.counts.get("not_resent_open", 0) + second.counts.get("duplicate_delivery", 0) == 1
+    )
+    assert second.orders[intent.client_order_id].state is S.ACKED  # a cancel will find it
+    assert len(creates(sim, intent.client_order_id)) == 1
+
+
+async def test_a_replace_delivered_again_does_not_place_its_stop_twice(bus, sim, router_factory):
+    sim.set_position(BTC_ID, 0.02)
+    router = await router_factory()
+    old = stop_intent("sell", 45_000.0)
+    await bus.publish(old)
+    await bus.tap.wait_for(lambda: settled(bus.tap, old, S.ACKED))
+    new = stop_intent("sell", 46_000.0)
+    rep = replace_for(old, new)
+    await bus.publish(rep)
+    await bus.tap.wait_for(lambda: settled(bus.tap, new, S.ACKED))
+    sim.fill(BTC_ID, new.client_order_id)  # the new stop triggers and fills
+    await bus.publish(rep)  # delivered again (new message id)
+    await router.consumer.wait_until(lambda: router.counts.get("replace_not_repeated", 0) == 1)
+    assert len(creates(sim, new.client_order_id, "/fapi/v1/algoOrder")) == 1
+
+
+# ----------------------------------------------------------------------------- 3. replace only after the fate is known
+
+
+async def test_unverifiable_cancel_gives_up_the_replace_without_a_second_stop(bus, sim, router_factory):
+    """The cancel answers -2011 while every lookup answers 503: the old stop may still rest."""
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory(cancel_replace_max_attempts=2)
+    old = stop_intent("sell", 45_000.0)
+    await bus.publish(old)
+    await bus.tap.wait_for(lambda: settled(bus.tap, old, S.ACKED))
+    sim.add_fault(
+        kind="binance_error",
+        method="DELETE",
+        path="/fapi/v1/algoOrder",
+        count=None,
+        code=-2011,
+        msg="Unknown order sent.",
+    )
+    sim.add_fault(kind="http_error", method="GET", path="/fapi/v1/algoOrder", count=None, status=503)
+    new = stop_intent("sell", 46_000.0)
+    await bus.publish(replace_for(old, new))
+    g = await bus.tap.wait_for(
+        lambda: bus.tap.of(CancelReplaceGiveup, old_client_order_id=old.client_order_id)
+    )
+    assert g[0].state is ReplaceState.CANCEL_SENT_UNKNOWN
+    assert creates(sim, new.client_order_id, "/fapi/v1/algoOrder") == []  # never placed
+    sim.clear_faults()
+    live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
+    assert [a["clientAlgoId"] for a in live] == [old.client_order_id]  # one stop, the old one
+    outcomes = [r.outcome for r in bus.tap.of(CancelResult, client_order_id=old.client_order_id)]
+    assert outcomes and set(outcomes) == {"unknown"}
+
+
+async def test_cancel_of_an_order_hidden_by_query_lag_is_not_reported_gone(bus, sim, router_factory):
+    """-2011 from the cancel and -2013 from the lookup while the order we placed still rests."""
+    router = await router_factory(retry_max_elapsed_sec=1.0)
+    sim.add_fault(kind="query_lag", method="POST", path="/fapi/v1/order", count=1, delay_ms=60_000)
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    await bus.publish(cancel_for(intent))
+    r = await bus.tap.wait_for(lambda: bus.tap.of(CancelResult, client_order_id=intent.client_order_id))
+    assert r[0].outcome == "unknown"  # not "already_gone": the venue still holds it
+    assert r[0].order_correlation_id == intent.correlation_id
+    await bus.tap.wait_for(lambda: path_of(bus.tap, intent)[-1] == "UNKNOWN")
+    assert intent.client_order_id in router.unknown  # the resolver keeps asking
+    assert venue_orders(sim, intent.client_order_id)[0]["status"] == "NEW"
+
+
+async def test_bare_ack_of_an_algo_cancel_is_cross_checked(bus, sim, router_factory):
+    """Binance answers an algo cancel with a bare ack; the fetch after it shows the stop filled first."""
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory()
+    stop = stop_intent("sell", 45_000.0)
+    await bus.publish(stop)
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.ACKED))
+    sim.add_fault(kind="fill_after_cancel_ack", method="DELETE", path="/fapi/v1/algoOrder", count=1)
+    await bus.publish(cancel_for(stop))
+    r = await bus.tap.wait_for(lambda: bus.tap.of(CancelResult, client_order_id=stop.client_order_id))
+    assert (r[0].outcome, r[0].reason) == ("filled", "venue_ack+fetch")
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.FILLED))
+
+
+# ----------------------------------------------------------------------------- 9. leftovers
+
+
+async def test_cancel_result_carries_the_orders_correlation_id(bus, sim, router_factory):
+    await router_factory()
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    cancel = cancel_for(intent).model_copy(update={"correlation_id": "operatorcancel1"})
+    await bus.publish(cancel)
+    r = await bus.tap.wait_for(lambda: bus.tap.of(CancelResult, client_order_id=intent.client_order_id))
+    assert (r[0].correlation_id, r[0].order_correlation_id) == ("operatorcancel1", intent.correlation_id)
+
+
+async def test_minus_1021_resyncs_the_clock_then_sends(bus, sim, router_factory):
+    await router_factory()
+    sim.add_fault(
+        kind="binance_error",
+        method="POST",
+        path="/fapi/v1/order",
+        count=1,
+        code=-1021,
+        msg="Timestamp for this request is outside of the recvWindow.",
+    )
+    intent = make_intent()
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
+    log = sim.requests_log()
+    refused = next(i for i, r in enumerate(log) if r["code"] == -1021)
+    assert any(r["path"] == "/fapi/v1/time" for r in log[refused:]), "no clock resync after -1021"
+    assert [r.reason for r in retries(bus.tap, intent, "create")] == ["timestamp_outside_recv_window"]
+
+
+async def test_replace_transitions_strict_mode_raises_on_an_invalid_sequence():
+    from libs.common.journal import MemorySink
+    from libs.common.state_machine import TransitionError
+    from services.router.replace import ReplaceMachine
+
+    m = ReplaceMachine(replace_for(stop_intent("sell", 1.0), stop_intent("sell", 2.0)), MemorySink())
+    await m.move(ReplaceState.DONE)
+    with pytest.raises(TransitionError):
+        await m.move(ReplaceState.REPLACE_RACE)  # nothing leaves DONE
+    lax = ReplaceMachine(
+        replace_for(stop_intent("sell", 1.0), stop_intent("sell", 2.0)), MemorySink(), strict=False
+    )
+    await lax.move(ReplaceState.DONE)
+    await lax.move(ReplaceState.REPLACE_RACE)  # logged, not raised
+    assert lax.state is ReplaceState.REPLACE_RACE
