@@ -66,7 +66,13 @@ def venue_order_from_ccxt(order: dict[str, Any], client_order_id: str) -> VenueO
     )
 
 
-_CCXT_TYPE = {"market": "market", "limit": "limit", "stop_market": "market", "take_profit_market": "market"}
+_CCXT_TYPE = {
+    "market": "market",
+    "limit": "limit",
+    "stop_market": "market",
+    "take_profit_market": "market",
+    "trailing_stop_market": "market",  # ccxt picks TRAILING_STOP_MARKET from trailingPercent
+}
 
 
 def create_order_args(
@@ -82,6 +88,11 @@ def create_order_args(
         params["stopLossPrice"] = intent.stop_price
     elif intent.order_type == "take_profit_market":
         params["takeProfitPrice"] = intent.stop_price
+    elif intent.order_type == "trailing_stop_market":
+        # ccxt binanceusdm: callbackRate (percent) and, on the algo endpoint, activatePrice
+        params["trailingPercent"] = intent.callback_rate
+        if intent.activation_price is not None:
+            params["trailingTriggerPrice"] = intent.activation_price
     price = intent.price if intent.order_type == "limit" else None
     return _CCXT_TYPE[intent.order_type], intent.side, qty, price, params
 
