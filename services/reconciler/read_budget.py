@@ -47,6 +47,11 @@ def plan_reads(watched: Iterable[str], *, sweep: bool, with_equity: bool) -> Rea
 SWEEP = ReadPlan(None, False)
 
 
+def average_tick_cost(regular: ReadPlan, equity_every_ticks: int) -> float:
+    """A regular tick's weight with the balance read spread over the ticks that make it."""
+    return ReadPlan(regular.symbols, False).cost + BALANCE_WEIGHT / equity_every_ticks
+
+
 def sweep_reserve_1m(regular: ReadPlan, sweep_every_sec: float) -> float:
     """Weight per minute set aside for sweeps; none when regular ticks read every symbol anyway."""
     return 0.0 if regular.symbols is None else SWEEP.cost * 60.0 / sweep_every_sec
@@ -56,18 +61,21 @@ def next_delay(
     *,
     base_sec: float,
     max_sec: float,
-    tick_cost: int,
+    tick_cost: float,
     used_1m: int | None,
     budget_1m: float,
     reserved_1m: float = 0.0,
+    burst_cost: float | None = None,
 ) -> float:
     """Seconds to the next tick: no faster than ``base_sec``; regular ticks of ``tick_cost`` spend no
     more than what the budget leaves after ``reserved_1m`` (sweeps); longer while the whole IP is over
     budget; never beyond ``max_sec`` (protection must still be checked within a bounded time).
 
-    One tick's cost is held back: a rolling minute can hold one tick more than 60 / delay.
+    ``tick_cost`` is the average tick (balance reads amortised); one tick at its dearest
+    (``burst_cost``) is held back: a rolling minute can hold one tick more than 60 / delay.
     """
-    for_ticks = max(budget_1m - reserved_1m - tick_cost, budget_1m * 0.1)
+    held_back = tick_cost if burst_cost is None else max(burst_cost, tick_cost)
+    for_ticks = max(budget_1m - reserved_1m - held_back, budget_1m * 0.1)
     delay = max(base_sec, tick_cost * 60.0 / for_ticks)
     if used_1m is not None and used_1m > budget_1m:
         delay *= used_1m / budget_1m

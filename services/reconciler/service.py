@@ -47,7 +47,13 @@ from libs.common.telemetry import (
     UNPROTECTED_TIME,
 )
 from services.reconciler.belief import Belief
-from services.reconciler.read_budget import ReadPlan, next_delay, plan_reads, sweep_reserve_1m
+from services.reconciler.read_budget import (
+    ReadPlan,
+    average_tick_cost,
+    next_delay,
+    plan_reads,
+    sweep_reserve_1m,
+)
 from services.reconciler.rebuild import rebuild
 from services.reconciler.tick import (
     ReconcileConfig,
@@ -298,7 +304,8 @@ class ReconcilerService(Service):
         self.next_delay_sec = next_delay(
             base_sec=s.interval_sec,
             max_sec=s.max_interval_sec,
-            tick_cost=regular.cost,
+            tick_cost=average_tick_cost(regular, s.equity_every_ticks),
+            burst_cost=ReadPlan(regular.symbols, True).cost,
             used_1m=self.ex.venue_limits.used_weight_1m,
             budget_1m=s.weight_budget_share * s.venue_weight_limit_1m,
             reserved_1m=sweep_reserve_1m(regular, s.sweep_every_sec),

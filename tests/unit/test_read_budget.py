@@ -2,7 +2,14 @@
 
 import pytest
 
-from services.reconciler.read_budget import SWEEP, ReadPlan, next_delay, plan_reads, sweep_reserve_1m
+from services.reconciler.read_budget import (
+    SWEEP,
+    ReadPlan,
+    average_tick_cost,
+    next_delay,
+    plan_reads,
+    sweep_reserve_1m,
+)
 
 
 def test_per_symbol_when_cheaper_every_symbol_on_a_sweep():
@@ -52,3 +59,13 @@ def test_sweeps_are_paid_from_a_reserve():
     assert (regular.cost * 60 / d) + regular.cost + reserve == pytest.approx(600)  # one tick held back
     every = plan_reads({f"S{i}" for i in range(45)}, sweep=False, with_equity=False)
     assert sweep_reserve_1m(every, 30.0) == 0  # every tick is a sweep already
+
+
+def test_balance_reads_are_amortised_and_the_dearest_tick_held_back():
+    every = plan_reads({f"S{i}" for i in range(50)}, sweep=False, with_equity=True)
+    avg = average_tick_cost(every, equity_every_ticks=5)
+    assert avg == 85 + 1  # the 5-weight balance read every 5th tick
+    d = next_delay(
+        base_sec=1.0, max_sec=60.0, tick_cost=avg, burst_cost=every.cost, used_1m=None, budget_1m=600
+    )
+    assert (int(60 / d) + 1) * every.cost <= 600  # even if every tick in a window read the balance
