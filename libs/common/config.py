@@ -183,7 +183,10 @@ class ReconcilerSettings(_Base):
     http_port: int = Field(8102, ge=0, le=65535, description="REST port")
     interval_sec: float = Field(1.0, gt=0, description="Shortest time between reconcile ticks")
     max_interval_sec: float = Field(
-        10.0, gt=0, description="Longest time between ticks, whatever the read budget says"
+        12.0,
+        gt=0,
+        description="Longest time between ticks, whatever the read budget says (50 positions need ~10 s "
+        "at 25% of 2,400; below the protection-gap TTL)",
     )
     weight_budget_share: float = Field(
         0.25, gt=0, le=1, description="Share of the venue's request-weight limit the reconciler paces to"
