@@ -35,12 +35,12 @@ from libs.common.messages import (
     SignalDecision,
     Stage1GapAssertion,
 )
+from libs.common.protection import stage1_intents
 from libs.common.service import Service
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 from libs.common.telemetry import ENTRY_BLOCKS, SIGNALS, STAGE1_GAPS
 from services.entry.intents import entry_intent_from_signal
 from services.entry.policy import entry_decision
-from services.entry.protection import stage1_intents
 
 REMEMBER = 10_000
 STOP_FAILED = frozenset({OrderState.REJECTED, OrderState.FAILED, OrderState.BLOCKED})
@@ -266,22 +266,27 @@ class EntryService(Service):
         side = t.side or (ctx.intent.side if ctx else None)
         if side is None:
             return
+        signal = ctx.signal if ctx else None
         intents = stage1_intents(
             entry_intent_id=t.intent_id,
             entry_correlation_id=t.correlation_id,
             symbol=t.symbol,
             entry_side=side,
             fill_price=t.avg_price or 0.0,
-            stop_loss_price=ctx.signal.stop_loss_price if ctx and ctx.signal else None,
-            take_profit_price=ctx.signal.take_profit_price if ctx and ctx.signal else None,
+            # a trailing stop covers the whole entry, not just the first partial fill
+            qty=(ctx.intent.qty if ctx else None) or t.filled_qty,
+            stop_loss_price=signal.stop_loss_price if signal else None,
+            take_profit_price=signal.take_profit_price if signal else None,
             default_stop_pct=self.settings.default_stop_pct,
+            trailing_callback_rate=signal.trailing_callback_rate if signal else None,
+            trailing_activation_price=signal.trailing_activation_price if signal else None,
         )
         if not intents[0].stop_price or intents[0].stop_price <= 0:
             return
         if ctx is not None:
             ctx.protected = True
         for i in intents:
-            if i.bucket is Bucket.SL:
+            if i.order_type == "stop_market":  # the stop-loss is the protection; a trailing stop is extra
                 self.stops[i.client_order_id] = (t.correlation_id, t.symbol)
             try:
                 await self.publisher.publish(i, i.intent_id)
