@@ -178,6 +178,8 @@ def h_new_algo(e: Engine, p: Params) -> Any:
         close_position=_b(p, "closePosition"),
         time_in_force=p.get("timeInForce", "GTC"),
         working_type=p.get("workingType", "CONTRACT_PRICE"),
+        callback_rate=_f(p, "callbackRate"),
+        activate_price=_f(p, "activatePrice"),
     )
     return wire.algo(a)
 

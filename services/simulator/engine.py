@@ -13,6 +13,10 @@ cope with, each at least as strict as Binance USD-M:
 - prices: fills at the book (mark +/- half-spread), never at a marketable limit's
   own price; PERCENT_PRICE band (-4016 / -4024); tick (-4014) and step (-1111);
   minimum notional (-4164); stops that would trigger immediately (-2021);
+- trailing stops (TRAILING_STOP_MARKET): callbackRate 0.1..10 percent (-2007),
+  never close-position (-4136), an activation price already reached refused
+  (-2021); after activation they track the best price and trigger on a retrace
+  of the callback rate;
 - query lag: an accepted order can be invisible to queries for a while (-2013);
 - insufficient margin (-2019).
 Every refusal is raised before the engine changes any state. A lock makes it
@@ -45,6 +49,8 @@ def _bad(code: int, msg: str) -> SimError:
 
 
 CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+TRAILING = "TRAILING_STOP_MARKET"
+CALLBACK_RATE_MIN, CALLBACK_RATE_MAX = 0.1, 10.0  # percent, one decimal
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class AlgoOrder:
     client_id: str
     symbol: str
     side: str
-    order_type: str  # STOP_MARKET / TAKE_PROFIT_MARKET / STOP / TAKE_PROFIT
+    order_type: str  # STOP_MARKET / TAKE_PROFIT_MARKET / STOP / TAKE_PROFIT / TRAILING_STOP_MARKET
     qty: float
     price: float
     trigger_price: float
@@ -110,10 +116,19 @@ class AlgoOrder:
     trigger_time: int = 0
     actual_order_id: int | None = None
     visible_at: int = 0
+    # trailing stops: percent retrace from the best price once activated (price reached activate_price)
+    callback_rate: float = 0.0
+    activate_price: float = 0.0
+    activated: bool = False
+    best_price: float = 0.0
 
     @property
     def open(self) -> bool:
         return self.status == "NEW"
+
+    @property
+    def is_trailing(self) -> bool:
+        return self.order_type == "TRAILING_STOP_MARKET"
 
     @property
     def is_stop(self) -> bool:
@@ -466,15 +481,20 @@ class Engine:
         close_position: bool = False,
         time_in_force: str = "GTC",
         working_type: str = "CONTRACT_PRICE",
+        callback_rate: float | None = None,
+        activate_price: float | None = None,
     ) -> AlgoOrder:
         with self.lock:
             m = self.market(symbol)
             side, order_type = (side or "").upper(), (order_type or "").upper()
             if side not in ("BUY", "SELL"):
                 raise _bad(-1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
-            if order_type not in ("STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT"):
+            if order_type not in ("STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT", TRAILING):
                 raise _bad(-1116, "Invalid orderType.")
-            if trigger_price is None or trigger_price <= 0:
+            trailing = order_type == TRAILING
+            if trailing:
+                trigger_price = self._check_trailing(m, side, close_position, callback_rate, activate_price)
+            elif trigger_price is None or trigger_price <= 0:
                 raise _bad(
                     -1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed."
                 )
@@ -497,8 +517,9 @@ class Engine:
                         -1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed."
                     )
                 self._check_tick(m, price)
-            self._check_tick(m, trigger_price)
-            trigger_price = _round(trigger_price, m.tick)
+            if not trailing:
+                self._check_tick(m, trigger_price)
+                trigger_price = _round(trigger_price, m.tick)
             client_id = client_id or f"simalgo{self._next_id + 1}"
             self._check_client_id(client_id, "clientAlgoId")
             if close_position and self.pos_qty(symbol) == 0:
@@ -520,7 +541,7 @@ class Engine:
                     -4130,
                     "An open stop or take profit order with GTE and closePosition in the direction is existing.",
                 )
-            if self._crossed(symbol, side, order_type, trigger_price):
+            if not trailing and self._crossed(symbol, side, order_type, trigger_price):
                 raise _bad(-2021, "Order would immediately trigger.")
             if close_position:
                 time_in_force = "GTE_GTC"  # how the venue reports close-position orders
@@ -542,8 +563,42 @@ class Engine:
                 working_type,
                 visible_at=now + self.query_lag_ms,
             )
+            if trailing:
+                a.callback_rate = float(callback_rate or 0.0)
+                a.activate_price = float(activate_price or 0.0)
+                # without an activation price it tracks from now, from the current price
+                a.activated = activate_price is None
+                a.best_price = self.prices[symbol] if a.activated else 0.0
             self.algos[a.algo_id] = a
             return a
+
+    def _check_trailing(
+        self,
+        m: Market,
+        side: str,
+        close_position: bool,
+        callback_rate: float | None,
+        activate_price: float | None,
+    ) -> float:
+        """A trailing stop's own rules; returns its (unused) trigger price, 0."""
+        if close_position:
+            raise _bad(-4136, "Target strategy invalid for orderType TRAILING_STOP_MARKET,closePosition true")
+        if callback_rate is None:
+            raise _bad(
+                -1102, "Mandatory parameter 'callbackRate' was not sent, was empty/null, or malformed."
+            )
+        if not (CALLBACK_RATE_MIN <= callback_rate <= CALLBACK_RATE_MAX) or not _on_grid(callback_rate, 0.1):
+            raise _bad(-2007, "Invalid callback rate.")
+        if activate_price is not None:
+            if activate_price <= 0:
+                raise _bad(-4135, "Invalid activation price.")
+            self._check_tick(m, activate_price)
+            px = self.prices[m.symbol]
+            # a sell trailing stop activates when price rises to its activation, a buy one when it falls:
+            # one already there would start at once, which the venue refuses
+            if (side == "SELL" and activate_price <= px) or (side == "BUY" and activate_price >= px):
+                raise _bad(-2021, "Order would immediately trigger.")
+        return 0.0
 
     def _crossed(self, symbol: str, side: str, order_type: str, trigger: float) -> bool:
         px = self.prices[symbol]
@@ -681,9 +736,29 @@ class Engine:
                 if o.executed != before:
                     touched.append(o.order_id)
         for a in list(self.algos.values()):
-            if a.symbol == symbol and a.open and self._crossed(symbol, a.side, a.order_type, a.trigger_price):
+            if not (a.symbol == symbol and a.open):
+                continue
+            if (
+                self._trailed(a)
+                if a.is_trailing
+                else self._crossed(symbol, a.side, a.order_type, a.trigger_price)
+            ):
                 touched.append(self._trigger(a))
         return touched
+
+    def _trailed(self, a: AlgoOrder) -> bool:
+        """Move a trailing stop along with the price; True when it triggers (a retrace of its rate from the
+        best price since activation: the high for a sell, the low for a buy)."""
+        px = self.prices[a.symbol]
+        if not a.activated:
+            if (a.side == "SELL" and px < a.activate_price) or (a.side == "BUY" and px > a.activate_price):
+                return False
+            a.activated, a.best_price = True, px
+        if a.side == "SELL":
+            a.best_price = max(a.best_price, px)
+            return px <= a.best_price * (1 - a.callback_rate / 100) + 1e-9
+        a.best_price = min(a.best_price, px)
+        return px >= a.best_price * (1 + a.callback_rate / 100) - 1e-9
 
     def _trigger(self, a: AlgoOrder) -> int:
         """A triggered conditional order becomes a regular order carrying the same client id."""

@@ -130,7 +130,9 @@ def order(o: Order) -> dict[str, Any]:
 
 
 def algo(a: AlgoOrder) -> dict[str, Any]:
+    trailing = {"activatePrice": num(a.activate_price), "callbackRate": num(a.callback_rate)}
     return {
+        **(trailing if a.is_trailing else {}),
         "algoId": a.algo_id,
         "clientAlgoId": a.client_id,
         "algoType": "CONDITIONAL",
