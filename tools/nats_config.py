@@ -74,7 +74,10 @@ USERS: dict[str, dict[str, list[str]]] = {
         ["reconciler"],
         venue=True,
     ),
-    "risk": service("risk", [f"{PREFIX}.risk.>", f"$KV.{BUCKET}.knobs"], ["risk"]),
+    # the guard knobs, and its own restart state (kill-switch holds, equity peak, halt) beside them
+    "risk": service(
+        "risk", [f"{PREFIX}.risk.>", f"$KV.{BUCKET}.knobs", f"$KV.{BUCKET}.risk.state"], ["risk"]
+    ),
     # strategies: signals in, nothing else
     "strategy": {"publish": [f"{PREFIX}.signal.>"], "subscribe": ["_INBOX.strategy.>"]},
     # operators: signals, replay, tail the bus, read the knobs (halts go through risk's REST API)

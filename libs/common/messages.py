@@ -310,6 +310,11 @@ class HaltCommand(BusMessage):
     action: Literal["halt", "resume"]
     reason: str = Field(min_length=1, max_length=500)
     source: Token
+    command_id: Token | None = Field(
+        None,
+        description="applied once: risk remembers the ids it applied (a command without one is known by "
+        "its stream sequence)",
+    )
 
     def subject_token(self) -> str:
         return self.source

@@ -5,11 +5,17 @@ Each trigger has its own release rule, because each means something different:
   short hold so a flapping condition does not flap entries);
 - a mismatch storm holds the halt for at least KILL_RECONCILE_MISMATCH_HALT_SEC
   and until the streak is back under the threshold;
-- an equity drawdown latches: money was lost, an operator must ``/resume``.
+- an equity drawdown latches: money was lost, an operator must ``/resume``; equity at or below
+  zero is a drawdown whatever the peak (there is nothing left to measure from).
+
+Hold ends are absolute times, so the service can persist ``active`` and ``restore`` it after a
+restart without extending or shortening a hold. A restored trip whose release needs fresh evidence
+(stale data, mismatch storm) stays until the restarted process has seen fresh reconcile data.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -59,6 +65,8 @@ class KillSwitch:
     # trigger -> earliest time it may release (inf = latched)
     active: dict[Trigger, float] = field(default_factory=dict)
     trips: dict[str, int] = field(default_factory=dict)
+    # restored trips of these triggers hold until fresh data shows their condition has cleared
+    awaiting_data: bool = False
 
     def _trip(self, t: Trigger, release_at: float, newly: list[str]) -> None:
         if t not in self.active:
@@ -80,13 +88,22 @@ class KillSwitch:
         age = x.data_age_sec if x.data_age_sec is not None else x.now - self.started_at
         conditions[Trigger.STALE_DATA] = age > c.stale_data_sec
         if conditions[Trigger.STALE_DATA]:
-            self._trip(Trigger.STALE_DATA, x.now, newly)
+            # releases as soon as data is fresh again: the trip time is all it needs (a fixed value, so
+            # a persisted copy does not change on every stale evaluation)
+            self._trip(Trigger.STALE_DATA, self.active.get(Trigger.STALE_DATA, x.now), newly)
 
         drawdown = 0.0
-        if x.equity is not None and x.equity > 0:
-            self.peak_equity = max(self.peak_equity or x.equity, x.equity)
-            drawdown = (self.peak_equity - x.equity) / self.peak_equity * 100
-        conditions[Trigger.DRAWDOWN] = drawdown >= c.max_drawdown_pct
+        wiped = False
+        if x.equity is not None and math.isfinite(x.equity):
+            if x.equity > 0:
+                self.peak_equity = max(self.peak_equity or x.equity, x.equity)
+                drawdown = (self.peak_equity - x.equity) / self.peak_equity * 100
+            else:  # nothing left (or less): a drawdown whatever the threshold, even with no peak known
+                wiped = True
+                drawdown = (
+                    (self.peak_equity - x.equity) / self.peak_equity * 100 if self.peak_equity else 100.0
+                )
+        conditions[Trigger.DRAWDOWN] = wiped or drawdown >= c.max_drawdown_pct
         if conditions[Trigger.DRAWDOWN]:
             self._trip(Trigger.DRAWDOWN, float("inf"), newly)
 
@@ -94,6 +111,13 @@ class KillSwitch:
         if conditions[Trigger.MISMATCH_STORM] and Trigger.MISMATCH_STORM not in self.active:
             # the hold runs from the trip; release also needs the streak back under the threshold
             self._trip(Trigger.MISMATCH_STORM, x.now + c.mismatch_halt_sec, newly)
+
+        if x.data_age_sec is not None:
+            self.awaiting_data = False
+        if self.awaiting_data:  # restored trips: no evidence yet that their condition has cleared
+            for t in (Trigger.STALE_DATA, Trigger.MISMATCH_STORM):
+                if t in self.active:
+                    conditions[t] = True
 
         released = []
         for t, release_at in list(self.active.items()):
@@ -110,5 +134,18 @@ class KillSwitch:
         cleared = [t.value for t, r in self.active.items() if r == float("inf")]
         for t in [t for t, r in self.active.items() if r == float("inf")]:
             del self.active[t]
-        self.peak_equity = equity
+        self.peak_equity = equity if equity is not None and math.isfinite(equity) and equity > 0 else None
         return cleared
+
+    def restore(
+        self, active: dict[Trigger, float], peak_equity: float | None, trips: dict[str, int] | None = None
+    ) -> None:
+        """Take over persisted state (after a restart), never loosening what is already held here."""
+        for t, release_at in active.items():
+            self.active[t] = max(self.active.get(t, release_at), release_at)
+            if t in (Trigger.STALE_DATA, Trigger.MISMATCH_STORM):
+                self.awaiting_data = True
+        if peak_equity is not None and math.isfinite(peak_equity) and peak_equity > 0:
+            self.peak_equity = max(self.peak_equity or peak_equity, peak_equity)
+        for k, n in (trips or {}).items():
+            self.trips[k] = max(self.trips.get(k, 0), n)

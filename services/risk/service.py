@@ -4,6 +4,13 @@ Inputs arrive from the journal (reconcile summaries, retries, rejections,
 venue IP bans, halt commands). Every evaluation computes one knob set; when it differs from
 the published one it is written to the KV bucket with compare-and-set and
 journaled with its trace. Knobs only ever constrain entries.
+
+What protects money survives a restart: kill-switch trips with their hold ends, the equity peak,
+the operator halt and the ids of applied halt/resume commands live in the same bucket under
+``risk.state`` (see ``services/risk/state.py``), written with CAS before the knobs that depend on
+them and read back before the first knobs of a new process. If that state cannot be read, risk
+publishes halted knobs (``state_unavailable``) until it can, or until an operator resumes over a
+corrupt value.
 """
 
 from __future__ import annotations
@@ -12,18 +19,21 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable
 
 import nats.js.errors
 from fastapi import FastAPI, Header, HTTPException, Request
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import KillSettings, NatsSettings, RiskSettings
 from libs.common.guard import GUARD_KEY
-from libs.common.logs import log_event
+from libs.common.logs import RateLimitedLog, log_event
 from libs.common.messages import (
     BusMessage,
     GuardKnobs,
@@ -50,7 +60,15 @@ from libs.common.telemetry import (
     MANUAL_HALT,
 )
 from services.risk.belief_controller import MODES, BeliefController, ControllerConfig, DebtInputs, knobs_for
-from services.risk.kill_switch import KillInputs, KillState, KillSwitch, KillSwitchConfig
+from services.risk.kill_switch import KillInputs, KillState, KillSwitch, KillSwitchConfig, Trigger
+from services.risk.state import (
+    STATE_KEY,
+    RiskState,
+    active_from_holds,
+    holds_from_active,
+    merge,
+    remember,
+)
 
 # fields that make two knob sets different (timestamps and revisions do not)
 _KNOB_FIELDS = (
@@ -67,6 +85,17 @@ _KNOB_FIELDS = (
     "manual_reason",
     "controller_mode",
 )
+
+
+_TRIGGERS = frozenset(t.value for t in Trigger)
+
+
+class StateNotPersisted(RuntimeError):
+    """A command was applied but the state recording it is not in KV yet: do not ack its message."""
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex
 
 
 class ReasonBody(BaseModel):
@@ -116,30 +145,192 @@ class RiskService(Service):
         self.kill_state = KillState(False, ())
         self.published: GuardKnobs | None = None
         self.kv_revision: int | None = None
+        # the persisted risk state (KV key risk.state): revision for CAS, what was last written, and
+        # why it is unavailable (None: known). Unknown or corrupt -> halted knobs, never open ones.
+        self.state_revision: int | None = None
+        self.state_known = False
+        self.state_error: str | None = "not loaded yet"
+        self._state_written: RiskState | None = None
+        self.state_writes = 0
+        self.applied_commands: list[str] = []  # ids (or stream sequences) of halt/resume applied
+        self.command_counts: dict[str, int] = {"applied": 0, "duplicate": 0}
+        self._command_lock = asyncio.Lock()
+        self._kv: KeyValue | None = None
         self._lock = asyncio.Lock()
         self._published_cond = asyncio.Condition()
         super().__init__(nats_settings, settings.http_host, settings.http_port)
+        self._limited = RateLimitedLog(self.log)
 
     # ------------------------------------------------------------------ start-up
 
     async def prepare(self) -> None:
-        """Pick up where the previous process left off: an operator halt and the posture survive restarts."""
-        assert self.js
-        kv = await self.js.key_value(self.nats_settings.kv_bucket)
+        """Pick up where the previous process left off before publishing anything: the persisted risk
+        state (trips, hold ends, equity peak, operator halt) and the last knobs (posture)."""
+        await self._restore()
         try:
-            entry = await kv.get(GUARD_KEY)
-            prev = GuardKnobs.model_validate_json(entry.value)
-            self.kv_revision = entry.revision
-            self.manual_halt, self.manual_reason = prev.manual_halt, prev.manual_reason
-            if prev.controller_mode in MODES:
-                self.controller.mode = MODES.index(prev.controller_mode)
-            log_event(self.log, "risk.restored", manual_halt=self.manual_halt, mode=prev.controller_mode)
-        except nats.js.errors.KeyNotFoundError:
-            self.kv_revision = None
+            await self.evaluate()
+        except Exception as e:  # knobs not writable yet: the evaluation loop keeps trying, never a crash loop
+            log_event(self.log, "risk.first_publish_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
+
+    def readiness(self) -> tuple[bool, str]:
+        ok, why = super().readiness()
+        if ok and self.published is None:
+            return False, "guard knobs not published yet"
+        return ok, why
+
+    async def _kv_bucket(self) -> KeyValue:
+        assert self.js
+        if self._kv is None:
+            self._kv = await self.js.key_value(self.nats_settings.kv_bucket)
+        return self._kv
+
+    async def _restore(self) -> None:
+        """Read the previous process's knobs and state; while they cannot be read the knobs say
+        ``state_unavailable`` and the evaluation loop calls this again."""
+        timeout = self.nats_settings.publish_timeout_sec
+        try:
+            kv = await asyncio.wait_for(self._kv_bucket(), timeout)
+            if self.published is None:  # once we have published, the bucket holds our own knobs
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    self._restore_from_knobs(await asyncio.wait_for(kv.get(GUARD_KEY), timeout))
+            state_entry = None
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                state_entry = await asyncio.wait_for(kv.get(STATE_KEY), timeout)
+        except Exception as e:  # bus or bucket unavailable: fail safe and try again later
+            self.state_error = f"unreadable: {type(e).__name__}: {e}"
+            self._limited("risk.state_unreadable", logging.ERROR, error=self.state_error)
+            return
+        if state_entry is None:
+            self.state_revision, state = None, None
+        else:
+            self.state_revision = state_entry.revision
+            try:
+                state = RiskState.model_validate_json(state_entry.value or b"")
+            except Exception as e:  # a corrupt value: halted until an operator resumes over it
+                self.state_known = True
+                self.state_error = f"corrupt {STATE_KEY} (revision {state_entry.revision})"
+                log_event(
+                    self.log,
+                    "risk.state_corrupt",
+                    logging.CRITICAL,
+                    revision=state_entry.revision,
+                    error=f"{type(e).__name__}: {str(e)[:500]}",
+                    value=(state_entry.value or b"")[:200].decode("utf-8", errors="replace"),
+                )
+                return
+        self.state_known, self.state_error = True, None
+        if state is not None:
+            self._adopt(state)
+            self._state_written = state.comparable()  # what is stored (memory may hold more: written next)
+        log_event(
+            self.log,
+            "risk.state_restored",
+            logging.WARNING if self.kill.active or self.manual_halt else logging.INFO,
+            found=state is not None,
+            revision=self.state_revision,
+            holds={t.value: r for t, r in holds_from_active(self.kill.active).items()},
+            peak_equity=self.kill.peak_equity,
+            manual_halt=self.manual_halt,
+        )
+
+    def _restore_from_knobs(self, entry: KeyValue.Entry) -> None:
+        """The last published knobs: the posture, and (should the state write have been lost) the
+        operator halt and a latched drawdown they name."""
+        try:
+            prev = GuardKnobs.model_validate_json(entry.value or b"")
         except Exception as e:  # unreadable previous knobs: start strict, say so
             log_event(self.log, "risk.restore_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
             self.manual_halt, self.manual_reason = True, "previous guard knobs unreadable at start"
-        await self.evaluate()
+            self.kv_revision = entry.revision
+            return
+        self.kv_revision = entry.revision
+        if prev.manual_halt and not self.manual_halt:
+            self.manual_halt, self.manual_reason = True, prev.manual_reason
+        if prev.controller_mode in MODES:
+            self.controller.mode = MODES.index(prev.controller_mode)
+        now = time.time()
+        named: dict[Trigger, float] = {}
+        for r in prev.kill_reasons:
+            if r in _TRIGGERS:
+                t = Trigger(r)
+                # a latch stays latched; a hold's end is not in the knobs: it waits for fresh data
+                named[t] = math.inf if t is Trigger.DRAWDOWN else now
+        self.kill.restore(named, None)
+        log_event(self.log, "risk.restored", manual_halt=self.manual_halt, mode=prev.controller_mode)
+
+    def _adopt(self, state: RiskState) -> None:
+        """Take ``state`` into this process, never loosening anything already held here."""
+        self.kill.restore(active_from_holds(state.holds), state.peak_equity, state.trips)
+        if state.manual_halt and not self.manual_halt:
+            self.manual_halt, self.manual_reason = True, state.manual_reason
+        self.applied_commands = remember(self.applied_commands, *state.commands)
+        MANUAL_HALT.set(1 if self.manual_halt else 0)
+
+    def _state_now(self) -> RiskState:
+        return RiskState(
+            holds=holds_from_active(self.kill.active),
+            peak_equity=self.kill.peak_equity,
+            trips=dict(self.kill.trips),
+            manual_halt=self.manual_halt,
+            manual_reason=self.manual_reason,
+            commands=list(self.applied_commands),
+        )
+
+    @property
+    def state_persisted(self) -> bool:
+        return self._state_written is not None and self._state_written == self._state_now().comparable()
+
+    async def _persist_state(self) -> None:
+        """Write the state if it changed (CAS); never raises, never waits longer than a publish timeout.
+
+        Called before the knobs are published, so knobs never name a trip the state does not hold.
+        Nothing is written while the stored state is unknown or corrupt (that would erase what it held).
+        """
+        if not self.state_known or self.state_error is not None:
+            return
+        state = self._state_now().comparable()
+        if state == self._state_written:
+            return
+        timeout = self.nats_settings.publish_timeout_sec
+        try:
+            kv = await asyncio.wait_for(self._kv_bucket(), timeout)
+            for _ in range(3):
+                data = encode_state(state.stamped())
+                try:
+                    if self.state_revision is None:
+                        rev = await asyncio.wait_for(kv.create(STATE_KEY, data), timeout)
+                    else:
+                        rev = await asyncio.wait_for(
+                            kv.update(STATE_KEY, data, last=self.state_revision), timeout
+                        )
+                except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+                    await self._merge_foreign_state(kv, timeout)
+                    state = self._state_now().comparable()
+                    continue
+                self.state_revision, self._state_written = rev, state
+                self.state_writes += 1
+                return
+            raise RuntimeError(f"{STATE_KEY} CAS kept failing")
+        except Exception as e:  # retried at the next evaluation; commands are not acked meanwhile
+            self._limited("risk.state_persist_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
+
+    async def _merge_foreign_state(self, kv: KeyValue, within_sec: float) -> None:
+        """Someone else wrote the state: take theirs into ours (the stricter of both) and go on."""
+        try:
+            entry = await asyncio.wait_for(kv.get(STATE_KEY), within_sec)
+        except nats.js.errors.KeyNotFoundError:
+            self.state_revision = None  # deleted meanwhile: create it again
+            return
+        self.state_revision = entry.revision
+        try:
+            theirs = RiskState.model_validate_json(entry.value or b"")
+        except Exception as e:  # we hold the state in memory: overwrite the garbage with it
+            log_event(
+                self.log, "risk.state_corrupt", logging.ERROR, revision=entry.revision, error=str(e)[:500]
+            )
+            return
+        log_event(self.log, "risk.state_conflict", logging.WARNING, revision=entry.revision)
+        self._adopt(merge(self._state_now(), theirs))
 
     async def run_tasks(self) -> list[Awaitable[None]]:
         assert self.js and self.publisher
@@ -195,7 +386,8 @@ class RiskService(Service):
         elif isinstance(msg, RebuildSummary):
             self.orphans_at_boot = len(msg.orphans)
         elif isinstance(msg, HaltCommand):
-            await self.command(msg.action, msg.reason, msg.source, journal=False)
+            # the bus copy of a REST command carries the id it was applied under: applied once
+            await self._apply_command(msg, msg.command_id or f"seq{delivery.stream_seq}", journal=False)
         elif isinstance(msg, OrderRetry | VenueBan):  # a venue IP ban is an API error in itself
             self.api_errors.append(msg.ts_ms / 1000)
         elif isinstance(msg, OrderTransition):
@@ -203,17 +395,52 @@ class RiskService(Service):
                 self.api_errors.append(msg.ts_ms / 1000)
 
     async def command(self, action: str, reason: str, source: str, *, journal: bool) -> GuardKnobs:
-        if journal:  # REST commands are journaled here; bus commands already are
-            assert self.journal
-            await self.journal.emit(HaltCommand(action=action, reason=reason, source=source))  # type: ignore[arg-type]
-        if action == "halt":
-            self.manual_halt, self.manual_reason = True, f"{source}: {reason}"
-        else:
-            self.manual_halt, self.manual_reason = False, ""
-            cleared = self.kill.reset_latched(self.last_summary.equity if self.last_summary else None)
-            log_event(self.log, "risk.resumed", source=source, reason=reason, cleared=cleared)
-        MANUAL_HALT.set(1 if self.manual_halt else 0)
-        return await self.evaluate()
+        """A new command (REST API): applied here under a fresh id and, with ``journal``, journaled
+        with it, so its copy coming back from the bus is recognised and not applied again."""
+        cmd = HaltCommand(action=action, reason=reason, source=source, command_id=new_command_id())  # type: ignore[arg-type]
+        assert cmd.command_id is not None
+        return await self._apply_command(cmd, cmd.command_id, journal=journal)
+
+    async def _apply_command(self, cmd: HaltCommand, key: str, *, journal: bool) -> GuardKnobs:
+        """Apply a halt/resume exactly once per ``key``; the key is persisted with its effect.
+
+        One command at a time: the bus copy of a REST command waits here until the REST call has
+        applied and persisted it, then is acknowledged as a duplicate.
+        """
+        async with self._command_lock:
+            if key in self.applied_commands:
+                self.command_counts["duplicate"] += 1
+                log_event(self.log, "risk.command_duplicate", logging.DEBUG, command_id=key)
+                knobs = await self.evaluate()
+            else:
+                if journal:  # REST commands are journaled here (emit only enqueues); bus commands already are
+                    assert self.journal
+                    await self.journal.emit(cmd)
+                self.applied_commands = remember(self.applied_commands, key)
+                self.command_counts["applied"] += 1
+                if cmd.action == "halt":
+                    self.manual_halt, self.manual_reason = True, f"{cmd.source}: {cmd.reason}"
+                    log_event(self.log, "risk.halted", source=cmd.source, reason=cmd.reason, command_id=key)
+                else:
+                    self.manual_halt, self.manual_reason = False, ""
+                    cleared = self.kill.reset_latched(self.last_summary.equity if self.last_summary else None)
+                    if self.state_known and self.state_error is not None:
+                        # an operator resumes over a corrupt stored state: ours replaces it from now on
+                        cleared.append("state_unavailable")
+                        self.state_error = None
+                    log_event(
+                        self.log,
+                        "risk.resumed",
+                        source=cmd.source,
+                        reason=cmd.reason,
+                        cleared=cleared,
+                        command_id=key,
+                    )
+                MANUAL_HALT.set(1 if self.manual_halt else 0)
+                knobs = await self.evaluate()
+            if self.state_known and self.state_error is None and not self.state_persisted:
+                raise StateNotPersisted(f"{STATE_KEY} not written: command {key} applied in memory only")
+            return knobs
 
     # ------------------------------------------------------------------ evaluation
 
@@ -222,6 +449,8 @@ class RiskService(Service):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.settings.eval_interval_sec)
             try:
+                if not self.state_known:
+                    await self._restore()
                 await self.evaluate()
             except Exception as e:
                 log_event(self.log, "risk.evaluate_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
@@ -271,6 +500,7 @@ class RiskService(Service):
                     newly=list(ks.newly_tripped),
                     released=list(ks.released),
                 )
+            await self._persist_state()  # before the knobs: what they say is what a restart restores
             await self._publish(self.compose())
             assert self.published is not None
             return self.published
@@ -279,9 +509,14 @@ class RiskService(Service):
         """Controller posture, overridden to halted by the kill switch or an operator."""
         cfg = self.controller.config
         controller_mode = MODES[self.controller.mode]
-        halted = self.manual_halt or self.kill_state.tripped
+        halted = self.manual_halt or self.kill_state.tripped or self.state_error is not None
+        kill_reasons = list(self.kill_state.reasons)
+        if self.state_error is not None:
+            kill_reasons.insert(0, "state_unavailable")
         if halted:
             why = []
+            if self.state_error is not None:
+                why.append(f"state_unavailable: {self.state_error}")
             if self.manual_halt:
                 why.append(f"manual: {self.manual_reason}")
             if self.kill_state.tripped:
@@ -294,7 +529,7 @@ class RiskService(Service):
                 "controller_mode": controller_mode,
                 "belief_debt": self.last_trace.get("debt"),
                 "debt_inputs": {k: float(v) for k, v in vars_of(self.debt_inputs).items()},
-                "kill_reasons": list(self.kill_state.reasons),
+                "kill_reasons": kill_reasons,
                 "manual_halt": self.manual_halt,
                 "manual_reason": self.manual_reason,
             }
@@ -306,7 +541,7 @@ class RiskService(Service):
         ):
             return
         assert self.js and self.journal
-        kv = await self.js.key_value(self.nats_settings.kv_bucket)
+        kv = await self._kv_bucket()
         for _ in range(5):
             revision = (self.kv_revision or 0) + 1
             knobs = knobs.model_copy(update={"revision": revision, "ts_ms": int(time.time() * 1000)})
@@ -377,6 +612,16 @@ class RiskService(Service):
                 "drawdown_pct": self.kill_state.drawdown_pct,
             },
             "manual_halt": self.manual_halt,
+            "state": {
+                "key": STATE_KEY,
+                "revision": self.state_revision,
+                "error": self.state_error,
+                "persisted": self.state_persisted,
+                "writes": self.state_writes,
+                "holds": {t.value: r for t, r in holds_from_active(self.kill.active).items()},
+                "peak_equity": self.kill.peak_equity,
+            },
+            "commands": dict(self.command_counts),
             "controller": {"mode": MODES[self.controller.mode], **self.last_trace},
             "data_age_sec": round(time.time() - self.last_data_at, 3) if self.last_data_at else None,
         }
@@ -392,7 +637,12 @@ class RiskService(Service):
                 body = ReasonBody.model_validate_json(await request.body() or b"{}")
             except ValidationError as e:
                 raise HTTPException(422, [{"loc": x["loc"], "msg": x["msg"]} for x in e.errors()]) from None
-            k = await self.command(action, body.reason, "api", journal=True)
+            try:
+                k = await self.command(action, body.reason, "api", journal=True)
+            except StateNotPersisted as e:
+                raise HTTPException(
+                    503, f"applied and published, but it may not survive a restart: {e}; retry"
+                ) from None
             return k.model_dump(mode="json")
 
         @app.post("/halt")
@@ -404,6 +654,10 @@ class RiskService(Service):
         async def resume(request: Request, authorization: str | None = Header(None)) -> dict:
             """Lift an operator halt and clear latched kill-switch triggers. Body: {"reason": "..."}."""
             return await command_from(request, "resume", authorization)
+
+
+def encode_state(state: RiskState) -> bytes:
+    return state.model_dump_json().encode()
 
 
 def vars_of(x: DebtInputs) -> dict[str, float]:

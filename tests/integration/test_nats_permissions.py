@@ -18,6 +18,7 @@ from libs.common.config import EntrySettings, GuardSettings, KillSettings, NatsS
 from libs.common.guard import GUARD_KEY
 from libs.common.messages import GuardKnobs, OrderTransition, Signal, SignalDecision, VenueBan, encode
 from libs.common.state_machine import OrderState
+from services.risk.state import STATE_KEY, RiskState
 from tools.nats_config import USERS, env_var, render
 from tools.natsd import NatsServer
 
@@ -73,6 +74,8 @@ async def test_each_user_may_state_only_its_own_facts(secured_nats):
     kv = await nc.jetstream().key_value("erl_guard")  # may read the knobs ...
     with pytest.raises((nats.errors.TimeoutError, nats.errors.Error, TimeoutError)):
         await kv.put(GUARD_KEY, encode(GuardKnobs()))  # ... but never write them
+    with pytest.raises((nats.errors.TimeoutError, nats.errors.Error, TimeoutError)):
+        await kv.put(STATE_KEY, RiskState().model_dump_json().encode())  # nor risk's restart state
     with pytest.raises(BusUnavailable):
         await pub.publish(signal(), uuid.uuid4().hex, subject="erl.order.transition.fake")
     await nc.close()
@@ -82,6 +85,9 @@ async def test_each_user_may_state_only_its_own_facts(secured_nats):
     await kv.put(GUARD_KEY, encode(GuardKnobs(reason="written by risk")))
     assert GuardKnobs.model_validate_json((await kv.get(GUARD_KEY)).value).reason == "written by risk"
     await kv.delete(GUARD_KEY)
+    await kv.put(STATE_KEY, RiskState(manual_halt=True).model_dump_json().encode())
+    assert RiskState.model_validate_json((await kv.get(STATE_KEY)).value).manual_halt
+    await kv.delete(STATE_KEY)
     await nc.close()
 
 
@@ -152,6 +158,7 @@ async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):
         assert tap.tap.undecodable == []
         await risk.command("halt", "permission drill", "test", journal=True)
         await entry.guard.wait_until(lambda k: k is not None and not k.allow_entries)
+        assert risk.state_persisted and risk.state_revision  # its restart state, with the halt, in KV
         await tap.tap.wait_for(lambda: tap.tap.of(SignalDecision))
     finally:
         await tap.close()

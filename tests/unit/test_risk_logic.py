@@ -9,7 +9,15 @@ from services.risk.belief_controller import (
     belief_debt,
     knobs_for,
 )
-from services.risk.kill_switch import KillInputs, KillSwitch, KillSwitchConfig
+from services.risk.kill_switch import KillInputs, KillSwitch, KillSwitchConfig, Trigger
+from services.risk.state import (
+    MAX_REMEMBERED_COMMANDS,
+    RiskState,
+    active_from_holds,
+    holds_from_active,
+    merge,
+    remember,
+)
 
 CFG = KillSwitchConfig(
     api_error_max=5,
@@ -59,6 +67,143 @@ def test_drawdown_latches_until_reset():
     ).tripped  # recovered equity: still latched
     assert k.reset_latched(equity=1000) == ["equity_drawdown"]
     assert not k.evaluate(KillInputs(now=3, data_age_sec=0, equity=1000)).tripped
+
+
+@pytest.mark.parametrize(
+    ("peak", "equity", "drawdown"),
+    [(1000, 0.0, 100.0), (1000, -50.0, 105.0), (None, 0.0, 100.0), (None, -1.0, 100.0)],
+)
+def test_drawdown_trips_at_or_below_zero_equity(peak, equity, drawdown):
+    k = KillSwitch(KillSwitchConfig(max_drawdown_pct=200))  # even with a threshold equity <= 0 never reaches
+    if peak is not None:
+        assert not k.evaluate(KillInputs(now=0, data_age_sec=0, equity=peak)).tripped
+    s = k.evaluate(KillInputs(now=1, data_age_sec=0, equity=equity))
+    assert s.tripped and s.reasons == ("equity_drawdown",) and s.drawdown_pct == pytest.approx(drawdown)
+    assert k.peak_equity == peak  # a wiped account is never a peak
+    assert k.evaluate(KillInputs(now=2, data_age_sec=0, equity=peak or 1000)).tripped  # latched
+    k.reset_latched(equity=equity)  # resume while still wiped: no peak to measure from ...
+    assert k.peak_equity is None
+    assert k.evaluate(KillInputs(now=3, data_age_sec=0, equity=equity)).tripped  # ... and it trips again
+
+
+def test_unreadable_equity_is_no_reading():
+    k = KillSwitch(CFG)
+    k.evaluate(KillInputs(now=0, data_age_sec=0, equity=1000))
+    assert not k.evaluate(KillInputs(now=1, data_age_sec=0, equity=float("nan"))).tripped
+    assert k.peak_equity == 1000
+
+
+def _restarted(before: KillSwitch, now: float) -> KillSwitch:
+    """What the service does across a restart: persist, then restore into a fresh kill switch."""
+    state = RiskState(
+        holds=holds_from_active(before.active), peak_equity=before.peak_equity, trips=before.trips
+    )
+    state = RiskState.model_validate_json(state.model_dump_json())  # through the bytes in KV
+    after = KillSwitch(CFG, started_at=now)
+    after.restore(active_from_holds(state.holds), state.peak_equity, state.trips)
+    return after
+
+
+def test_restored_holds_keep_their_absolute_ends():
+    k = KillSwitch(CFG)
+    k.evaluate(KillInputs(now=100, data_age_sec=0, mismatch_streak=3, api_errors_in_window=5))
+    assert k.active == {Trigger.MISMATCH_STORM: 160, Trigger.API_ERRORS: 110}
+    r = _restarted(k, now=105)
+    s = r.evaluate(KillInputs(now=105))  # no data yet since the restart
+    assert s.tripped and s.reasons == ("api_errors", "reconcile_mismatch_storm") and not s.newly_tripped
+    assert r.evaluate(KillInputs(now=109, data_age_sec=0)).reasons == (
+        "api_errors",
+        "reconcile_mismatch_storm",
+    )
+    s = r.evaluate(KillInputs(now=110, data_age_sec=0))  # neither extended nor shortened by the restart
+    assert s.released == ("api_errors",) and s.reasons == ("reconcile_mismatch_storm",)
+    assert r.evaluate(KillInputs(now=159.9, data_age_sec=0)).tripped
+    s = r.evaluate(KillInputs(now=160, data_age_sec=0))
+    assert not s.tripped and s.released == ("reconcile_mismatch_storm",)
+    assert r.trips == {"reconcile_mismatch_storm": 1, "api_errors": 1}
+
+
+def test_restored_latched_drawdown_and_peak():
+    k = KillSwitch(CFG)
+    k.evaluate(KillInputs(now=0, data_age_sec=0, equity=1000))
+    k.evaluate(KillInputs(now=1, data_age_sec=0, equity=850))
+    r = _restarted(k, now=500)
+    assert r.peak_equity == 1000
+    s = r.evaluate(KillInputs(now=500, data_age_sec=0, equity=1000))  # recovered: still latched
+    assert s.reasons == ("equity_drawdown",)
+    assert r.reset_latched(equity=1000) == ["equity_drawdown"]
+    assert r.evaluate(KillInputs(now=501, data_age_sec=0, equity=950)).drawdown_pct == pytest.approx(5.0)
+
+
+def test_restored_trips_that_need_fresh_evidence_wait_for_it():
+    # stale data: no fresh grace period after the restart
+    k = KillSwitch(CFG, started_at=0)
+    assert k.evaluate(KillInputs(now=31)).reasons == ("stale_data",)
+    r = _restarted(k, now=40)
+    assert r.evaluate(KillInputs(now=40)).reasons == ("stale_data",)
+    assert r.evaluate(KillInputs(now=45)).reasons == ("stale_data",)
+    assert not r.evaluate(KillInputs(now=46, data_age_sec=0.5)).tripped
+    # a mismatch hold that ended while risk was down: released only once fresh data shows a calm streak
+    k = KillSwitch(CFG)
+    k.evaluate(KillInputs(now=0, data_age_sec=0, mismatch_streak=3))
+    r = _restarted(k, now=1000)
+    assert r.evaluate(KillInputs(now=1000)).reasons == ("reconcile_mismatch_storm",)
+    assert r.evaluate(KillInputs(now=1001, data_age_sec=0, mismatch_streak=4)).tripped  # still storming
+    assert not r.evaluate(KillInputs(now=1002, data_age_sec=0, mismatch_streak=0)).tripped
+
+
+def test_stale_trip_has_a_fixed_hold_value():
+    k = KillSwitch(CFG, started_at=0)
+    k.evaluate(KillInputs(now=31))
+    k.evaluate(KillInputs(now=40))
+    assert k.active == {Trigger.STALE_DATA: 31}  # nothing to persist on every stale evaluation
+
+
+def test_persisted_state_is_strict_about_what_it_reads():
+    ok = RiskState(holds={Trigger.DRAWDOWN: None, Trigger.API_ERRORS: 12.5}, peak_equity=10.0)
+    assert RiskState.model_validate_json(ok.model_dump_json()) == ok
+    assert active_from_holds(ok.holds)[Trigger.DRAWDOWN] == float("inf")
+    bad = [
+        b"",
+        b"{not json",
+        b'{"holds": {"no_such_trigger": null}}',
+        b'{"holds": {"api_errors": "Infinity"}}',
+        b'{"peak_equity": 0}',
+        b'{"v": 2}',
+        b'{"surprise": 1}',
+    ]
+    for raw in bad:
+        with pytest.raises(ValueError):
+            RiskState.model_validate_json(raw)
+
+
+def test_state_merge_is_the_stricter_of_both():
+    a = RiskState(
+        holds={Trigger.API_ERRORS: 10.0, Trigger.DRAWDOWN: None},
+        peak_equity=900.0,
+        trips={"api_errors": 2},
+        commands=["a", "b"],
+    )
+    b = RiskState(
+        holds={Trigger.API_ERRORS: 20.0, Trigger.MISMATCH_STORM: 5.0},
+        peak_equity=1000.0,
+        trips={"api_errors": 1, "reconcile_mismatch_storm": 1},
+        manual_halt=True,
+        manual_reason="api: x",
+        commands=["b", "c"],
+    )
+    for m in (merge(a, b), merge(b, a)):
+        assert m.holds == {Trigger.API_ERRORS: 20.0, Trigger.DRAWDOWN: None, Trigger.MISMATCH_STORM: 5.0}
+        assert m.peak_equity == 1000.0 and m.trips == {"api_errors": 2, "reconcile_mismatch_storm": 1}
+        assert m.manual_halt and m.manual_reason == "api: x"
+        assert sorted(m.commands) == ["a", "b", "c"]
+
+
+def test_remembered_commands_are_bounded_and_unique():
+    ids = [str(i) for i in range(MAX_REMEMBERED_COMMANDS + 10)]
+    kept = remember([], *ids)
+    assert kept == ids[-MAX_REMEMBERED_COMMANDS:]
+    assert remember(["x", "y"], "x") == ["y", "x"]
 
 
 C = ControllerConfig(thresholds=(1, 3, 6), tighten_after=2, recover_after=3, recover_ratio=0.5)
