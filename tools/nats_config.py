@@ -67,6 +67,7 @@ USERS: dict[str, dict[str, list[str]]] = {
         [
             f"{PREFIX}.intent.order.>",
             f"{PREFIX}.intent.replace.>",
+            f"{PREFIX}.intent.cancel.>",  # leftover protection on a flat symbol
             f"{PREFIX}.reconcile.>",
             f"{PREFIX}.risk.command.reconciler",
             f"$JS.API.CONSUMER.DELETE.{STREAM}.reconciler",  # it restarts its consumer at boot

@@ -212,6 +212,24 @@ class ReconcilerSettings(_Base):
     default_stop_pct: float = Field(
         0.02, gt=0, lt=1, description="Repair stop distance from mark when no stop price is known"
     )
+    stop_price_tolerance: float = Field(
+        0.005,
+        gt=0,
+        lt=1,
+        description="A stop protects a position only within this fraction of where its stop belongs (the "
+        "last stop price asked for, else the default distance); one further away is replaced",
+    )
+    emergency_exit: bool = Field(
+        True,
+        description="Close a position at market (reduce-only, never halted) when its protection gap "
+        "outlives the TTL and its stops keep being refused",
+    )
+    emergency_exit_after_refusals: int = Field(
+        2,
+        ge=1,
+        description="Stop-losses refused by the venue (or given up by the router) during one gap before "
+        "its emergency exit",
+    )
     settle_sec: float = Field(2.0, ge=0, description="Quiet time after order activity before drift counts")
     summary_heartbeat_sec: float = Field(5.0, gt=0, description="reconcile.summary at least this often")
     equity_every_ticks: int = Field(5, ge=1, description="Read the balance (equity) every N ticks")

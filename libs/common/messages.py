@@ -342,6 +342,7 @@ MismatchKind = Literal[
     "missing_order",
     "missing_stop",
     "undersized_stop",
+    "misplaced_stop",  # a stop on the right side, but not where this position's stop belongs
     "gap_ttl_breach",
 ]
 
@@ -362,11 +363,24 @@ class MismatchEvent(BusMessage):
         return self.mismatch
 
 
+RepairKind = Literal[
+    "place_stop",
+    "refresh_stop",  # an undersized stop of ours, replaced (bounded cancel/replace)
+    "move_stop",  # a stop that does not belong to this position (wrong price), replaced
+    "cancel_leftover",  # a protective order left resting after its position went flat, cancelled
+    "emergency_exit",  # repairs kept failing past the gap TTL: the position closed at market
+    "adopt_position",
+    "forget_order",
+    "adopt_order",
+    "skip",
+]
+
+
 class RepairAction(BusMessage):
     family: ClassVar[str] = "reconcile.repair"
     kind: Literal["reconcile.repair"] = "reconcile.repair"
     symbol: Symbol
-    action: Literal["place_stop", "refresh_stop", "adopt_position", "forget_order", "adopt_order", "skip"]
+    action: RepairKind
     reason: str = ""
     correlation_id: Token | None = None
     client_order_id: str | None = None

@@ -10,7 +10,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from libs.common.messages import CancelOutcome, GuardMode, MismatchKind
+from libs.common.messages import CancelOutcome, GuardMode, MismatchKind, RepairKind
 
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -86,6 +86,14 @@ UNPROTECTED_TIME = Histogram(
     buckets=(0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300),
 )
 ORPHAN_ORDERS = Gauge("erl_orphan_orders", "Open orders that could add exposure and nobody tracks")
+LEFTOVER_CANCELS = Counter(
+    "erl_reconcile_leftover_cancels_total",
+    "Protective orders cancelled because they rested on a flat symbol (their position was gone)",
+)
+EMERGENCY_EXITS = Counter(
+    "erl_emergency_exits_total",
+    "Positions closed at market because their protection gap outlived the TTL and repairs kept failing",
+)
 
 # --- venue limits (every service holding an exchange client)
 VENUE_BANNED_UNTIL = Gauge(
@@ -180,12 +188,7 @@ _KNOWN: dict[str, _Known] = {
             RECONCILE_MISMATCHES,
             tuple((k,) for k in get_args(MismatchKind)),
         ),
-        (
-            RECONCILE_REPAIRS,
-            tuple(
-                (a,) for a in ("place_stop", "refresh_stop", "adopt_position", "forget_order", "adopt_order")
-            ),
-        ),
+        (RECONCILE_REPAIRS, tuple((a,) for a in get_args(RepairKind) if a != "skip")),
     ],
     "risk": [
         (KILL_TRIPS, (("api_errors",), ("stale_data",), ("equity_drawdown",), ("reconcile_mismatch_storm",))),

@@ -9,6 +9,7 @@ only judged on quiet symbols (no false alarms from ordinary races).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from libs.common.ids import Bucket
@@ -18,6 +19,8 @@ from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
 IN_FLIGHT_STATES = frozenset(
     {OrderState.CREATED, OrderState.SUBMITTING, OrderState.RETRY_WAIT, OrderState.UNKNOWN}
 )
+# a stop the venue refused, or the router gave up on: protection asked for and not obtained
+STOP_REFUSED = frozenset({OrderState.REJECTED, OrderState.FAILED, OrderState.BLOCKED})
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Belief:
     last_activity: dict[str, float] = field(default_factory=dict)
     last_stop_price: dict[str, float] = field(default_factory=dict)
     intents: dict[str, OrderIntent] = field(default_factory=dict)  # client id -> intent (bounded by caller)
+    # symbol -> when stop-losses (anyone's: stage-1 or repairs) were refused; the emergency exit counts them
+    stop_refusals: dict[str, deque] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ from the journal
 
@@ -65,6 +70,12 @@ class Belief:
             )
             self.orders[t.client_order_id] = o
         o.state = t.to_state
+        if (
+            t.bucket is Bucket.SL
+            and t.to_state in STOP_REFUSED
+            and not (intent and intent.order_type == "trailing_stop_market")
+        ):
+            self.stop_refusals.setdefault(t.symbol, deque(maxlen=32)).append((now, t.client_order_id))
         if t.filled_qty is not None and t.filled_qty > o.filled and o.side is not None:
             delta = t.filled_qty - o.filled
             o.filled = t.filled_qty
@@ -92,6 +103,10 @@ class Belief:
             for o in self.orders.values()
             if o.state in OPEN_ORDER_STATES and (symbol is None or o.symbol == symbol)
         ]
+
+    def refusals_since(self, symbol: str, since: float) -> int:
+        """Stop-losses on ``symbol`` refused (or given up) since ``since``."""
+        return len({cid for at, cid in self.stop_refusals.get(symbol, ()) if at >= since})
 
     def unknown_orders(self) -> int:
         return sum(1 for o in self.orders.values() if o.state is OrderState.UNKNOWN)

@@ -29,6 +29,7 @@ def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]
     """
     plan = RebuildPlan()
     journal_open: dict[str, OrderIntent] = {}
+    asked_at: dict[str, int] = {}  # symbol -> ts of the newest stop asked for (the one a stop must match)
     for t in timelines.values():
         if t.intent is None or t.state is None:
             continue
@@ -48,8 +49,10 @@ def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]
                 )
             )
             plan.unknown_from_journal += 1
-        if t.intent.bucket is Bucket.SL and t.intent.stop_price:
-            belief.last_stop_price[t.intent.symbol] = t.intent.stop_price
+        i = t.intent
+        if i.bucket is Bucket.SL and i.stop_price and i.ts_ms >= asked_at.get(i.symbol, 0):
+            asked_at[i.symbol] = i.ts_ms
+            belief.last_stop_price[i.symbol] = i.stop_price
 
     for symbol, pos in snap.positions.items():
         belief.adopt_position(symbol, pos.qty)

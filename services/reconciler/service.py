@@ -22,6 +22,7 @@ from libs.common.exchange import exchange_from_settings
 from libs.common.logs import log_event
 from libs.common.messages import (
     BusMessage,
+    CancelIntent,
     HaltCommand,
     OrderIntent,
     OrderTransition,
@@ -33,6 +34,8 @@ from libs.common.messages import (
 )
 from libs.common.service import Service
 from libs.common.telemetry import (
+    EMERGENCY_EXITS,
+    LEFTOVER_CANCELS,
     MISMATCH_STREAK,
     ORPHAN_ORDERS,
     PROTECTION_GAP_AGE,
@@ -66,8 +69,17 @@ from services.reconciler.tick import (
 from services.reconciler.venue_reader import lookup, read_orders, read_positions, read_snapshot
 
 
-def intent_symbol(intent: OrderIntent | ReplaceIntent) -> str:
-    return intent.symbol if isinstance(intent, OrderIntent) else intent.new_order.symbol
+def intent_symbol(intent: OrderIntent | ReplaceIntent | CancelIntent) -> str:
+    return intent.new_order.symbol if isinstance(intent, ReplaceIntent) else intent.symbol
+
+
+def intent_key(intent: OrderIntent | ReplaceIntent | CancelIntent) -> str:
+    """Nats-Msg-Id of a repair: the intent's own id (a cancel's correlation id is one per request)."""
+    if isinstance(intent, OrderIntent):
+        return intent.intent_id
+    if isinstance(intent, ReplaceIntent):
+        return intent.new_order.intent_id
+    return f"cancel.{intent.correlation_id}"
 
 
 class ReconcilerService(Service):
@@ -92,6 +104,9 @@ class ReconcilerService(Service):
                 max_refresh_interval_sec=settings.max_refresh_interval_sec,
                 gap_ttl_sec=settings.protection_gap_ttl_sec,
                 default_stop_pct=settings.default_stop_pct,
+                stop_price_tolerance=settings.stop_price_tolerance,
+                emergency_exit=settings.emergency_exit,
+                emergency_exit_after_refusals=settings.emergency_exit_after_refusals,
             )
         )
         self.rebuild_summary: RebuildSummary | None = None
@@ -263,9 +278,8 @@ class ReconcilerService(Service):
         )
         for intent in result.intents:
             # repairs go to the router first: protection must not wait for bookkeeping
-            key = intent.intent_id if isinstance(intent, OrderIntent) else intent.new_order.intent_id
             try:
-                await self.publisher.publish(intent, key)
+                await self.publisher.publish(intent, intent_key(intent))
             except BusUnavailable as e:
                 # the cooldown holds the next attempt; the gap clock keeps running meanwhile
                 log_event(
@@ -274,6 +288,16 @@ class ReconcilerService(Service):
                     logging.ERROR,
                     symbol=intent_symbol(intent),
                     error=str(e),
+                )
+        for r in result.repairs:
+            if r.action == "emergency_exit":
+                log_event(
+                    self.log,
+                    "reconcile.emergency_exit",
+                    logging.CRITICAL,
+                    symbol=r.symbol,
+                    reason=r.reason,
+                    client_order_id=r.client_order_id,
                 )
         for event in result.events():
             if not isinstance(event, ReconcileSummary):
@@ -335,6 +359,10 @@ class ReconcilerService(Service):
             RECONCILE_MISMATCHES.labels(m.mismatch).inc()
         for r in result.repairs:
             RECONCILE_REPAIRS.labels(r.action).inc()
+            if r.action == "cancel_leftover":
+                LEFTOVER_CANCELS.inc()
+            elif r.action == "emergency_exit":
+                EMERGENCY_EXITS.inc()
         MISMATCH_STREAK.set(summary.mismatch_streak)
         PROTECTION_GAPS.set(summary.open_gaps)
         PROTECTION_GAP_BREACHES.set(summary.gap_breaches)

@@ -23,7 +23,10 @@ def _truthy(v: Any) -> bool:
 def order_view(o: dict[str, Any], is_trigger: bool) -> VenueOrderView:
     info = o.get("info") or {}
     if is_trigger:
-        order_type = "take_profit_market" if o.get("takeProfitPrice") else "stop_market"
+        if "TRAILING" in str(info.get("orderType") or info.get("type") or "").upper():
+            order_type = "trailing_stop_market"  # ccxt calls it "market": only the raw type tells
+        else:
+            order_type = "take_profit_market" if o.get("takeProfitPrice") else "stop_market"
     else:
         order_type = str(o.get("type") or "")
     status = {"open": "open", "closed": "filled", "canceled": "canceled", "expired": "expired"}.get(

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import uuid
+
+import httpx
 import pytest
 
-from libs.common.config import BootSettings
+from libs.common.config import BootSettings, GuardSettings, KillSettings
+from libs.common.ids import Bucket
 from libs.common.messages import (
+    CancelResult,
     HaltCommand,
     MismatchEvent,
     OrderIntent,
+    OrderTransition,
     PositionBeliefTransition,
     ProtectionGap,
     RebuildSummary,
     ReconcileSummary,
     RepairAction,
     ReplaceIntent,
+    Signal,
 )
+from libs.common.protection import trailing_stop
 from libs.common.state_machine import OrderState
+from tests.conftest import ADMIN_TOKEN
 from tests.integration.helpers import BTC, BTC_ID, make_intent, settled, stop_intent
 
 pytestmark = pytest.mark.integration
@@ -97,7 +106,8 @@ async def test_repair_cooldown_bounds_attempts_and_ttl_breach_is_critical(
     sim.set_position(BTC_ID, 0.02, sim.price(BTC_ID))
     # the venue refuses every conditional order: repairs cannot land
     sim.add_fault(kind="http_error", method="POST", path="/fapi/v1/algoOrder", count=None, status=503)
-    rec = await reconciler_factory(repair_cooldown_sec=1.0, protection_gap_ttl_sec=1.5)
+    # the emergency exit would end this gap by closing the position: here the breach itself is under test
+    rec = await reconciler_factory(repair_cooldown_sec=1.0, protection_gap_ttl_sec=1.5, emergency_exit=False)
     breach = await bus.tap.wait_for(lambda: [g for g in bus.tap.of(ProtectionGap) if g.state == "breached"])
     assert breach[0].critical and breach[0].age_sec > 1.5
     s = await rec.wait_ticks(3)
@@ -188,3 +198,173 @@ async def test_unreadable_venue_publishes_not_ok(bus, sim, reconciler_factory):
     assert "ExchangeNotAvailable" in bad[0].error
     ok, why = rec.readiness()
     assert not ok and "venue unreadable" in why
+
+
+# ----------------------------------------------------------------------------- protection belongs to the position
+
+
+def open_protection(sim, symbol=BTC_ID) -> list[str]:
+    """Client ids of every protective order resting on the venue for ``symbol``."""
+    st = sim.state()
+    algos = [
+        a["clientAlgoId"] for a in st["algo_orders"] if a["algoStatus"] == "NEW" and a["symbol"] == symbol
+    ]
+    regular = [
+        o["clientOrderId"]
+        for o in st["orders"]
+        if o["status"] in ("NEW", "PARTIALLY_FILLED") and o["symbol"] == symbol and o["reduceOnly"]
+    ]
+    return algos + regular
+
+
+async def test_protection_left_resting_when_the_position_goes_flat_is_cancelled(
+    bus, sim, router_factory, reconciler_factory
+):
+    from libs.common.telemetry import LEFTOVER_CANCELS
+
+    await router_factory()
+    # the venue leaves close-position orders resting when the position goes flat: clean-up is ours
+    sim.add_fault(kind="keep_protection", symbol=BTC_ID, count=None)
+    px = sim.price(BTC_ID)
+    sim.set_position(BTC_ID, 0.02, px)
+    sl = stop_intent("sell", round(px * 0.9, 1), qty=None)
+    tp = make_intent(Bucket.TP, side="sell", order_type="limit", price=round(px * 1.04, 1), qty=0.02)
+    trail = trailing_stop(
+        symbol=BTC,
+        position_side="buy",
+        qty=0.02,
+        callback_rate=2.0,
+        activation_price=None,
+        ref_price=px,
+        source="test",
+        id_scope="test",
+        key=uuid.uuid4().hex,
+    )
+    for i in (sl, tp, trail):
+        await bus.publish(i)
+    await bus.tap.wait_for(lambda: all(settled(bus.tap, i, S.ACKED) for i in (sl, tp, trail)))
+    mine = {sl.client_order_id, tp.client_order_id, trail.client_order_id}
+    assert set(open_protection(sim)) == mine
+    rec = await reconciler_factory()
+    await rec.wait_ticks(3)
+    assert repairs(bus.tap, "cancel_leftover") == []  # never while the position is open
+    before = LEFTOVER_CANCELS._value.get()
+
+    sim.set_position(BTC_ID, 0.0)  # closed (say by hand): the stop, the TP and the trailing stop stay behind
+    assert set(open_protection(sim)) == mine
+    cancelled = await bus.tap.wait_for(
+        lambda: (
+            {r.client_order_id for r in repairs(bus.tap, "cancel_leftover")} == mine
+            and all(settled(bus.tap, i, S.CANCELED) for i in (sl, tp, trail))
+        )
+    )
+    assert cancelled and open_protection(sim) == []
+    assert {c.client_order_id for c in bus.tap.of(CancelResult) if c.outcome == "canceled"} == mine
+    assert LEFTOVER_CANCELS._value.get() - before == 3
+    s = await rec.wait_ticks(3)
+    assert len(repairs(bus.tap, "cancel_leftover")) == 3  # asked once each
+    assert not bus.tap.of(MismatchEvent, mismatch="missing_order")  # our own clean-up is no surprise
+    assert s.mismatch_streak == 0 and rec.belief.open_orders() == []
+
+
+async def test_stale_close_position_stop_from_a_closed_position_is_replaced_for_the_next_one(
+    bus, sim, router_factory, entry_factory, reconciler_factory
+):
+    """The reproduced bug: a close-position stop left from a closed position (51% below the new entry)
+    was counted as protection for the next position; the new stage-1 stop went MOOT (-4130: one
+    close-position stop per direction) and the user's --stop-loss was silently dropped."""
+    await router_factory()
+    await entry_factory()
+    sim.add_fault(kind="keep_protection", symbol=BTC_ID, count=None)
+    px = sim.price(BTC_ID)
+    sim.set_position(BTC_ID, 0.02, px)
+    old = stop_intent("sell", round(px * 0.49, 1), qty=None)
+    await bus.publish(old)
+    await bus.tap.wait_for(lambda: settled(bus.tap, old, S.ACKED))
+    sim.set_position(BTC_ID, 0.0)  # that position is gone; its stop is not (nobody watched it go flat)
+    assert [s["clientAlgoId"] for s in open_stops(sim)] == [old.client_order_id]
+
+    wanted = round(px * 0.97, 1)  # the user's --stop-loss for the next position
+    await bus.publish(
+        Signal(signal_id=uuid.uuid4().hex, symbol=BTC, side="buy", qty=0.01, stop_loss_price=wanted)
+    )
+    stage1 = await bus.tap.wait_for(
+        lambda: next((i for i in bus.tap.of(OrderIntent) if i.source == "entry.stage1"), None)
+    )
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, stage1, S.MOOT, S.ACKED, S.REJECTED))
+    assert (t.to_state, t.code) == (S.MOOT, -4130)  # the stale stop blocked it
+
+    rec = await reconciler_factory()
+    await bus.tap.wait_for(lambda: repairs(bus.tap, "move_stop"))
+    (replace,) = bus.tap.of(ReplaceIntent)
+    assert replace.old_client_order_id == old.client_order_id and replace.new_order.stop_price == wanted
+    assert bus.tap.of(MismatchEvent, mismatch="misplaced_stop")
+    await bus.tap.wait_for(lambda: settled(bus.tap, replace.new_order, S.ACKED))
+    await bus.tap.wait_for(lambda: [g for g in bus.tap.of(ProtectionGap) if g.state == "closed"])
+    (stop,) = open_stops(sim)  # exactly one live stop for the long
+    assert (stop["clientAlgoId"], stop["side"], float(stop["triggerPrice"])) == (
+        replace.new_order.client_order_id,
+        "SELL",
+        wanted,
+    )
+    s = await rec.wait_ticks(3)
+    assert s.open_gaps == 0 and len(repairs(bus.tap, "move_stop")) == 1
+
+
+@pytest.mark.parametrize("code", [-2010, -2021])
+async def test_emergency_exit_when_the_venue_refuses_every_stop_even_under_a_halt(
+    bus, sim, router_factory, reconciler_factory, risk_factory, code
+):
+    """-2010: refused outright, the repairs keep failing: after the TTL the reconciler closes the position at
+    market. -2021 (the trigger already crossed): the router itself closes at market instead of placing the
+    stop. Either way the position is closed exactly once, and a halt never blocks it."""
+    from libs.common.telemetry import EMERGENCY_EXITS
+
+    router = await router_factory(retry_max_attempts=2, guard=GuardSettings(require_knobs=True))
+    risk = await risk_factory(kill=KillSettings(stale_data_sec=3600, reconcile_mismatch_streak_max=1000))
+    async with httpx.AsyncClient() as c:
+        r = await c.post(
+            f"http://127.0.0.1:{risk.bound_port}/halt",
+            json={"reason": "exchange maintenance"},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+    assert r.status_code == 200
+    await router.guard.wait_until(lambda k: k is not None and not k.allow_entries)
+    sim.add_fault(
+        kind="binance_error",
+        method="POST",
+        path="/fapi/v1/algoOrder",
+        symbol=BTC_ID,
+        count=None,
+        code=code,
+        msg="Order would immediately trigger." if code == -2021 else "Order rejected.",
+    )
+    before = EMERGENCY_EXITS._value.get()
+    sim.set_position(BTC_ID, 0.02, sim.price(BTC_ID))
+    rec = await reconciler_factory(repair_cooldown_sec=0.5, protection_gap_ttl_sec=1.5)
+    await bus.tap.wait_for(lambda: sim.position(BTC_ID) == 0 or None, within=20)
+    s = await rec.wait_ticks(5)
+    closes = [
+        r
+        for r in sim.requests_log()
+        if r["method"] == "POST" and r["path"] == "/fapi/v1/order" and r["params"].get("reduceOnly")
+    ]
+    assert len(closes) == 1 and sim.position(BTC_ID) == 0  # closed, and only once
+    exits = [i for i in bus.tap.of(OrderIntent) if i.bucket is Bucket.EXIT]
+    if code == -2010:
+        (exit_,) = exits
+        assert exit_.source == "reconciler.emergency" and exit_.reduce_only and exit_.qty == 0.02
+        assert settled(bus.tap, exit_).to_state is S.FILLED  # not BLOCKED by the halt
+        (journaled,) = repairs(bus.tap, "emergency_exit")
+        breach = next(g for g in bus.tap.of(ProtectionGap) if g.state == "breached")
+        assert journaled.ts_ms >= breach.ts_ms and journaled.client_order_id == exit_.client_order_id
+        assert (
+            len(
+                [t for t in bus.tap.of(OrderTransition) if t.bucket is Bucket.SL and t.to_state is S.REJECTED]
+            )
+            >= 2
+        )
+        assert EMERGENCY_EXITS._value.get() - before == 1
+    else:
+        assert exits == [] and repairs(bus.tap, "emergency_exit") == []
+    assert s.open_gaps == 0

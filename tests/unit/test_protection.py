@@ -76,3 +76,49 @@ def test_asserted_gap_starts_the_clock_early():
     g.assert_gap("BTC", 0.0, "stage1_failed")
     u = g.observe("BTC", True, 6.0)
     assert u.newly_breached and u.reason == "stage1_failed"
+
+
+def at(trigger, **kw):
+    s = stop(**kw)
+    return StopView(
+        s.client_order_id, s.side, s.qty, trigger, s.reduce_only, s.close_position, s.is_stop_loss
+    )
+
+
+@pytest.mark.parametrize(
+    "trigger,intended,asked,counted",
+    [
+        (49_000.0, 49_000.0, None, True),
+        (49_200.0, 49_000.0, None, True),  # 0.41 % off: inside 0.5 %
+        (49_300.0, 49_000.0, None, False),  # 0.61 % off
+        (24_500.0, 49_000.0, None, False),  # a stop from an earlier position, 50 % away
+        (24_500.0, 49_000.0, 24_500.0, True),  # ... unless it is the stop we last asked for
+        (24_500.0, None, None, True),  # nothing to judge against
+        (None, 49_000.0, None, True),  # unknown trigger: not judged
+    ],
+)
+def test_a_stop_counts_only_where_this_positions_stop_belongs(trigger, intended, asked, counted):
+    c = evaluate_coverage(
+        1.0, [at(trigger, close=True)], intended_stop=intended, asked_stop=asked, price_tolerance=0.005
+    )
+    assert c.protected is counted
+    assert c.status is (CoverageStatus.COVERED if counted else CoverageStatus.MISPLACED)
+    assert len(c.misplaced) == (0 if counted else 1)
+
+
+def test_misplaced_beside_a_good_stop_and_wrong_side_is_not_misplaced():
+    good, stale = at(49_000.0, qty=1.0), at(30_000.0, close=True, cid="OLD")
+    c = evaluate_coverage(1.0, [good, stale], intended_stop=49_000.0)
+    assert c.status is CoverageStatus.COVERED and c.stops == (good,) and c.misplaced == (stale,)
+    # a buy stop cannot protect a long whatever its price: neither counted nor misplaced
+    c = evaluate_coverage(1.0, [at(30_000.0, side="buy", close=True)], intended_stop=49_000.0)
+    assert c.status is CoverageStatus.MISSING and c.misplaced == ()
+    # an undersized stop in the right place with a misplaced one beside it
+    c = evaluate_coverage(1.0, [at(49_000.0, qty=0.3), stale], intended_stop=49_000.0)
+    assert c.status is CoverageStatus.UNDER_COVERED and c.covered_qty == pytest.approx(0.3)
+
+
+def test_misplaced_is_repaired_like_a_missing_stop():
+    c = evaluate_coverage(1.0, [at(30_000.0, close=True)], intended_stop=49_000.0)
+    assert decide(c).refresh and decide(c).reason == "misplaced_stop"
+    assert decide(c, last=95.0).reason == "cooldown"
