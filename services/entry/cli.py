@@ -38,6 +38,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--stop-loss", type=float, dest="stop_loss_price")
     p.add_argument("--take-profit", type=float, dest="take_profit_price")
+    p.add_argument(
+        "--trailing-callback",
+        type=float,
+        dest="trailing_callback_rate",
+        help="stage-1 trailing stop: retrace in percent from the best price (0.1-10, 1 = 1%%)",
+    )
+    p.add_argument(
+        "--trailing-activation",
+        type=float,
+        dest="trailing_activation_price",
+        help="the trailing stop starts tracking once price reaches this (default: at once)",
+    )
     p.add_argument("--signal-id", help="idempotency key (default: random)")
     return p.parse_args(argv)
 
@@ -67,6 +79,8 @@ def signal_from_args(a: argparse.Namespace) -> Signal:
         ref_price=a.ref_price,
         stop_loss_price=a.stop_loss_price,
         take_profit_price=a.take_profit_price,
+        trailing_callback_rate=a.trailing_callback_rate,
+        trailing_activation_price=a.trailing_activation_price,
         source="cli",
     )
 
