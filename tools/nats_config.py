@@ -68,6 +68,7 @@ USERS: dict[str, dict[str, list[str]]] = {
             f"{PREFIX}.intent.order.>",
             f"{PREFIX}.intent.replace.>",
             f"{PREFIX}.intent.cancel.>",  # leftover protection on a flat symbol
+            f"{PREFIX}.venue.order.>",  # our orders it saw end without the router (the router settles them)
             f"{PREFIX}.reconcile.>",
             f"{PREFIX}.risk.command.reconciler",
             f"$JS.API.CONSUMER.DELETE.{STREAM}.reconciler",  # it restarts its consumer at boot

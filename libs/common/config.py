@@ -121,6 +121,15 @@ class RouterSettings(_Base):
         5.0, gt=0, description="Redelivery delay of an intent lost in transit (held ones heartbeat)"
     )
     max_deliver: int = Field(10, ge=1, description="Deliveries before an intent is dead-lettered")
+    resolve_every_sec: float = Field(
+        2.0, gt=0, description="The resolver asks the venue about undecided orders this often"
+    )
+    cancel_verify_after_sec: float = Field(
+        2.0,
+        ge=0,
+        description="Look an order up again this long after its cancel was acknowledged: a fill that "
+        "raced the cancel is journaled CANCELED -> FILLED",
+    )
     mark_cache_sec: float = Field(
         1.0,
         ge=0,

@@ -241,6 +241,9 @@ class CancelResult(BusMessage):
     client_order_id: str
     symbol: Symbol
     outcome: CancelOutcome
+    order_correlation_id: Token | None = Field(
+        None, description="the cancelled order's own correlation id, when the router knows the order"
+    )
     status: str | None = Field(None, description="venue status from the cross-check fetch")
     filled_qty: float | None = None
     reason: str = ""
@@ -511,6 +514,26 @@ class VenueBan(BusMessage):
         return self.source_service
 
 
+class VenueOrderFact(BusMessage):
+    """A venue fact about one of our orders that the router did not see happen: the reconciler found it
+    gone from the open orders (a stop that triggered, an order cancelled or expired behind our back).
+
+    The router, the only writer of order transitions, looks the order up itself and journals the truth
+    (e.g. ACKED -> FILLED with the fill of the order a stop created, CANCELED -> FILLED).
+    """
+
+    family: ClassVar[str] = "venue.order"
+    kind: Literal["venue.order"] = "venue.order"
+    client_order_id: Annotated[str, Field(min_length=1, max_length=36)]
+    symbol: Symbol
+    is_trigger: bool = False
+    status: str = Field("", max_length=32, description="what the reporter saw (e.g. filled, expired)")
+    source: str = Field("", max_length=64)
+
+    def subject_token(self) -> str:
+        return self.client_order_id
+
+
 # ----------------------------------------------------------------------------- plumbing
 
 
@@ -552,6 +575,7 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
     Stage1GapAssertion,
     SignalDecision,
     VenueBan,
+    VenueOrderFact,
     DeadLetter,
 )
 _BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}

@@ -136,6 +136,7 @@ _KNOWN: dict[str, _Known] = {
     "router": [
         *_venue("router"),
         (CANCEL_REPLACE_GIVEUPS, (("INTENT_CREATED",), ("CANCEL_SENT_UNKNOWN",), ("REPLACE_RACE",))),
+        (NOT_RESENT, (("open",), ("settled",), ("resolve",))),
         (
             CANCELS,
             tuple((o,) for o in get_args(CancelOutcome)),
@@ -144,7 +145,6 @@ _KNOWN: dict[str, _Known] = {
             ORDERS,
             tuple(
                 (b, o)
-        (NOT_RESENT, (("open",), ("settled",), ("resolve",))),
                 for b in ("ENTRY", "TP", "SL", "EXIT")
                 for o in ("ACKED", "FILLED", "REJECTED", "FAILED", "BLOCKED", "UNKNOWN", "MOOT")
             ),

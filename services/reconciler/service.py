@@ -31,6 +31,7 @@ from libs.common.messages import (
     ReconcileSummary,
     ReplaceIntent,
     Stage1GapAssertion,
+    VenueOrderFact,
 )
 from libs.common.service import Service
 from libs.common.telemetry import (
@@ -269,6 +270,7 @@ class ReconcilerService(Service):
             )
             await self._publish_summary(summary, force=True)
             return summary
+        await self._report_endings(gone, answers)
         result = reconcile_tick(
             self.belief,
             snap,
@@ -310,6 +312,24 @@ class ReconcilerService(Service):
             summary, force=bool(result.mismatches or result.repairs or result.gap_events or changed)
         )
         return summary
+
+    async def _report_endings(self, gone: list, answers: list) -> None:
+        """Our orders that left the open orders without the router seeing it (a stop that triggered, an
+        order cancelled or expired behind our back): the router journals how they ended."""
+        for o, a in zip(gone, answers, strict=True):
+            if a is None or a.state not in ("filled", "canceled", "expired"):
+                continue
+            fact = VenueOrderFact(
+                client_order_id=o.client_order_id,
+                symbol=o.symbol,
+                is_trigger=o.is_trigger,
+                status=a.state,
+                source=self.name,
+            )
+            try:
+                await self.publisher.publish(fact, f"fact.{o.client_order_id}.{a.state}")
+            except BusUnavailable as e:
+                log_event(self.log, "reconcile.fact_not_sent", logging.WARNING, error=str(e))
 
     def _watched(self, positions: dict) -> set[str]:
         """Symbols whose orders a per-symbol tick must read: anything with a position, an order we

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -35,11 +36,12 @@ from libs.common.messages import (
     OrderIntent,
     OrderTransition,
     ReplaceIntent,
+    VenueOrderFact,
     decode,
 )
 from libs.common.retry import RetryPolicy
 from libs.common.service import Service
-from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
+from libs.common.state_machine import OPEN_ORDER_STATES, OrderState, can_transition
 from libs.common.telemetry import (
     INTENT_LATENCY,
     INTENTS,
@@ -61,6 +63,7 @@ from services.router.venue import Venue
 
 REGISTRY_SIZE = 10_000
 RECOVERY_HOURS = 24.0  # the journal window the ledger is loaded from at boot
+VERIFY_GIVE_UP_SEC = 60.0  # stop re-checking an acknowledged cancel the venue cannot answer about
 
 
 class RouterService(Service):
@@ -103,6 +106,8 @@ class RouterService(Service):
         )
         self.orders: OrderedDict[str, Lifecycle] = OrderedDict()  # client_order_id -> lifecycle
         self.unknown: dict[str, Lifecycle] = {}
+        # cancel acknowledged: look once more after a while, a fill may have raced the cancel
+        self.verify: dict[str, tuple[Lifecycle, float]] = {}
         self.leverage: dict[str, int] = {}
         self.guard: GuardView | None = None
         self.consumer: ConsumerLoop | None = None
@@ -127,7 +132,8 @@ class RouterService(Service):
         prefix = self.nats_settings.subject_prefix
         spec = ConsumerSpec(
             durable="router",
-            filter_subjects=[f"{prefix}.intent.>"],
+            # venue facts: orders the reconciler found gone from the venue's open orders
+            filter_subjects=[f"{prefix}.intent.>", f"{prefix}.venue.order.>"],
             ack_wait_sec=self.settings.ack_wait_sec,
             max_deliver=self.settings.max_deliver,
             max_ack_pending=self.settings.max_in_flight,
@@ -178,6 +184,8 @@ class RouterService(Service):
             await self.on_cancel(msg)
         elif isinstance(msg, ReplaceIntent):
             await self.on_replace(msg)
+        elif isinstance(msg, VenueOrderFact):
+            await self.on_venue_fact(msg)
 
     async def on_order(self, intent: OrderIntent, delivery: Delivery) -> None:
         INTENTS.labels(self.name, "order", intent.bucket.value).inc()
@@ -294,6 +302,7 @@ class RouterService(Service):
             return
         if report.outcome == "canceled":
             await life.move(OrderState.CANCELED, "cancel acked", order=report.order)
+            self.verify[msg.client_order_id] = (life, time.time() + self.settings.cancel_verify_after_sec)
         elif report.outcome == "filled":
             await life.move(OrderState.FILLED, "filled before cancel", order=report.order)
         elif report.outcome == "unknown":
@@ -346,16 +355,51 @@ class RouterService(Service):
         self.unknown[life.intent.client_order_id] = life
         UNKNOWN_ORDERS.set(len(self.unknown))
 
-    async def _resolver(self, interval: float = 2.0) -> None:
-        """Keep asking the venue about orders we could not resolve; never forget them."""
+    async def _resolver(self) -> None:
+        """Keep asking the venue about orders we could not resolve; never forget them. Also look again
+        at orders whose cancel was acknowledged a while ago."""
         while not self.stop_event.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), interval)
+                await asyncio.wait_for(self.stop_event.wait(), self.settings.resolve_every_sec)
             for cid, life in list(self.unknown.items()):
                 await self.resolve_once(life)
                 if life.state is not OrderState.UNKNOWN:
                     self.unknown.pop(cid, None)
             UNKNOWN_ORDERS.set(len(self.unknown))
+            now = time.time()
+            for cid, (life, due) in list(self.verify.items()):
+                if due <= now and await self.late_truth(life, "filled despite the cancel ack"):
+                    self.verify.pop(cid, None)
+                elif now > due + VERIFY_GIVE_UP_SEC:  # the reconciler's drift check is the backstop
+                    self.verify.pop(cid, None)
+                    log_event(self.log, "order.cancel_unverified", logging.WARNING, client_order_id=cid)
+
+    async def on_venue_fact(self, fact: VenueOrderFact) -> None:
+        """The reconciler saw one of our orders leave the venue's open orders: journal how it ended."""
+        life = self.orders.get(fact.client_order_id)
+        if life is None or life.state not in OPEN_ORDER_STATES | {OrderState.CANCELED}:
+            self._count("venue_fact_ignored")
+            return
+        await self.late_truth(life, f"venue: {fact.status or 'gone from open orders'} ({fact.source})")
+
+    async def late_truth(self, life: Lifecycle, reason: str) -> bool:
+        """Look ``life``'s order up and journal the venue's final word (a triggered stop ends FILLED
+        with the fill of the order it created). False when the venue could not say."""
+        intent = life.intent
+        res = await lookup_intent(self.venue, self.sink, self.budget(RetryPolicy(max_attempts=1)), intent)
+        if not res.known or res.order is None:
+            return False
+        order = res.order
+        if order.actual_order_id and order.state is OrderState.FILLED:
+            with contextlib.suppress(Exception):  # the algo's own answer still says how it ended
+                made = await self.venue.fetch_by_id(
+                    intent.symbol, order.actual_order_id, intent.client_order_id
+                )
+                order = dataclasses.replace(made, client_order_id=intent.client_order_id)
+        if order.state is not life.state and can_transition(life.state, order.state):
+            await life.move(order.state, reason, order=order)
+            self._count(f"late_truth_{order.state.value}")
+        return True
 
     async def resolve_once(self, life: Lifecycle) -> None:
         intent = life.intent

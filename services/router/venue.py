@@ -28,6 +28,7 @@ class VenueOrder:
     filled: float
     amount: float | None
     average: float | None
+    actual_order_id: str | None = None  # a triggered conditional order: the order it created
 
     @property
     def is_open(self) -> bool:
@@ -63,6 +64,7 @@ def venue_order_from_ccxt(order: dict[str, Any], client_order_id: str) -> VenueO
         filled=float(order.get("filled") or 0),
         amount=float(order["amount"]) if order.get("amount") is not None else None,
         average=float(order["average"]) if order.get("average") else None,
+        actual_order_id=str(info["actualOrderId"]) if info.get("actualOrderId") else None,
     )
 
 
@@ -103,10 +105,19 @@ class Venue:
     def __init__(self, exchange: ccxt.Exchange, *, ambiguity_margin_ms: int = 1000) -> None:
         self.ex = exchange
         self._markets_loaded = False
+        self.ambiguity_margin_ms = ambiguity_margin_ms
+
+    def absent_after(self, sent_at: float) -> float:
+        """Unix time from which a request sent at ``sent_at`` is void at the venue (its recvWindow)."""
+        recv_window_ms = int(self.ex.options.get("recvWindow") or 5000)
+        return absent_after(sent_at, recv_window_ms, self.ambiguity_margin_ms)
 
     async def ensure_markets(self) -> None:
         if not self._markets_loaded:
             await self.ex.load_markets()
+            # sign with the venue's clock: then timestamp + recvWindow, the moment an ambiguous request
+            # becomes void, is known on our clock too (up to this measurement's error: the margin)
+            await self.ex.load_time_difference()
             self._markets_loaded = True
 
     async def create(self, intent: OrderIntent, qty: float | None) -> VenueOrder:
@@ -114,12 +125,6 @@ class Venue:
         typ, side, amount, price, params = create_order_args(intent, qty)
         if amount is None:
             # closePosition stops carry no quantity; ccxt still wants a number it will drop
-        self.ambiguity_margin_ms = ambiguity_margin_ms
-
-    def absent_after(self, sent_at: float) -> float:
-        """Unix time from which a request sent at ``sent_at`` is void at the venue (its recvWindow)."""
-        recv_window_ms = int(self.ex.options.get("recvWindow") or 5000)
-        return absent_after(sent_at, recv_window_ms, self.ambiguity_margin_ms)
             amount = 0.0
         order = await self.ex.create_order(intent.symbol, typ, side, amount, price, params)
         return venue_order_from_ccxt(order, intent.client_order_id)
@@ -135,6 +140,11 @@ class Venue:
         except ccxt.OrderNotFound:
             return None
         return venue_order_from_ccxt(order, client_order_id)
+
+    async def fetch_by_id(self, symbol: str, order_id: str, client_order_id: str) -> VenueOrder:
+        """A regular order by the venue's id (the order a triggered stop created)."""
+        await self.ensure_markets()
+        return venue_order_from_ccxt(await self.ex.fetch_order(order_id, symbol), client_order_id)
 
     async def cancel(self, symbol: str, client_order_id: str, trigger: bool) -> VenueOrder:
         await self.ensure_markets()

@@ -257,3 +257,38 @@ async def test_replace_transitions_strict_mode_raises_on_an_invalid_sequence():
     await lax.move(ReplaceState.DONE)
     await lax.move(ReplaceState.REPLACE_RACE)  # logged, not raised
     assert lax.state is ReplaceState.REPLACE_RACE
+
+
+# ----------------------------------------------------------------------------- 4. late truth
+
+
+async def test_fill_after_cancel_ack_is_journaled_canceled_then_filled(bus, sim, router_factory):
+    router = await router_factory(cancel_verify_after_sec=0.2, resolve_every_sec=0.2)
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    sim.add_fault(kind="fill_after_cancel_ack", method="DELETE", path="/fapi/v1/order", count=1)
+    await bus.publish(cancel_for(intent))
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.CANCELED))
+    late = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
+    assert path_of(bus.tap, intent)[-2:] == ["CANCELED", "FILLED"]
+    assert late.filled_qty == pytest.approx(0.01) and late.avg_price == pytest.approx(48_000.0)
+    assert router.counts.get("late_truth_FILLED") == 1
+
+
+async def test_a_stop_that_triggers_at_the_venue_ends_filled_with_the_orders_fill(
+    bus, sim, router_factory, reconciler_factory
+):
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory(resolve_every_sec=0.2)
+    stop = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(stop)
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.ACKED))
+    rec = await reconciler_factory()
+    await rec.wait_ticks(1)
+    sim.set_price(BTC_ID, 44_900.0)  # the stop triggers: a market order closes the position
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.FILLED, S.EXPIRED))
+    assert t.to_state is S.FILLED and path_of(bus.tap, stop)[-2:] == ["ACKED", "FILLED"]
+    made = next(o for o in sim.state()["orders"] if o["clientOrderId"] == stop.client_order_id)
+    assert t.exchange_order_id == str(made["orderId"])  # the order the trigger created, with its fill
+    assert t.filled_qty == pytest.approx(0.02) and t.avg_price == pytest.approx(float(made["avgPrice"]))
