@@ -195,6 +195,12 @@ class OrderSubmitter:
         resize = d.modification is Modification.RESIZE_REDUCE_ONLY and (
             intent.reduce_only or intent.close_position
         )
+        if d.modification is Modification.TRIGGER_CROSSED and intent.order_type == "trailing_stop_market":
+            if intent.activation_price is None:  # nothing to move: the venue refuses the stop itself
+                await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
+                return SubmitOutcome(OrderState.REJECTED, d.reason, life)
+            # the activation price is already reached: track from now instead (never a market close)
+            return intent.model_copy(update={"activation_price": None}), qty
         if d.modification is Modification.TRIGGER_CROSSED and intent.is_trigger:
             was_close_position = intent.close_position
             intent = as_market_exit(intent)

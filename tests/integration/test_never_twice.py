@@ -292,3 +292,27 @@ async def test_a_stop_that_triggers_at_the_venue_ends_filled_with_the_orders_fil
     made = next(o for o in sim.state()["orders"] if o["clientOrderId"] == stop.client_order_id)
     assert t.exchange_order_id == str(made["orderId"])  # the order the trigger created, with its fill
     assert t.filled_qty == pytest.approx(0.02) and t.avg_price == pytest.approx(float(made["avgPrice"]))
+
+
+async def test_trailing_stop_whose_activation_was_reached_tracks_from_now_not_a_market_close(
+    bus, sim, router_factory
+):
+    """-2021 for a trailing stop means its activation price is already through: resend it without one.
+    Turning it into a market exit (as for a crossed stop-loss) would close the position."""
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory()
+    px = sim.price(BTC_ID)
+    trail = make_intent(
+        Bucket.SL,
+        side="sell",
+        order_type="trailing_stop_market",
+        qty=0.02,
+        callback_rate=1.0,
+        activation_price=round(px * 0.99, 1),  # a sell trailing stop activates on a rise: already reached
+    )
+    await bus.publish(trail)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, trail))
+    assert t.to_state is S.ACKED
+    assert sim.position(BTC_ID) == pytest.approx(0.02)  # nothing closed
+    posts = creates(sim, trail.client_order_id, "/fapi/v1/algoOrder")
+    assert len(posts) == 2 and "activatePrice" not in posts[1]["params"]
