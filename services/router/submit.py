@@ -26,6 +26,7 @@ from libs.common.journal import EventSink
 from libs.common.messages import OrderIntent
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import SUBMIT_LATENCY
+from services.router.cancel import cancel_order
 from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_intent
 from services.router.retrying import Budget, emit_retry_and_wait
@@ -59,6 +60,10 @@ def as_market_exit(intent: OrderIntent) -> OrderIntent:
         update={"order_type": "market", "stop_price": None, "close_position": False, "reduce_only": True}
     )
 
+
+# a resting close-position order this close to the price asked for is that protection already
+# (the reconciler's RECONCILE_STOP_PRICE_TOLERANCE default)
+SAME_STOP_TOLERANCE = 0.005
 
 # a lookup found nothing while the last send could still be accepted: look again, do not resend
 NOT_FOUND_YET = ErrorDecision(Policy.RETRYABLE, "not_found_yet", -2013, "OrderNotFound")
@@ -177,15 +182,50 @@ class OrderSubmitter:
                 symbol=intent.symbol,
             )
 
+    async def _take_place_of(
+        self, life: Lifecycle, budget: Budget, intent: OrderIntent, qty: float | None, d: ErrorDecision
+    ) -> tuple[OrderIntent, float | None] | SubmitOutcome:
+        """-4130: a close-position order of this kind already rests on this side (the venue allows one).
+        At our price it is the protection asked for (MOOT); anywhere else it is not what was asked (a
+        stale stop of a closed position, another stop price): cancel it, verified, and send ours."""
+        try:
+            resting = await self.venue.resting_close_position(intent)
+        except Exception as e:
+            reason = f"{d.reason}:unreadable"
+            await life.move(OrderState.REJECTED, reason, error_class=type(e).__name__, code=d.code)
+            return SubmitOutcome(OrderState.REJECTED, reason, life)
+        wanted = intent.stop_price or 0.0
+        if resting is None or abs(resting[1] - wanted) <= SAME_STOP_TOLERANCE * wanted:
+            await life.move(OrderState.MOOT, d.reason, error_class=d.error_class, code=d.code)
+            return SubmitOutcome(OrderState.MOOT, d.reason, life)
+        report = await cancel_order(
+            self.venue,
+            self.sink,
+            budget,
+            symbol=intent.symbol,
+            client_order_id=resting[0],
+            trigger=True,
+            correlation_id=intent.correlation_id,
+        )
+        if report.outcome in ("canceled", "already_gone", "filled"):  # gone, or it closed the position
+            log.warning(
+                "replaced resting %s at %s by %s at %s",
+                resting[0],
+                resting[1],
+                intent.client_order_id,
+                wanted,
+            )
+            return intent, qty
+        reason = f"{d.reason}:cancel_{report.outcome}"
+        await life.move(OrderState.REJECTED, reason, error_class=d.error_class, code=d.code)
+        return SubmitOutcome(OrderState.REJECTED, reason, life)
+
     async def _modify(
         self, life: Lifecycle, budget: Budget, intent: OrderIntent, qty: float | None, d: ErrorDecision
     ) -> tuple[OrderIntent, float | None] | SubmitOutcome:
         """Apply the modification the error policy asked for, or end the intent."""
         if d.modification is Modification.PROTECTION_EXISTS and intent.close_position:
-            # the venue already holds a close-position order of this kind on this side: it closes
-            # the whole position whatever its size, so this one has nothing left to add
-            await life.move(OrderState.MOOT, d.reason, error_class=d.error_class, code=d.code)
-            return SubmitOutcome(OrderState.MOOT, d.reason, life)
+            return await self._take_place_of(life, budget, intent, qty, d)
         if d.modification is Modification.RESYNC_CLOCK:
             try:
                 await self.venue.resync_clock()

@@ -141,6 +141,22 @@ class Venue:
             return None
         return venue_order_from_ccxt(order, client_order_id)
 
+    async def resting_close_position(self, intent: OrderIntent) -> tuple[str, float] | None:
+        """(client id, trigger price) of the close-position order of ``intent``'s kind resting on its
+        side, if any (the venue allows one per kind and direction)."""
+        await self.ensure_markets()
+        kind = "TAKE_PROFIT" if intent.order_type == "take_profit_market" else "STOP"
+        for o in await self.ex.fetch_open_orders(intent.symbol, None, None, {"trigger": True}):
+            info = o.get("info") or {}
+            order_type = str(info.get("orderType") or info.get("type") or "")
+            if (
+                str(info.get("closePosition")).lower() == "true"
+                and o.get("side") == intent.side
+                and order_type.startswith(kind)
+            ):
+                return str(o.get("clientOrderId")), float(o.get("triggerPrice") or 0)
+        return None
+
     async def fetch_by_id(self, symbol: str, order_id: str, client_order_id: str) -> VenueOrder:
         """A regular order by the venue's id (the order a triggered stop created)."""
         await self.ensure_markets()

@@ -316,3 +316,40 @@ async def test_trailing_stop_whose_activation_was_reached_tracks_from_now_not_a_
     assert sim.position(BTC_ID) == pytest.approx(0.02)  # nothing closed
     posts = creates(sim, trail.client_order_id, "/fapi/v1/algoOrder")
     assert len(posts) == 2 and "activatePrice" not in posts[1]["params"]
+
+
+# ----------------------------------------------------------------------------- 5. a new stop-loss takes the old one's place
+
+
+async def test_a_new_stop_loss_replaces_a_stale_close_position_stop_instead_of_going_moot(
+    bus, sim, router_factory
+):
+    """-4130: a close-position stop from a closed position (far below) still rests; the user's new
+    stop-loss must take its place, not end MOOT and leave the stale one as 'protection'."""
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory()
+    stale = stop_intent("sell", 25_000.0, qty=None)
+    await bus.publish(stale)
+    await bus.tap.wait_for(lambda: settled(bus.tap, stale, S.ACKED))
+    wanted = stop_intent("sell", 48_000.0, qty=None)
+    await bus.publish(wanted)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, wanted, S.ACKED, S.MOOT, S.REJECTED))
+    assert t.to_state is S.ACKED
+    live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
+    assert [(a["clientAlgoId"], float(a["triggerPrice"])) for a in live] == [
+        (wanted.client_order_id, 48_000.0)
+    ]
+
+
+async def test_the_same_stop_loss_again_is_moot(bus, sim, router_factory):
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory()
+    first = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(first)
+    await bus.tap.wait_for(lambda: settled(bus.tap, first, S.ACKED))
+    again = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(again)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, again, S.ACKED, S.MOOT, S.REJECTED))
+    assert t.to_state is S.MOOT and t.code == -4130
+    live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
+    assert [a["clientAlgoId"] for a in live] == [first.client_order_id]

@@ -272,7 +272,8 @@ async def test_stale_close_position_stop_from_a_closed_position_is_replaced_for_
 ):
     """The reproduced bug: a close-position stop left from a closed position (51% below the new entry)
     was counted as protection for the next position; the new stage-1 stop went MOOT (-4130: one
-    close-position stop per direction) and the user's --stop-loss was silently dropped."""
+    close-position stop per direction) and the user's --stop-loss was silently dropped. Now the router
+    puts the new stop in the stale one's place, and the reconciler finds nothing to fix."""
     await router_factory()
     await entry_factory()
     sim.add_fault(kind="keep_protection", symbol=BTC_ID, count=None)
@@ -292,21 +293,50 @@ async def test_stale_close_position_stop_from_a_closed_position_is_replaced_for_
         lambda: next((i for i in bus.tap.of(OrderIntent) if i.source == "entry.stage1"), None)
     )
     t = await bus.tap.wait_for(lambda: settled(bus.tap, stage1, S.MOOT, S.ACKED, S.REJECTED))
-    assert (t.to_state, t.code) == (S.MOOT, -4130)  # the stale stop blocked it
-
-    rec = await reconciler_factory()
-    await bus.tap.wait_for(lambda: repairs(bus.tap, "move_stop"))
-    (replace,) = bus.tap.of(ReplaceIntent)
-    assert replace.old_client_order_id == old.client_order_id and replace.new_order.stop_price == wanted
-    assert bus.tap.of(MismatchEvent, mismatch="misplaced_stop")
-    await bus.tap.wait_for(lambda: settled(bus.tap, replace.new_order, S.ACKED))
-    await bus.tap.wait_for(lambda: [g for g in bus.tap.of(ProtectionGap) if g.state == "closed"])
-    (stop,) = open_stops(sim)  # exactly one live stop for the long
+    assert t.to_state is S.ACKED  # the -4130 led to replacing the stale stop, not to MOOT
+    (stop,) = open_stops(sim)  # exactly one live stop for the long, at the user's price
     assert (stop["clientAlgoId"], stop["side"], float(stop["triggerPrice"])) == (
-        replace.new_order.client_order_id,
+        stage1.client_order_id,
         "SELL",
         wanted,
     )
+    rec = await reconciler_factory()
+    s = await rec.wait_ticks(3)
+    assert s.open_gaps == 0 and repairs(bus.tap, "move_stop") == []
+    assert not bus.tap.of(MismatchEvent, mismatch="misplaced_stop")
+
+
+async def test_a_misplaced_stop_on_an_open_position_is_moved_by_the_reconciler(
+    bus, sim, router_factory, reconciler_factory
+):
+    """The backstop: a position whose only stop is far from where its stop belongs (placed behind our
+    back, or left by an older position) is not protection: the reconciler moves it."""
+    from libs.common.exchange import make_exchange
+
+    await router_factory()
+    px = sim.price(BTC_ID)
+    sim.set_position(BTC_ID, 0.02, px)
+    ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")
+    try:  # a stop nobody journaled: another session's, or a human's
+        await ex.create_order(
+            BTC,
+            "market",
+            "sell",
+            0.0,
+            None,
+            {"stopLossPrice": round(px * 0.49, 1), "closePosition": True, "clientOrderId": "manualstop1"},
+        )
+    finally:
+        await ex.close()
+    rec = await reconciler_factory()
+    await bus.tap.wait_for(lambda: repairs(bus.tap, "move_stop"))
+    (replace,) = bus.tap.of(ReplaceIntent)
+    assert replace.old_client_order_id == "manualstop1"
+    assert bus.tap.of(MismatchEvent, mismatch="misplaced_stop")
+    await bus.tap.wait_for(lambda: settled(bus.tap, replace.new_order, S.ACKED))
+    (stop,) = open_stops(sim)  # exactly one live stop for the long, near where it belongs
+    assert stop["clientAlgoId"] == replace.new_order.client_order_id
+    assert abs(float(stop["triggerPrice"]) - px) / px < 0.1
     s = await rec.wait_ticks(3)
     assert s.open_gaps == 0 and len(repairs(bus.tap, "move_stop")) == 1
 
