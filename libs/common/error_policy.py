@@ -94,6 +94,7 @@ _BY_CODE: dict[int, _Rule] = {
     -1102: _Rule(_F, "mandatory_parameter_missing"),
     -1106: _Rule(_F, "parameter_not_required"),  # e.g. closePosition with reduceOnly
     -1111: _Rule(_F, "precision_over_maximum"),
+    -1131: _Rule(_F, "recv_window_too_large"),  # a recvWindow over 60 s: our configuration, not the order
     -1116: _Rule(_F, "invalid_order_type"),
     -1121: _Rule(_F, "invalid_symbol"),
     -2007: _Rule(_F, "invalid_callback_rate"),  # trailing stop: callbackRate outside 0.1..10 %
@@ -107,7 +108,12 @@ _BY_CODE: dict[int, _Rule] = {
     -2022: _Rule(_RM, "reduce_only_rejected", modification=Modification.RESIZE_REDUCE_ONLY),
     -4003: _Rule(_F, "quantity_not_positive"),
     -4014: _Rule(_F, "price_not_tick_multiple"),
-    -4016: _Rule(_F, "limit_price_outside_band"),  # PERCENT_PRICE: "Limit price can't be higher than ..."
+    -4016: _Rule(
+        _F, "limit_price_outside_band"
+    ),  # PERCENT_PRICE: "Price is higher than mark price multiplier cap."
+    -4024: _Rule(
+        _F, "limit_price_outside_band"
+    ),  # PERCENT_PRICE: "Price is lower than mark price multiplier floor."
     -4028: _Rule(_F, "invalid_leverage"),
     -4116: _Rule(_IS, "duplicate_client_order_id"),
     -4118: _Rule(_RM, "reduce_only_check_failed", modification=Modification.RESIZE_REDUCE_ONLY),

@@ -86,6 +86,8 @@ CASES = [
     (-4003, Policy.FATAL, "quantity_not_positive", False, None),
     (-4014, Policy.FATAL, "price_not_tick_multiple", False, None),
     (-4016, Policy.FATAL, "limit_price_outside_band", False, None),
+    (-4024, Policy.FATAL, "limit_price_outside_band", False, None),
+    (-1131, Policy.FATAL, "recv_window_too_large", False, None),
     (-4028, Policy.FATAL, "invalid_leverage", False, None),
     (-4120, Policy.FATAL, "use_algo_order_endpoint", False, None),
     (-4137, Policy.FATAL, "close_position_with_quantity", False, None),
