@@ -20,7 +20,7 @@ asked, in the intent.
 from __future__ import annotations
 
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
-from libs.common.messages import OrderIntent, Side
+from libs.common.messages import OrderIntent, OrderType, Side
 
 
 def exit_side(position_side: Side) -> Side:
@@ -56,6 +56,33 @@ def _stamp(ts_ms: int | None) -> dict[str, int]:
     return {} if ts_ms is None else {"ts_ms": ts_ms}
 
 
+def _close_position_trigger(
+    bucket: Bucket,
+    order_type: OrderType,
+    *,
+    symbol: str,
+    position_side: Side,
+    trigger: float,
+    source: str,
+    id_scope: str,
+    key: str,
+    parent_correlation_id: str | None,
+    ts_ms: int | None,
+) -> OrderIntent:
+    return OrderIntent(
+        **_ids(id_scope, key, bucket),
+        **_stamp(ts_ms),
+        bucket=bucket,
+        symbol=symbol,
+        side=exit_side(position_side),
+        order_type=order_type,
+        stop_price=trigger,
+        close_position=True,
+        parent_correlation_id=parent_correlation_id,
+        source=source,
+    )
+
+
 def stop_loss(
     *,
     symbol: str,
@@ -68,17 +95,17 @@ def stop_loss(
     ts_ms: int | None = None,
 ) -> OrderIntent:
     """A close-position stop for the position opened by ``position_side``."""
-    return OrderIntent(
-        **_ids(id_scope, key, Bucket.SL),
-        **_stamp(ts_ms),
-        bucket=Bucket.SL,
+    return _close_position_trigger(
+        Bucket.SL,
+        "stop_market",
         symbol=symbol,
-        side=exit_side(position_side),
-        order_type="stop_market",
-        stop_price=stop_price,
-        close_position=True,
-        parent_correlation_id=parent_correlation_id,
+        position_side=position_side,
+        trigger=stop_price,
         source=source,
+        id_scope=id_scope,
+        key=key,
+        parent_correlation_id=parent_correlation_id,
+        ts_ms=ts_ms,
     )
 
 
@@ -94,17 +121,17 @@ def take_profit(
     ts_ms: int | None = None,
 ) -> OrderIntent:
     """A close-position take-profit for the position opened by ``position_side``."""
-    return OrderIntent(
-        **_ids(id_scope, key, Bucket.TP),
-        **_stamp(ts_ms),
-        bucket=Bucket.TP,
+    return _close_position_trigger(
+        Bucket.TP,
+        "take_profit_market",
         symbol=symbol,
-        side=exit_side(position_side),
-        order_type="take_profit_market",
-        stop_price=price,
-        close_position=True,
-        parent_correlation_id=parent_correlation_id,
+        position_side=position_side,
+        trigger=price,
         source=source,
+        id_scope=id_scope,
+        key=key,
+        parent_correlation_id=parent_correlation_id,
+        ts_ms=ts_ms,
     )
 
 
