@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install run test test-unit lint fmt bench replay-summary signal clean
+.PHONY: install run test test-unit lint fmt bench replay-summary signal soak clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ bench: install
 	$(PY) -m bench.replay_throughput
 	$(PY) -m bench.halt_propagation
 	$(PY) -m bench.reconcile_tick
+
+# seeded fault soak with an invariant checker (not part of make test): make soak SEED=1 SECONDS=120
+soak: install
+	$(PY) -m tools.soak --seed $(or $(SEED),1) --seconds $(or $(SECONDS),120)
 
 replay-summary: install
 	$(PY) -m tools.replay summary

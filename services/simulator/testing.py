@@ -51,6 +51,10 @@ class SimControl:
     def clear_faults(self) -> None:
         self._call("DELETE", "/_sim/faults")
 
+    def remove_fault(self, rule_id: int) -> None:
+        """Delete one rule (the others stay)."""
+        self._call("DELETE", f"/_sim/faults/{rule_id}")
+
     def set_price(self, symbol: str, price: float) -> dict:
         return self._call("POST", "/_sim/price", json={"symbol": symbol, "price": price})
 
