@@ -87,7 +87,9 @@ async def read_journal_batches(
     sub = await js.subscribe(subjects[0], stream=stream, ordered_consumer=True, cb=on_msg, **kwargs)
     try:
         info = await sub.consumer_info()
-        if info.num_pending == 0 and not pending:
+        # nothing to read only if nothing was delivered either: delivered messages may still be in flight
+        # to the callback (under load an empty read here would let the router's ledger miss the journal)
+        if info.num_pending == 0 and not info.delivered.consumer_seq and not pending:
             return
         while True:
             if not pending:
