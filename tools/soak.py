@@ -454,6 +454,7 @@ class Soak:
         self.rule_ids: dict[int, int] = {}  # schedule fault id -> simulator rule id
         self.rule_hits: dict[int, tuple[int | None, int]] = {}  # simulator rule id -> (http status, hits)
         self.limit_samples: list[dict] = []
+        self.ready_samples: list[dict] = []
         self.bad_signals: dict[str, dict] = {}
         self.foreign: list[str] = []
         self.behind_back: dict[str, float] = {}
@@ -780,10 +781,26 @@ class Soak:
             self.counts["action_errors"] += 1
         self.note(event, result)
 
-    async def sample_limits(self, stop: asyncio.Event) -> None:
+    async def sample_ready(self) -> None:
+        """Each service's /readyz, and whether its process runs."""
+        assert self.http is not None
+        for name in SERVICE_NAMES:
+            child = self.stack[name]
+            row = {"ts": time.time(), "service": name, "alive": child.alive, "ready": False, "reason": ""}
+            try:
+                r = await self.http.get(child.url + "/readyz", timeout=2.0)
+                row.update(ready=r.status_code == 200, reason=r.json().get("reason", ""))
+            except (httpx.HTTPError, ValueError) as e:
+                row["reason"] = type(e).__name__
+            self.ready_samples.append(row)
+
+    async def sample(self, stop: asyncio.Event) -> None:
+        """Every 2 s: the venue's rate limiter and every service's readiness."""
         while not stop.is_set():
             with contextlib.suppress(Exception):
                 self.limit_samples.append({"ts": time.time(), "limits": await self.call(self.sim.limits)})
+            with contextlib.suppress(Exception):
+                await self.sample_ready()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
 
@@ -859,6 +876,7 @@ class Soak:
         venue = await self.call(self.sim.state)
         requests = await self.call(self.sim.requests_log)
         self.limit_samples.append({"ts": time.time(), "limits": await self.call(self.sim.limits)})
+        await self.sample_ready()
         try:
             unknown = (await self.get("router", "/status")).get("unknown_orders")
         except httpx.HTTPError:
@@ -877,6 +895,7 @@ class Soak:
             venue=venue,
             requests=requests,
             limit_samples=self.limit_samples,
+            ready_samples=self.ready_samples,
             injected=dict(injected),
             foreign_orders=self.foreign,
             behind_back_cancels=self.behind_back,
@@ -889,7 +908,7 @@ class Soak:
     async def run(self) -> History:
         await self.connect()
         stop = asyncio.Event()
-        sampler = asyncio.create_task(self.sample_limits(stop))
+        sampler = asyncio.create_task(self.sample(stop))
         try:
             print(f"[soak] running the schedule for {self.schedule['seconds']:g}s", flush=True)
             await self.run_schedule()

@@ -62,6 +62,7 @@ JOURNAL_MATCHES_VENUE = "journal agrees with the venue at the end"
 RETRIES_BOUNDED = "retries bounded"
 WEIGHT_UNDER_LIMIT = "REST weight under the limit, no 429/418 of our making"
 BAD_SIGNALS_REFUSED = "bad signals refused, never at the venue"
+SERVICES_READY = "every running service ready again in bound"
 INVARIANTS = (
     ONE_ORDER_PER_ID,
     NO_UNJOURNALED,
@@ -75,6 +76,7 @@ INVARIANTS = (
     RETRIES_BOUNDED,
     WEIGHT_UNDER_LIMIT,
     BAD_SIGNALS_REFUSED,
+    SERVICES_READY,
 )
 
 
@@ -93,6 +95,8 @@ class CheckConfig:
     settle_bound_sec: float = 60.0
     # scheduling noise on the router's own deadlines (event loop, journal publish)
     timing_slack_sec: float = 1.5
+    # a running service (its process up) answers /readyz 200 again within this (bus outages included)
+    ready_bound_sec: float = 30.0
 
 
 @dataclass
@@ -103,6 +107,8 @@ class History:
     venue: dict  # GET /_sim/state at the end: every order and algo order the venue ever took
     requests: list[dict]  # GET /_sim/requests: every /fapi request (ts, method, path, params, status, code)
     limit_samples: list[dict] = field(default_factory=list)  # {"ts": s, "limits": GET /_sim/limits}
+    # {"ts": s, "service": name, "alive": process up, "ready": /readyz 200, "reason": its answer}
+    ready_samples: list[dict] = field(default_factory=list)
     injected: dict[str, int] = field(default_factory=dict)  # http_error status -> requests it answered
     foreign_orders: list[str] = field(default_factory=list)  # client ids the soak placed itself
     behind_back_cancels: dict[str, float] = field(default_factory=dict)  # client id -> when (unix s)
@@ -705,6 +711,40 @@ def check_bad_signals(h: History) -> Result:
     return res
 
 
+def check_ready(h: History) -> Result:
+    """A service whose process runs but which never gets ready (its start-up failed and nobody retries)
+    repairs nothing: every stretch of not-ready samples of a live process must end within the bound."""
+    bound = h.config.ready_bound_sec
+    res = Result(SERVICES_READY)
+    by_service: dict[str, list[dict]] = defaultdict(list)
+    for s in sorted(h.ready_samples, key=lambda x: x["ts"]):
+        by_service[s["service"]].append(s)
+    for name, samples in sorted(by_service.items()):
+        res.checks += len(samples)
+        since: dict | None = None  # first sample of the current not-ready stretch of a live process
+        stretches: list[tuple[dict, dict]] = []
+        for s in samples:
+            if s["alive"] and not s["ready"]:
+                since = since or s
+                continue
+            if since is not None:
+                stretches.append((since, s))
+            since = None
+        if since is not None:
+            stretches.append((since, samples[-1]))
+        for first, last in stretches:
+            if last["ts"] - first["ts"] > bound:
+                res.violations.append(
+                    Violation(
+                        SERVICES_READY,
+                        f"{name} running but not ready for {last['ts'] - first['ts']:.0f}s "
+                        f"({_fmt_ts(first['ts'])} .. {_fmt_ts(last['ts'])})",
+                        f"/readyz said: {first.get('reason')!r} .. {last.get('reason')!r}",
+                    )
+                )
+    return res
+
+
 def check(h: History) -> list[Result]:
     """Every invariant, in the table's order."""
     ix = index(h.entries)
@@ -717,6 +757,7 @@ def check(h: History) -> list[Result]:
         check_retries(h, ix),
         check_weight(h),
         check_bad_signals(h),
+        check_ready(h),
     ]
     order = {name: i for i, name in enumerate(INVARIANTS)}
     return sorted(results, key=lambda r: order[r.name])
@@ -760,6 +801,7 @@ def save_history(run_dir: Path, h: History) -> None:
     (d / "requests.json").write_text(json.dumps(h.requests))
     meta = {
         "limit_samples": h.limit_samples,
+        "ready_samples": h.ready_samples,
         "injected": h.injected,
         "foreign_orders": h.foreign_orders,
         "behind_back_cancels": h.behind_back_cancels,
@@ -786,6 +828,7 @@ def load_history(run_dir: Path, prefix: str = "erl") -> History:
         venue=json.loads((d / "venue_state.json").read_text()),
         requests=json.loads((d / "requests.json").read_text()),
         limit_samples=meta["limit_samples"],
+        ready_samples=meta.get("ready_samples", []),
         injected=meta["injected"],
         foreign_orders=meta["foreign_orders"],
         behind_back_cancels=meta["behind_back_cancels"],

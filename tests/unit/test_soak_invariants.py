@@ -27,6 +27,7 @@ from tools.soak_invariants import (
     ONE_STOP_PER_SIDE,
     PROTECTED_AT_END,
     RETRIES_BOUNDED,
+    SERVICES_READY,
     SETTLED_IN_BOUND,
     WEIGHT_UNDER_LIMIT,
     History,
@@ -345,6 +346,24 @@ def test_bad_signals_must_be_refused_and_never_reach_the_venue():
     requests = [create_request(entry_client_order_id("b2"), T0)]
     r = by_name(history(msgs, requests=requests, bad_signals=bad))[BAD_SIGNALS_REFUSED]
     assert len(r.violations) == 2  # b2 reached the venue; b3 neither refused nor dead-lettered
+
+
+def test_a_running_service_that_never_gets_ready_is_a_violation():
+    def sample(ts: float, alive: bool, ready: bool) -> dict:
+        return {"ts": ts, "service": "reconciler", "alive": alive, "ready": ready, "reason": "bus not ready"}
+
+    t = T0 / 1000
+    # killed for 20 s and restarted: not ready while down is no fault of its own
+    ok = [
+        sample(t, True, True),
+        *(sample(t + k, False, False) for k in range(1, 21)),
+        sample(t + 25, True, True),
+    ]
+    assert not by_name(history([], ready_samples=ok))[SERVICES_READY].violations
+    # up, but its start-up failed and nobody retries: a zombie
+    stuck = [sample(t, True, True), *(sample(t + k, True, False) for k in range(1, 41))]
+    r = by_name(history([], ready_samples=stuck))[SERVICES_READY]
+    assert len(r.violations) == 1 and "reconciler running but not ready for 39s" in r.violations[0].what
 
 
 def test_a_history_survives_the_disk(tmp_path):
