@@ -56,6 +56,7 @@ class Service:
         self.js: JetStreamContext | None = None
         self.publisher: Publisher | None = None
         self.journal: Journal | None = None
+        self._not_ready_reason = ""  # why start-up has not finished, when it failed
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
         self._server: _QuietServer | None = None
@@ -79,7 +80,7 @@ class Service:
 
     def readiness(self) -> tuple[bool, str]:
         if not self._bus_ready.is_set():
-            return False, "bus not ready"
+            return False, self._not_ready_reason or "bus not ready"
         if self.nc is None or not self.nc.is_connected:
             return False, "nats disconnected"
         return True, "ok"
@@ -232,7 +233,9 @@ class Service:
             await self.nc.subscribe(
                 f"{self.nats_settings.subject_prefix}.venue.ban.>", cb=self._on_ban_message
             )
-        await self.prepare()
+        await self._prepare_until_done()
+        if self.stop_event.is_set():
+            return
         self._bus_ready.set()
         log_event(self.log, "service.bus_ready", service=self.name)
 
@@ -256,8 +259,33 @@ class Service:
         self._tasks.append(asyncio.ensure_future(self._bus_then_tasks()))
         log_event(self.log, "service.started", service=self.name, port=self.bound_port)
 
+    async def _prepare_until_done(self) -> None:
+        """Start-up work can fail on a venue or journal hiccup (a 429 on exchangeInfo): try again with
+        backoff, loudly; a service must never sit up but not ready without saying why."""
+        delay = 0.5
+        while not self.stop_event.is_set():
+            try:
+                await self.prepare()
+                return
+            except Exception as e:
+                log_event(
+                    self.log,
+                    "service.prepare_failed",
+                    logging.ERROR,
+                    error=f"{type(e).__name__}: {e}",
+                    retry_in_sec=delay,
+                )
+                self._not_ready_reason = f"start-up failed: {type(e).__name__}: {e}"[:300]
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                delay = min(delay * 2, 15.0)
+
     async def _bus_then_tasks(self) -> None:
-        await self._connect_bus()
+        try:
+            await self._connect_bus()
+        except Exception as e:  # never die silently: say it, and let the supervisor see an unready service
+            log_event(self.log, "service.bus_task_failed", logging.CRITICAL, error=f"{type(e).__name__}: {e}")
+            raise
         if self.stop_event.is_set():
             return
         work = [self.journal.run_flusher(self.stop_event), *await self.run_tasks()]

@@ -18,6 +18,7 @@ class RebuildPlan:
     adopted_orders: int = 0
     orphans: list[OrphanOrder] = field(default_factory=list)
     unknown_from_journal: int = 0
+    ended_unseen: int = 0  # journaled open, gone from the venue's open orders
 
 
 def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]) -> RebuildPlan:
@@ -83,4 +84,22 @@ def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]
                     order_type=o.order_type,
                 )
             )
+    # journaled open but no longer listed: it ended while nobody watched (a fill, a trigger, a cancel
+    # behind our back during our downtime). Believed open, the first tick looks it up and reports how it
+    # ended, so the journal learns it.
+    listed = {o.client_order_id for o in snap.orders}
+    for cid, i in journal_open.items():
+        if cid not in listed:
+            belief.adopt_order(
+                KnownOrder(
+                    cid,
+                    i.symbol,
+                    i.bucket,
+                    i.side,
+                    OrderState.ACKED,
+                    is_trigger=i.is_trigger,
+                    stop_price=i.stop_price,
+                )
+            )
+            plan.ended_unseen += 1
     return plan

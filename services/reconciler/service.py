@@ -270,7 +270,9 @@ class ReconcilerService(Service):
             )
             await self._publish_summary(summary, force=True)
             return summary
-        await self._report_endings(gone, answers)
+        unreported = await self._report_endings(gone, answers)
+        # an ending the router was not told of stays believed open: looked up and reported next tick
+        answers = [None if o.client_order_id in unreported else a for o, a in zip(gone, answers, strict=True)]
         result = reconcile_tick(
             self.belief,
             snap,
@@ -313,9 +315,11 @@ class ReconcilerService(Service):
         )
         return summary
 
-    async def _report_endings(self, gone: list, answers: list) -> None:
+    async def _report_endings(self, gone: list, answers: list) -> set[str]:
         """Our orders that left the open orders without the router seeing it (a stop that triggered, an
-        order cancelled or expired behind our back): the router journals how they ended."""
+        order cancelled or expired behind our back): the router journals how they ended. Returns the
+        client ids whose report could not be sent."""
+        unreported: set[str] = set()
         for o, a in zip(gone, answers, strict=True):
             if a is None or a.state not in ("filled", "canceled", "expired"):
                 continue
@@ -329,7 +333,9 @@ class ReconcilerService(Service):
             try:
                 await self.publisher.publish(fact, f"fact.{o.client_order_id}.{a.state}")
             except BusUnavailable as e:
+                unreported.add(o.client_order_id)
                 log_event(self.log, "reconcile.fact_not_sent", logging.WARNING, error=str(e))
+        return unreported
 
     def _watched(self, positions: dict) -> set[str]:
         """Symbols whose orders a per-symbol tick must read: anything with a position, an order we

@@ -380,7 +380,10 @@ class RouterService(Service):
         if life is None or life.state not in OPEN_ORDER_STATES | {OrderState.CANCELED}:
             self._count("venue_fact_ignored")
             return
-        await self.late_truth(life, f"venue: {fact.status or 'gone from open orders'} ({fact.source})")
+        if not await self.late_truth(
+            life, f"venue: {fact.status or 'gone from open orders'} ({fact.source})"
+        ):
+            self.verify[fact.client_order_id] = (life, time.time())  # the resolver keeps asking
 
     async def late_truth(self, life: Lifecycle, reason: str) -> bool:
         """Look ``life``'s order up and journal the venue's final word (a triggered stop ends FILLED

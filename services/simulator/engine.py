@@ -822,11 +822,11 @@ class Engine:
         with self.lock:
             o = self._find_order(symbol, None, client_id)
             if o is not None and o.open:
-                o.status = "CANCELED"
+                o.status, o.update_time = "CANCELED", self.now_ms()
                 return "order"
             a = self._find_algo(symbol, None, client_id)
             if a is not None and a.open:
-                a.status = "CANCELED"
+                a.status, a.update_time = "CANCELED", self.now_ms()
                 return "algo"
             raise _bad(-2011, "Unknown order sent.")
 

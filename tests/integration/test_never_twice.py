@@ -353,3 +353,50 @@ async def test_the_same_stop_loss_again_is_moot(bus, sim, router_factory):
     assert t.to_state is S.MOOT and t.code == -4130
     live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
     assert [a["clientAlgoId"] for a in live] == [first.client_order_id]
+
+
+# ----------------------------------------------------------------------------- found by the soak
+
+
+async def test_an_order_that_ended_while_the_reconciler_was_down_is_journaled(
+    bus, sim, router_factory, reconciler_factory
+):
+    """Soak seed 3: orders that filled while the reconciler was killed stayed ACKED in the journal. The
+    rebuild now believes every journal-open order; the first tick finds it gone and reports it."""
+    await router_factory(resolve_every_sec=0.2)
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    sim.fill(BTC_ID, intent.client_order_id)  # the market came to it while nobody watched
+    await reconciler_factory()
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
+    assert path_of(bus.tap, intent)[-2:] == ["ACKED", "FILLED"]
+    assert t.filled_qty == pytest.approx(0.01)
+
+
+async def test_a_venue_fact_whose_lookup_fails_is_asked_again(bus, sim, router_factory):
+    """Soak seed 3: the router's one lookup for a reported fill got a 502 and the fill was never
+    journaled. The resolver now keeps asking."""
+    from libs.common.messages import VenueOrderFact
+
+    router = await router_factory(resolve_every_sec=0.2)
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    sim.fill(BTC_ID, intent.client_order_id)
+    sim.add_fault(kind="http_error", method="GET", path="/fapi/v1/order", count=1, status=502)
+    await bus.publish(
+        VenueOrderFact(client_order_id=intent.client_order_id, symbol=intent.symbol, status="filled")
+    )
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
+    assert router.counts.get("late_truth_FILLED") == 1
+
+
+async def test_a_service_whose_start_up_fails_on_the_venue_retries_until_ready(sim, reconciler_factory):
+    """Soak seeds 1, 2, 4: one 429 on exchangeInfo at start left the reconciler up but never ready (a
+    zombie nobody restarts). Start-up work is now retried, loudly."""
+    sim.add_fault(kind="http_error", method="GET", path="/fapi/v1/exchangeInfo", count=1, status=429)
+    rec = await reconciler_factory()  # returns once ready
+    s = await rec.wait_ticks(1)
+    assert s.ok
+    assert [r["status"] for r in sim.requests_log() if r["path"] == "/fapi/v1/exchangeInfo"][:2] == [429, 200]

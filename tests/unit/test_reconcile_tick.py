@@ -321,3 +321,32 @@ def test_refusals_counted_once_per_stop_and_never_for_trailing_stops():
     )
     refused(b, trailing, 3.0)
     assert b.refusals_since(BTC, 0.0) == 1 and b.refusals_since(BTC, 2.5) == 0
+
+
+def test_rebuild_believes_journal_open_orders_the_venue_no_longer_lists():
+    """They ended while nobody watched: believed open, the first tick looks them up and reports them."""
+    from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
+    from libs.common.messages import OrderIntent
+    from libs.common.replay import IntentTimeline
+    from libs.common.state_machine import OrderState
+    from services.reconciler.belief import Belief
+    from services.reconciler.rebuild import rebuild
+    from services.reconciler.tick import Snapshot, vanished_orders
+
+    iid = make_intent_id("t", "k", Bucket.ENTRY)
+    intent = OrderIntent(
+        intent_id=iid,
+        correlation_id=make_correlation_id(iid),
+        client_order_id=make_client_order_id(iid, Bucket.ENTRY),
+        bucket=Bucket.ENTRY,
+        symbol="BTC/USDT:USDT",
+        side="buy",
+        order_type="limit",
+        qty=0.01,
+        price=48_000.0,
+    )
+    t = IntentTimeline(intent.correlation_id, intent=intent, state=OrderState.ACKED)
+    belief = Belief()
+    plan = rebuild(belief, Snapshot({}, []), {t.correlation_id: t})
+    assert plan.ended_unseen == 1
+    assert [o.client_order_id for o in vanished_orders(belief, Snapshot({}, []))] == [intent.client_order_id]
