@@ -580,12 +580,15 @@ def check_retries(h: History, ix: _Index) -> Result:
     flagged: set[tuple[str, str]] = set()
     for t in ix.timelines.values():
         ref: OrderTransition | None = None  # the last send, or the moment the intent became undecided
+        prev_ms = 0  # the intent's previous journal event: the lookup behind a retry started after it
         for e in t.entries:
             m = e.msg
             if isinstance(m, OrderTransition) and m.to_state in (S.SUBMITTING, S.UNKNOWN):
                 ref = m
             if not isinstance(m, OrderRetry):
+                prev_ms = getattr(m, "ts_ms", prev_ms)
                 continue
+            lookup_started_ms, prev_ms = prev_ms, m.ts_ms
             res.checks += 1
             per_intent[t.correlation_id] += 1
             by_reason[f"{m.operation}/{m.reason}"] += 1
@@ -596,10 +599,13 @@ def check_retries(h: History, ix: _Index) -> Result:
                     f"{cfg.max_elapsed_sec:g}s elapsed cap"
                 )
             elif m.reason == "not_found_yet":
-                if ref is not None and _sec(m.ts_ms) > _sec(ref.ts_ms) + window + cfg.timing_slack_sec:
+                # only a lookup that *started* after the deadline decides: one that began inside it (and
+                # took long, through timeouts and venue pauses) rightly says "not found yet"
+                started = _sec(lookup_started_ms)
+                if ref is not None and started > _sec(ref.ts_ms) + window + cfg.timing_slack_sec:
                     problem = (
-                        f"'not found yet' {_sec(m.ts_ms) - _sec(ref.ts_ms):.2f}s after the send "
-                        f"({ref.to_state.value}), past recvWindow + margin ({window:g}s)"
+                        f"'not found yet' from a lookup started {started - _sec(ref.ts_ms):.2f}s after the "
+                        f"send ({ref.to_state.value}), past recvWindow + margin ({window:g}s)"
                     )
             elif m.reason not in VENUE_PAUSE_REASONS and m.attempt > cfg.max_attempts:
                 problem = (

@@ -314,6 +314,9 @@ def test_retries_beyond_attempts_or_the_elapsed_cap_or_the_recv_window():
         retry(i, T0 + 100, attempt=6),
         retry(i, T0 + 200, operation="fetch", elapsed_sec=19.0, delay_sec=2.0),
         tr(i, S.SUBMITTING, S.UNKNOWN, T0 + 300),
+        # a lookup that began inside the window may answer late: not a violation by itself ...
+        retry(i, T0 + 8_000, operation="fetch", reason="not_found_yet", attempt=1),
+        # ... but one that began after the window (after the previous event) must not say "not yet"
         retry(i, T0 + 9_000, operation="fetch", reason="not_found_yet", attempt=2),
         tr(i, S.UNKNOWN, S.FILLED, T0 + 10_000),
     ]
