@@ -317,7 +317,19 @@ class RouterService(Service):
 
     async def on_replace(self, msg: ReplaceIntent) -> None:
         INTENTS.labels(self.name, "replace", msg.new_order.bucket.value).inc()
+        submitter = OrderSubmitter(self.venue, self.sink)
         new = self.ledger.get(msg.new_order.client_order_id) or await self._journaled(msg.new_order)
+        if new is not None and admit(new.state) is Admission.RESOLVE:
+            # maybe sent before (by a predecessor that died, or journaled without a transition): find out
+            life = Lifecycle(msg.new_order, self.sink, state=new.state)
+            life.absent_after = self.venue.absent_after(new.at)
+            found = await submitter.resolve_if_sent(life, self.budget())
+            if found is None:
+                new = None  # proven absent: the replace was never carried out; carry it out now
+            else:
+                self._remember(life)
+                if found.state is OrderState.UNKNOWN:
+                    self._track_unknown(life)
         if new is not None:
             # the replacement was sent before (this replace delivered again): never place it twice
             self._count("replace_not_repeated")
@@ -332,7 +344,6 @@ class RouterService(Service):
             )
             return
         old = self.ledger.get(msg.old_client_order_id)
-        submitter = OrderSubmitter(self.venue, self.sink)
         outcome = await cancel_replace_order(
             self.venue,
             self.sink,

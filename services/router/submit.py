@@ -84,16 +84,8 @@ class OrderSubmitter:
         """Drive ``life`` to a settled state. ``gate`` runs once, right before the first send."""
         intent = life.intent
         qty = intent.qty
-        if life.state in (OrderState.SUBMITTING, OrderState.RETRY_WAIT) or (
-            redelivered and life.state is OrderState.CREATED
-        ):
-            # we may have sent it before a crash: find out before sending again
-            await life.move(OrderState.UNKNOWN, "redelivered")
-        if life.state is OrderState.UNKNOWN and life.absent_after is None:
-            # sent at some unknown moment before now: void at the latest one recvWindow from now
-            life.absent_after = self.venue.absent_after(time.time())
-        if life.state is OrderState.UNKNOWN:
-            found = await self._resolve(life, budget, intent)
+        if redelivered or life.state is not OrderState.CREATED:
+            found = await self.resolve_if_sent(life, budget, redelivered=redelivered)
             if found is not None:
                 return found
         if gate is not None:
@@ -150,6 +142,23 @@ class OrderSubmitter:
             SUBMIT_LATENCY.labels("ok").observe(took)
             await life.settle(order, venue_ms=round(took * 1000, 3))
             return SubmitOutcome(life.state, "venue", life)
+
+    async def resolve_if_sent(
+        self, life: Lifecycle, budget: Budget, *, redelivered: bool = False
+    ) -> SubmitOutcome | None:
+        """An intent that may have been sent before (journaled in flight, or delivered again): settle it
+        from the venue, park it UNKNOWN, or return None once it is proven absent (then it may be sent)."""
+        if life.state in (OrderState.SUBMITTING, OrderState.RETRY_WAIT) or (
+            redelivered and life.state is OrderState.CREATED
+        ):
+            # we may have sent it before a crash: find out before sending again
+            await life.move(OrderState.UNKNOWN, "redelivered")
+        if life.state is not OrderState.UNKNOWN:
+            return None
+        if life.absent_after is None:
+            # sent at some unknown moment before now: void at the latest one recvWindow from now
+            life.absent_after = self.venue.absent_after(time.time())
+        return await self._resolve(life, budget, life.intent)
 
     async def _resolve(self, life: Lifecycle, budget: Budget, intent: OrderIntent) -> SubmitOutcome | None:
         """From UNKNOWN: settle if the venue has the order, park if it cannot say, None once it is proven

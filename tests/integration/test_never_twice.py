@@ -400,3 +400,22 @@ async def test_a_service_whose_start_up_fails_on_the_venue_retries_until_ready(s
     s = await rec.wait_ticks(1)
     assert s.ok
     assert [r["status"] for r in sim.requests_log() if r["path"] == "/fapi/v1/exchangeInfo"][:2] == [429, 200]
+
+
+async def test_a_replace_journaled_while_the_router_was_down_is_carried_out(bus, sim, router_factory):
+    """Soak seed 6: a replace published while the router was down was counted 'maybe sent' by the boot
+    ledger (journaled, no transition) and skipped as 'not repeated': the stop was never moved. It is
+    looked up instead, and carried out once proven never placed."""
+    sim.set_position(BTC_ID, 0.02)
+    first = await router_factory()
+    old = stop_intent("sell", 25_000.0, qty=None)
+    await bus.publish(old)
+    await bus.tap.wait_for(lambda: settled(bus.tap, old, S.ACKED))
+    await first.stop()
+    new = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(replace_for(old, new))  # journaled while nobody routes
+    await router_factory()
+    await bus.tap.wait_for(lambda: settled(bus.tap, new, S.ACKED, S.FAILED, S.REJECTED))
+    live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
+    assert [a["clientAlgoId"] for a in live] == [new.client_order_id]
+    assert len(creates(sim, new.client_order_id, "/fapi/v1/algoOrder")) == 1
