@@ -368,7 +368,7 @@ class RouterService(Service):
 
     async def _resolver(self) -> None:
         """Keep asking the venue about orders we could not resolve; never forget them. Also look again
-        at orders whose cancel was acknowledged a while ago."""
+        at orders whose cancel was acknowledged a while ago, and keep the ledger to its horizon."""
         while not self.stop_event.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.settings.resolve_every_sec)
@@ -378,6 +378,7 @@ class RouterService(Service):
                     self.unknown.pop(cid, None)
             UNKNOWN_ORDERS.set(len(self.unknown))
             now = time.time()
+            self.ledger.prune(now)  # bounded: older intents are checked in the journal itself
             for cid, (life, due) in list(self.verify.items()):
                 if due <= now and await self.late_truth(life, "filled despite the cancel ack"):
                     self.verify.pop(cid, None)

@@ -1,0 +1,42 @@
+"""The intent ledger: admission from the last journaled state, the send deadline, the horizon."""
+
+import pytest
+
+from libs.common.state_machine import OrderState as S
+from services.router.ledger import Admission, IntentLedger, absent_after, admit
+
+
+@pytest.mark.parametrize(
+    "state,admission",
+    [
+        (None, Admission.SEND),
+        (S.CREATED, Admission.SEND),
+        (S.SUBMITTING, Admission.RESOLVE),
+        (S.RETRY_WAIT, Admission.RESOLVE),
+        (S.UNKNOWN, Admission.RESOLVE),
+        (S.ACKED, Admission.OPEN),
+        (S.PARTIALLY_FILLED, Admission.OPEN),
+        (S.CANCEL_PENDING, Admission.OPEN),
+        *(
+            (s, Admission.SETTLED)
+            for s in (S.FILLED, S.CANCELED, S.EXPIRED, S.REJECTED, S.MOOT, S.FAILED, S.BLOCKED)
+        ),
+    ],
+)
+def test_admission_never_sends_what_the_journal_has_sent(state, admission):
+    assert admit(state) is admission
+
+
+def test_absent_after_is_the_request_validity_plus_margin():
+    assert absent_after(100.0, 5_000, 1_000) == pytest.approx(106.0)
+
+
+def test_prune_keeps_the_ledger_to_its_horizon_and_moves_what_it_covers():
+    ledger = IntentLedger(horizon_sec=60.0, complete_since=0.0)
+    ledger.record("OLD", S.FILLED, at=10.0, correlation_id="c1")
+    ledger.record("NEW", S.ACKED, at=100.0, correlation_id="c2")
+    assert ledger.covers(5.0)
+    ledger.prune(now=120.0)
+    assert ledger.get("OLD") is None and ledger.get("NEW") is not None and len(ledger) == 1
+    assert not ledger.covers(50.0)  # published before the horizon: the journal must be asked
+    assert ledger.covers(61.0)
