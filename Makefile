@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install run test test-unit lint fmt bench replay-summary signal soak clean
+.PHONY: install run test test-unit lint fmt bench replay-summary signal soak soak-ci clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ bench: install
 # seeded fault soak with an invariant checker (not part of make test): make soak SEED=1 SECONDS=120
 soak: install
 	$(PY) -m tools.soak --seed $(or $(SEED),1) --seconds $(or $(SECONDS),120)
+
+# CI's short soak: a fixed seed, then one derived from the commit (a new schedule per commit)
+soak-ci: install
+	$(PY) -m tools.soak --seed 1 --seconds 90 --quiet-schedule
+	$(PY) -m tools.soak --seed commit --seconds 90 --quiet-schedule
 
 replay-summary: install
 	$(PY) -m tools.replay summary

@@ -29,6 +29,7 @@ import hmac
 import json
 import math
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +44,7 @@ from urllib.parse import urlencode
 import httpx
 
 from libs.common.bus import MSG_ID_HEADER, Publisher, connect_nats
-from libs.common.config import ExchangeSettings, NatsSettings, RouterSettings
+from libs.common.config import ExchangeSettings, NatsSettings, ReconcilerSettings, RouterSettings
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import CancelIntent, Signal
 from libs.common.protection import market_exit
@@ -52,6 +53,7 @@ from services.simulator.config import SimulatorSettings
 from services.simulator.engine import Engine
 from services.simulator.testing import SimControl
 from tools.soak_invariants import (
+    STOP_TYPES,
     CheckConfig,
     History,
     check,
@@ -70,6 +72,16 @@ ADMIN_TOKEN = "soak-admin-token"
 SIM_KEY, SIM_SECRET = "sim-key", "sim-secret"  # the simulator's dev credentials (SIM_API_KEY/SECRET)
 WARMUP_SEC = 6.0  # no faults in the first seconds: positions to protect exist before the storm
 CALM_TAIL_SEC = 6.0  # nor in the last ones: the settle period follows
+PROTECTION_FIELDS = (
+    "clientAlgoId",
+    "symbol",
+    "side",
+    "orderType",
+    "triggerPrice",
+    "quantity",
+    "closePosition",
+    "reduceOnly",
+)
 
 # how the stack runs under the soak (on top of every setting's default)
 SOAK_ENV = {
@@ -435,6 +447,16 @@ def check_config() -> CheckConfig:
             setting("EXCHANGE_AMBIGUITY_MARGIN_MS", ExchangeSettings, "ambiguity_margin_ms")
         ),
         weight_limit_1m=int(setting("SIM_WEIGHT_LIMIT_1M", SimulatorSettings, "weight_limit_1m")),
+        stop_price_tolerance=float(
+            setting("RECONCILE_STOP_PRICE_TOLERANCE", ReconcilerSettings, "stop_price_tolerance")
+        ),
+        min_delta_ratio=float(setting("RECONCILE_MIN_DELTA_RATIO", ReconcilerSettings, "min_delta_ratio")),
+        gap_ttl_sec=float(
+            setting("RECONCILE_PROTECTION_GAP_TTL_SEC", ReconcilerSettings, "protection_gap_ttl_sec")
+        ),
+        max_reconcile_interval_sec=float(
+            setting("RECONCILE_MAX_INTERVAL_SEC", ReconcilerSettings, "max_interval_sec")
+        ),
     )
 
 
@@ -455,6 +477,8 @@ class Soak:
         self.rule_hits: dict[int, tuple[int | None, int]] = {}  # simulator rule id -> (http status, hits)
         self.limit_samples: list[dict] = []
         self.ready_samples: list[dict] = []
+        self.protection_samples: list[dict] = []
+        self.process_events: list[dict] = []
         self.bad_signals: dict[str, dict] = {}
         self.foreign: list[str] = []
         self.behind_back: dict[str, float] = {}
@@ -731,6 +755,7 @@ class Soak:
             self.stack.nats.kill()
         else:
             self.stack[process].kill()
+        self.process_events.append({"ts": time.time(), "process": process, "up": False})
         self.down.add(process)
         self.counts["kills"] += 1
         return "killed"
@@ -744,6 +769,7 @@ class Soak:
             self.stack.nats.start()
         else:
             self.stack[process].start()
+        self.process_events.append({"ts": time.time(), "process": process, "up": True})
         self.down.discard(process)
         return "started"
 
@@ -793,6 +819,25 @@ class Soak:
             except (httpx.HTTPError, ValueError) as e:
                 row["reason"] = type(e).__name__
             self.ready_samples.append(row)
+
+    async def sample_protection(self, stop: asyncio.Event) -> None:
+        """Every second: the venue's positions and resting stops (for the gap invariant)."""
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                st = await self.call(self.sim.state, open_only=True)
+                self.protection_samples.append(
+                    {
+                        "ts": st["ts_ms"] / 1000,
+                        "positions": {p["symbol"]: float(p["positionAmt"]) for p in st["positions"]},
+                        "stops": [
+                            {k: a[k] for k in PROTECTION_FIELDS}
+                            for a in st["algo_orders"]
+                            if a["orderType"] in STOP_TYPES
+                        ],
+                    }
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def sample(self, stop: asyncio.Event) -> None:
         """Every 2 s: the venue's rate limiter and every service's readiness."""
@@ -896,6 +941,8 @@ class Soak:
             requests=requests,
             limit_samples=self.limit_samples,
             ready_samples=self.ready_samples,
+            protection_samples=self.protection_samples,
+            process_events=self.process_events,
             injected=dict(injected),
             foreign_orders=self.foreign,
             behind_back_cancels=self.behind_back,
@@ -909,6 +956,7 @@ class Soak:
         await self.connect()
         stop = asyncio.Event()
         sampler = asyncio.create_task(self.sample(stop))
+        protection = asyncio.create_task(self.sample_protection(stop))
         try:
             print(f"[soak] running the schedule for {self.schedule['seconds']:g}s", flush=True)
             await self.run_schedule()
@@ -917,20 +965,47 @@ class Soak:
             print(f"[soak] settle: {settled}", flush=True)
             stop.set()
             await sampler
+            await protection
             history = await self.collect()
             (self.run_dir / "settle.json").write_text(json.dumps(settled, indent=1))
             return history
         finally:
             stop.set()
             sampler.cancel()
+            protection.cancel()
             await self.close()
+
+
+def seed_arg(text: str) -> int:
+    """An integer seed, or 'commit': the first 8 hex digits of HEAD (printed, so it reproduces)."""
+    if text != "commit":
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer or 'commit': {text!r}") from None
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise argparse.ArgumentTypeError(f"--seed commit needs a git checkout: {e}") from None
+    return int(head[:8], 16)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tools.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--seed",
+        type=seed_arg,
+        default=1,
+        help="an integer, or 'commit': derived from the checked-out commit (CI: a new schedule per commit)",
+    )
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--run-dir", type=Path, help="default: a new temp dir")
     p.add_argument("--settle-max", type=float, default=120.0, help="longest quiet period at the end (s)")

@@ -27,6 +27,7 @@ from libs.common.messages import (
     CancelResult,
     DeadLetter,
     GuardKnobs,
+    HaltCommand,
     MismatchEvent,
     OrderIntent,
     OrderRetry,
@@ -41,18 +42,22 @@ from libs.common.messages import (
 )
 from libs.common.replay import IntentTimeline, JournalEntry, describe, fold
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
+from services.risk.kill_switch import Trigger
 
 S = OrderState
 RESTING = frozenset({S.ACKED, S.PARTIALLY_FILLED})  # a legitimate open end: the order rests on the venue
 NEVER_PLACED = frozenset({S.REJECTED, S.FAILED, S.BLOCKED, S.MOOT})
 STOP_TYPES = frozenset({"STOP_MARKET", "STOP"})  # stop-losses (trailing stops are extra, not counted)
 CREATE_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder"})
+# the kill switch's latched triggers: lost money waits for an operator's /resume
+LATCHED_TRIGGERS = frozenset({Trigger.DRAWDOWN.value})
 REPLAY_LINES = 40  # per intent in a report: the first and last half of its timeline
 
 # the table's order; each name is one row
 ONE_ORDER_PER_ID = "one venue order per client id"
 NO_UNJOURNALED = "no venue order without a journaled intent"
 PROTECTED_AT_END = "every open position has a stop at the end"
+PROTECTED_IN_BOUND = "every open position has its stop, at its price, within the gap bound"
 ONE_STOP_PER_SIDE = "never two live stops per position side"
 NO_ENTRY_WHILE_HALTED = "no entry reached the venue while halted"
 EXITS_NEVER_BLOCKED = "exits and protection never policy-blocked"
@@ -63,10 +68,12 @@ RETRIES_BOUNDED = "retries bounded"
 WEIGHT_UNDER_LIMIT = "REST weight under the limit, no 429/418 of our making"
 BAD_SIGNALS_REFUSED = "bad signals refused, never at the venue"
 SERVICES_READY = "every running service ready again in bound"
+LATCHES_HOLD = "kill-switch latches hold across restarts"
 INVARIANTS = (
     ONE_ORDER_PER_ID,
     NO_UNJOURNALED,
     PROTECTED_AT_END,
+    PROTECTED_IN_BOUND,
     ONE_STOP_PER_SIDE,
     NO_ENTRY_WHILE_HALTED,
     EXITS_NEVER_BLOCKED,
@@ -77,6 +84,7 @@ INVARIANTS = (
     WEIGHT_UNDER_LIMIT,
     BAD_SIGNALS_REFUSED,
     SERVICES_READY,
+    LATCHES_HOLD,
 )
 
 
@@ -97,6 +105,16 @@ class CheckConfig:
     timing_slack_sec: float = 1.5
     # a running service (its process up) answers /readyz 200 again within this (bus outages included)
     ready_bound_sec: float = 30.0
+    # protection during the run: a stop counts where the last stop asked for belongs (STOP_PRICE_TOLERANCE)
+    # and when it covers the size up to RECONCILE_MIN_DELTA_RATIO (smaller shortfalls wait by design)
+    stop_price_tolerance: float = 0.005
+    min_delta_ratio: float = 0.1
+    # a gap must close within: detection (RECONCILE_MAX_INTERVAL_SEC) + RECONCILE_PROTECTION_GAP_TTL_SEC
+    # (at the TTL the reconciler escalates: halt, emergency exit) + slack, counting only the time the
+    # router, the reconciler and the bus were up and ready (nothing repairs while they are not)
+    gap_ttl_sec: float = 15.0
+    max_reconcile_interval_sec: float = 12.0
+    gap_slack_sec: float = 5.0
 
 
 @dataclass
@@ -109,6 +127,10 @@ class History:
     limit_samples: list[dict] = field(default_factory=list)  # {"ts": s, "limits": GET /_sim/limits}
     # {"ts": s, "service": name, "alive": process up, "ready": /readyz 200, "reason": its answer}
     ready_samples: list[dict] = field(default_factory=list)
+    # every second: {"ts": s, "positions": {venue symbol: qty}, "stops": [resting stop-type algo orders]}
+    protection_samples: list[dict] = field(default_factory=list)
+    # {"ts": s, "process": name, "up": bool}: the soak's kills and starts
+    process_events: list[dict] = field(default_factory=list)
     injected: dict[str, int] = field(default_factory=dict)  # http_error status -> requests it answered
     foreign_orders: list[str] = field(default_factory=list)  # client ids the soak placed itself
     behind_back_cancels: dict[str, float] = field(default_factory=dict)  # client id -> when (unix s)
@@ -352,6 +374,182 @@ def check_protection(h: History, ix: _Index, venue: dict[str, list[dict]]) -> li
                     )
             live.append((start, end, a))
     return [at_end, two]
+
+
+def _impaired(h: History, sample_period: float = 2.0) -> list[tuple[float, float]]:
+    """Stretches in which nothing could repair protection: the router, the reconciler or the bus down
+    (the soak's kills), or the router or the reconciler not ready (its /readyz samples; a stretch starts
+    one sample period early, as it may have begun just after the last good sample)."""
+    out: list[tuple[float, float]] = []
+    down: dict[str, float] = {}
+    for ev in sorted(h.process_events, key=lambda x: x["ts"]):
+        if ev["process"] not in ("router", "reconciler", "nats"):
+            continue
+        if not ev["up"]:
+            down.setdefault(ev["process"], ev["ts"])
+        elif ev["process"] in down:
+            out.append((down.pop(ev["process"]), ev["ts"]))
+    out += [(since, math.inf) for since in down.values()]
+    by_service: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(h.ready_samples, key=lambda x: x["ts"]):
+        if r["service"] in ("router", "reconciler"):
+            by_service[r["service"]].append(r)
+    for samples in by_service.values():
+        since: float | None = None
+        for r in samples:
+            if not r["ready"]:
+                since = r["ts"] - sample_period if since is None else since
+            elif since is not None:
+                out.append((since, r["ts"]))
+                since = None
+        if since is not None:
+            out.append((since, math.inf))
+    return out
+
+
+def _overlap(a: float, b: float, spans: list[tuple[float, float]]) -> float:
+    """Seconds of [a, b] covered by the union of ``spans``."""
+    total, cursor = 0.0, a
+    for s, e in sorted(spans):
+        s, e = max(s, cursor), min(e, b)
+        if e > s:
+            total += e - s
+            cursor = e
+    return total
+
+
+def asked_stops(entries: Iterable[JournalEntry]) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(venue symbol, closing side) -> [(when, stop price)] of every stop-loss the journal asked for."""
+    out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for e in entries:
+        m = e.msg
+        o = m.new_order if isinstance(m, ReplaceIntent) else m if isinstance(m, OrderIntent) else None
+        if o is not None and o.bucket is Bucket.SL and o.order_type == "stop_market" and o.stop_price:
+            out[(venue_symbol(o.symbol), o.side.upper())].append((_sec(m.ts_ms), o.stop_price))
+    for v in out.values():
+        v.sort()
+    return out
+
+
+def sample_coverage(
+    sample: dict, symbol: str, qty: float, asked: list[tuple[float, float]], cfg: CheckConfig
+) -> str:
+    """'covered', or why the position in ``sample`` is not: a stop on the closing side at the last stop
+    price asked for (as of the sample), reduce-only or close-position, covering the size."""
+    side = "SELL" if qty > 0 else "BUY"
+    price = next((p for ts, p in reversed(asked) if ts <= sample["ts"]), None)
+    if price is None:
+        return "no stop asked for yet"
+    stops = [
+        a
+        for a in sample["stops"]
+        if a["symbol"] == symbol and a["side"] == side and (a["closePosition"] or a["reduceOnly"])
+    ]
+    right = [a for a in stops if abs(float(a["triggerPrice"]) - price) <= cfg.stop_price_tolerance * price]
+    if not right:
+        return (
+            f"stops at {', '.join(str(a['triggerPrice']) for a in stops)}, asked for {price}"
+            if stops
+            else f"no stop (asked for {price})"
+        )
+    covered = sum(float(a["quantity"] or 0) for a in right)
+    if any(a["closePosition"] for a in right) or covered >= abs(qty) * (1 - cfg.min_delta_ratio) - 1e-9:
+        return "covered"
+    return f"stop covers {covered} of {abs(qty)}"
+
+
+def check_protection_in_run(h: History) -> Result:
+    """Sampled every second during the run: a position without its stop (missing, at another price than
+    the last one asked for, or too small) must get it within the gap bound, not counting the time in
+    which the router, the reconciler or the bus could not act."""
+    cfg = h.config
+    res = Result(PROTECTED_IN_BOUND)
+    bound = cfg.max_reconcile_interval_sec + cfg.gap_ttl_sec + cfg.gap_slack_sec
+    asked = asked_stops(h.entries)
+    impaired = _impaired(h)
+    samples = sorted(h.protection_samples, key=lambda x: x["ts"])
+    longest = 0.0
+    gaps = 0
+    symbols = sorted({sym for s in samples for sym in s["positions"]})
+    for symbol in symbols:
+        since: dict | None = None  # first sample of the current gap
+        why = ""
+        for s in [*samples, None]:
+            qty = float(s["positions"].get(symbol, 0.0)) if s is not None else 0.0
+            state = "covered"
+            if s is not None and qty:
+                res.checks += 1
+                state = sample_coverage(
+                    s, symbol, qty, asked.get((symbol, "SELL" if qty > 0 else "BUY"), []), cfg
+                )
+            if state != "covered":
+                if since is None:
+                    since, why = s, state
+                continue
+            if since is None:
+                continue
+            end = s["ts"] if s is not None else samples[-1]["ts"]
+            gaps += 1
+            counted = end - since["ts"] - _overlap(since["ts"], end, impaired)
+            longest = max(longest, counted)
+            if counted > bound:
+                res.violations.append(
+                    Violation(
+                        PROTECTED_IN_BOUND,
+                        f"{symbol} without its stop for {counted:.1f}s of service time "
+                        f"({_fmt_ts(since['ts'])} .. {_fmt_ts(end)}, {end - since['ts']:.1f}s in all), "
+                        f"bound {bound:g}s",
+                        f"at the start: position {since['positions'].get(symbol)}, {why}",
+                        replay=_symbol_story(h, symbol, int((since["ts"] - 30) * 1000)),
+                    )
+                )
+            since = None
+    res.notes.append(
+        f"{len(samples)} samples, {gaps} gaps, longest {longest:.1f}s of service time (bound {bound:g}s)"
+    )
+    return res
+
+
+def check_latches(h: History) -> Result:
+    """An operator halt (and a latched kill-switch trip) in force when risk was killed is in force in the
+    first knobs risk publishes after its restart, unless a resume was journaled in between."""
+    res = Result(LATCHES_HOLD)
+    knobs = sorted((e.msg for e in h.entries if isinstance(e.msg, GuardKnobs)), key=lambda k: k.ts_ms)
+    resumes = sorted(
+        _sec(e.msg.ts_ms) for e in h.entries if isinstance(e.msg, HaltCommand) and e.msg.action == "resume"
+    )
+    kills = [ev for ev in h.process_events if ev["process"] == "risk"]
+    for n, ev in enumerate(kills):
+        if ev["up"]:
+            continue
+        before = [k for k in knobs if _sec(k.ts_ms) <= ev["ts"]]
+        if not before:
+            continue
+        last = before[-1]
+        latched = [r for r in last.kill_reasons if r in LATCHED_TRIGGERS]
+        if not (last.manual_halt or latched):
+            continue
+        restart = next((x["ts"] for x in kills[n + 1 :] if x["up"]), None)
+        if restart is None:
+            continue
+        res.checks += 1
+        after = next((k for k in knobs if _sec(k.ts_ms) >= restart), None)
+        if after is None or any(ev["ts"] <= r <= _sec(after.ts_ms) for r in resumes):
+            continue
+        lost = []
+        if last.manual_halt and not after.manual_halt:
+            lost.append(f"operator halt ({last.manual_reason!r})")
+        lost += [r for r in latched if r not in after.kill_reasons]
+        if lost or after.allow_entries:
+            res.violations.append(
+                Violation(
+                    LATCHES_HOLD,
+                    f"risk restarted at {_fmt_ts(restart)} without " + (", ".join(lost) or "its halt"),
+                    f"before the kill: {last.mode} {last.reason!r}; first knobs after: {after.mode} "
+                    f"{after.reason!r} allow_entries={after.allow_entries}",
+                )
+            )
+    return res
 
 
 def halt_windows(entries: Iterable[JournalEntry]) -> list[tuple[float, float, str]]:
@@ -758,6 +956,8 @@ def check(h: History) -> list[Result]:
     results = [
         *check_one_order_per_id(h, ix, venue),
         *check_protection(h, ix, venue),
+        check_protection_in_run(h),
+        check_latches(h),
         *check_halts(h, ix),
         *check_intents(h, ix, venue),
         check_retries(h, ix),
@@ -808,6 +1008,8 @@ def save_history(run_dir: Path, h: History) -> None:
     meta = {
         "limit_samples": h.limit_samples,
         "ready_samples": h.ready_samples,
+        "protection_samples": h.protection_samples,
+        "process_events": h.process_events,
         "injected": h.injected,
         "foreign_orders": h.foreign_orders,
         "behind_back_cancels": h.behind_back_cancels,
@@ -835,6 +1037,8 @@ def load_history(run_dir: Path, prefix: str = "erl") -> History:
         requests=json.loads((d / "requests.json").read_text()),
         limit_samples=meta["limit_samples"],
         ready_samples=meta.get("ready_samples", []),
+        protection_samples=meta.get("protection_samples", []),
+        process_events=meta.get("process_events", []),
         injected=meta["injected"],
         foreign_orders=meta["foreign_orders"],
         behind_back_cancels=meta["behind_back_cancels"],

@@ -449,13 +449,17 @@ class Simulator:
             return refusal_response(r), r.code
         return Response("Service Unavailable.", status_code=status, media_type="text/plain"), None
 
-    def state(self) -> dict:
+    def state(self, open_only: bool = False) -> dict:
+        """The venue's whole state; ``open_only``: resting orders only (cheap enough to sample often)."""
         e = self.engine
         with e.lock:
+            orders = [o for o in e.orders.values() if not open_only or o.open]
+            algos = [a for a in e.algos.values() if not open_only or a.open]
             return {
+                "ts_ms": e.now_ms(),
                 "prices": dict(e.prices),
-                "orders": [wire.order(o) for o in e.orders.values()],
-                "algo_orders": [wire.algo(a) for a in e.algos.values()],
+                "orders": [wire.order(o) for o in orders],
+                "algo_orders": [wire.algo(a) for a in algos],
                 "positions": [wire.position_risk(e, s) for s, p in e.positions.items() if p.qty],
                 "account": wire.account(e),
                 "leverage": dict(e.leverage),
@@ -533,8 +537,8 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
         return sim.rate.view()
 
     @app.get("/_sim/state")
-    async def state() -> dict:
-        return sim.state()
+    async def state(open_only: bool = False) -> dict:
+        return sim.state(open_only)
 
     @app.post("/_sim/orders/cancel")
     async def operator_cancel(body: OrderRef) -> dict:

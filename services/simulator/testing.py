@@ -86,8 +86,9 @@ class SimControl:
             "POST", "/_sim/orders/fill", json={"symbol": symbol, "clientOrderId": client_order_id}
         )
 
-    def state(self) -> dict:
-        return self._call("GET", "/_sim/state")
+    def state(self, open_only: bool = False) -> dict:
+        """GET /_sim/state; ``open_only``: resting orders only (every order the venue took otherwise)."""
+        return self._call("GET", "/_sim/state" + ("?open_only=true" if open_only else ""))
 
     def requests_log(self) -> list[dict]:
         return self._call("GET", "/_sim/requests")

@@ -209,3 +209,15 @@ async def test_overload_refuses_entries_but_lets_protection_through(sim, ex):
     await ex.create_order(BTC, "market", "sell", 0.0, None, {**CLOSE_STOP, "clientOrderId": "SL7"})
     await ex.create_order(BTC, "market", "sell", 0.01, None, {"reduceOnly": True, "clientOrderId": "X7"})
     assert sim.position("BTCUSDT") == 0
+
+
+async def test_the_state_can_be_read_with_resting_orders_only(sim, ex):
+    # the soak samples positions and resting stops every second: the open-only view stays small
+    await ex.create_order(BTC, "market", "buy", 0.01, None, {"clientOrderId": "OPEN1"})
+    await ex.create_order(BTC, "limit", "buy", 0.01, 48_000, {"clientOrderId": "REST1"})
+    await ex.create_order(BTC, "market", "sell", 0.01, None, {**CLOSE_STOP, "clientOrderId": "STOP1"})
+    full, rest = sim.state(), sim.state(open_only=True)
+    assert sorted(o["clientOrderId"] for o in full["orders"]) == ["OPEN1", "REST1"]
+    assert [o["clientOrderId"] for o in rest["orders"]] == ["REST1"]
+    assert [a["clientAlgoId"] for a in rest["algo_orders"]] == ["STOP1"]
+    assert rest["positions"] == full["positions"] and rest["ts_ms"] >= full["ts_ms"]

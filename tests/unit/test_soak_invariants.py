@@ -7,6 +7,7 @@ import json
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import (
     GuardKnobs,
+    HaltCommand,
     OrderIntent,
     OrderRetry,
     OrderTransition,
@@ -20,12 +21,14 @@ from tools.soak_invariants import (
     BAD_SIGNALS_REFUSED,
     INVARIANTS,
     JOURNAL_MATCHES_VENUE,
+    LATCHES_HOLD,
     NO_ENTRY_WHILE_HALTED,
     NO_INTENT_LOST,
     NO_UNJOURNALED,
     ONE_ORDER_PER_ID,
     ONE_STOP_PER_SIDE,
     PROTECTED_AT_END,
+    PROTECTED_IN_BOUND,
     RETRIES_BOUNDED,
     SERVICES_READY,
     SETTLED_IN_BOUND,
@@ -367,6 +370,68 @@ def test_a_running_service_that_never_gets_ready_is_a_violation():
     stuck = [sample(t, True, True), *(sample(t + k, True, False) for k in range(1, 41))]
     r = by_name(history([], ready_samples=stuck))[SERVICES_READY]
     assert len(r.violations) == 1 and "reconciler running but not ready for 39s" in r.violations[0].what
+
+
+def stop_sample(ts: float, qty: float, *stops: tuple[float, bool]) -> dict:
+    """A protection sample: a BTCUSDT position and resting SELL stops (trigger, close-position)."""
+    return {
+        "ts": ts,
+        "positions": {"BTCUSDT": qty} if qty else {},
+        "stops": [
+            {
+                "clientAlgoId": f"s{n}",
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "orderType": "STOP_MARKET",
+                "triggerPrice": str(trigger),
+                "quantity": "0",
+                "closePosition": close,
+                "reduceOnly": False,
+            }
+            for n, (trigger, close) in enumerate(stops)
+        ],
+    }
+
+
+def test_a_position_without_its_stop_past_the_bound_counting_only_service_time():
+    t = T0 / 1000
+    asked = intent("s1", Bucket.SL, ts=T0, stop_price=49_000.0)
+    # 40 s without a stop: past the bound (12 + 15 + 5 s)
+    bare = [stop_sample(t + k, 0.01) for k in range(1, 41)] + [stop_sample(t + 41, 0.01, (49_000.0, True))]
+    r = by_name(history([asked], protection_samples=bare))[PROTECTED_IN_BOUND]
+    assert len(r.violations) == 1 and "without its stop for 40.0s" in r.violations[0].what
+    # the same 40 s, of which the reconciler was down for 20: 20 s of service time, inside the bound
+    down = [
+        {"ts": t + 5, "process": "reconciler", "up": False},
+        {"ts": t + 25, "process": "reconciler", "up": True},
+    ]
+    r = by_name(history([asked], protection_samples=bare, process_events=down))[PROTECTED_IN_BOUND]
+    assert not r.violations and r.checks == 41
+    # a stop far from the last one asked for (a stale stop) is no protection
+    stale = [stop_sample(t + k, 0.01, (45_000.0, True)) for k in range(1, 41)] + [stop_sample(t + 41, 0)]
+    r = by_name(history([asked], protection_samples=stale))[PROTECTED_IN_BOUND]
+    assert len(r.violations) == 1 and "asked for 49000.0" in r.violations[0].detail
+    # the right stop throughout: no gap
+    right = [stop_sample(t + k, 0.01, (49_050.0, True)) for k in range(1, 41)]
+    assert not by_name(history([asked], protection_samples=right))[PROTECTED_IN_BOUND].violations
+
+
+def test_an_operator_halt_must_survive_a_restart_of_risk():
+    t = T0 / 1000
+    halted = GuardKnobs(ts_ms=T0, allow_entries=False, mode="halted", manual_halt=True, manual_reason="ops")
+    cleared = GuardKnobs(ts_ms=T0 + 12_000, allow_entries=True)
+    restart = [
+        {"ts": t + 5, "process": "risk", "up": False},
+        {"ts": t + 10, "process": "risk", "up": True},
+    ]
+    r = by_name(history([halted, cleared], process_events=restart))[LATCHES_HOLD]
+    assert r.checks == 1 and len(r.violations) == 1 and "operator halt" in r.violations[0].what
+    # a resume journaled while risk restarted explains it
+    resume = HaltCommand(ts_ms=T0 + 11_000, action="resume", reason="ops", source="api")
+    assert not by_name(history([halted, resume, cleared], process_events=restart))[LATCHES_HOLD].violations
+    # the halt held
+    held = GuardKnobs(ts_ms=T0 + 12_000, allow_entries=False, mode="halted", manual_halt=True)
+    assert not by_name(history([halted, held], process_events=restart))[LATCHES_HOLD].violations
 
 
 def test_a_history_survives_the_disk(tmp_path):
