@@ -390,6 +390,12 @@ def _operator(rng: random.Random, seconds: float, events: list[Event]) -> None:
     for n, (a, b) in enumerate(_windows(rng, max(1, round(seconds / 45)), 5.0, seconds - 8, 4.0, 15.0), 1):
         events.append(Event(a, "halt", {"reason": f"soak operator halt {n}"}))
         events.append(Event(b, "resume", {"reason": f"soak operator resume {n}"}))
+        if rng.random() < 0.5:  # risk dies while halted: the halt must hold across its restart
+            down = round(rng.uniform(a + 0.5, a + (b - a) / 2), 3)
+            events.append(Event(down, "kill", {"process": "risk"}))
+            events.append(
+                Event(round(min(down + rng.uniform(0.5, 3.0), b - 0.5), 3), "start", {"process": "risk"})
+            )
 
 
 def build_schedule(seed: int, seconds: float) -> dict[str, Any]:
