@@ -59,8 +59,8 @@ from libs.common.telemetry import (
     KILL_TRIPS,
     MANUAL_HALT,
 )
-from services.risk.belief_controller import MODES, BeliefController, ControllerConfig, DebtInputs, knobs_for
-from services.risk.kill_switch import KillInputs, KillState, KillSwitch, KillSwitchConfig, Trigger
+from services.risk.belief_controller import MODES, BeliefController, DebtInputs, knobs_for
+from services.risk.kill_switch import KillInputs, KillState, KillSwitch, Trigger
 from services.risk.state import (
     STATE_KEY,
     RiskState,
@@ -112,28 +112,8 @@ class RiskService(Service):
         self.settings = settings
         kill = kill or KillSettings()
         self.kill_cfg = kill
-        self.kill = KillSwitch(
-            KillSwitchConfig(
-                api_error_max=kill.api_error_max,
-                api_error_window_sec=kill.api_error_window_sec,
-                stale_data_sec=kill.stale_data_sec,
-                max_drawdown_pct=kill.max_drawdown_pct,
-                mismatch_streak_max=kill.reconcile_mismatch_streak_max,
-                mismatch_halt_sec=kill.reconcile_mismatch_halt_sec,
-            ),
-            started_at=time.time(),
-        )
-        self.controller = BeliefController(
-            ControllerConfig(
-                max_notional_usdt=settings.max_notional_usdt,
-                max_leverage=settings.max_leverage,
-                min_entry_conf=settings.min_entry_conf,
-                entry_cooldown_sec=settings.entry_cooldown_sec,
-                max_open_orders=settings.max_open_orders,
-                tighten_after=settings.tighten_after,
-                recover_after=settings.recover_after,
-            )
-        )
+        self.kill = KillSwitch(kill, started_at=time.time())
+        self.controller = BeliefController(settings)
         self.manual_halt = False
         self.manual_reason = ""
         self.api_errors: deque[float] = deque()
@@ -507,7 +487,7 @@ class RiskService(Service):
 
     def compose(self) -> GuardKnobs:
         """Controller posture, overridden to halted by the kill switch or an operator."""
-        cfg = self.controller.config
+        cfg = self.settings
         controller_mode = MODES[self.controller.mode]
         halted = self.manual_halt or self.kill_state.tripped or self.state_error is not None
         kill_reasons = list(self.kill_state.reasons)
