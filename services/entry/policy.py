@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libs.common.guard_check import check_entry
 from libs.common.marks import cap_notional
 from libs.common.messages import GuardKnobs, Signal
 
@@ -29,23 +30,18 @@ def entry_decision(
     open_entries: int,
     mark_price: float | None,
 ) -> EntryDecision:
-    """Refuse unless every knob allows it; unreadable knobs refuse (fail safe)."""
-    if knobs is None:
-        return EntryDecision(False, "guard_unavailable")
-    if not knobs.allow_entries:
-        return EntryDecision(False, f"entries_blocked:{knobs.mode}")
-    if signal.confidence < knobs.min_entry_conf:
-        return EntryDecision(False, f"confidence_below_floor:{signal.confidence:g}<{knobs.min_entry_conf:g}")
-    if last_entry_at is not None and now - last_entry_at < knobs.entry_cooldown_sec:
-        return EntryDecision(False, f"cooldown:{knobs.entry_cooldown_sec - (now - last_entry_at):.1f}s")
-    if open_entries >= knobs.max_open_orders:
-        return EntryDecision(False, f"open_order_cap:{open_entries}>={knobs.max_open_orders}")
-    if mark_price is None or not mark_price > 0:
-        return EntryDecision(False, "mark_price_unavailable")
-    notional = signal_notional(signal, mark_price)
-    if notional > knobs.max_notional_usdt:
-        return EntryDecision(False, f"notional_cap:{notional:.2f}>{knobs.max_notional_usdt:g}", notional)
-    return EntryDecision(True, "", notional)
+    """Refuse unless every knob allows it (``check_entry``); unreadable knobs refuse (fail safe)."""
+    # no usable mark (None, zero, NaN): no number to count, refused as unpriced
+    notional = signal_notional(signal, mark_price) if mark_price is not None and mark_price > 0 else None
+    check = check_entry(
+        knobs,
+        confidence=signal.confidence,
+        since_last_entry_sec=None if last_entry_at is None else now - last_entry_at,
+        open_entries=open_entries,
+        notional_usdt=notional,
+        unpriced="mark_price_unavailable",
+    )
+    return EntryDecision(check.allowed, check.reason, check.notional_usdt)
 
 
 def signal_notional(signal: Signal, mark_price: float) -> float:

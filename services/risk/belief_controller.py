@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import get_args
 
+from libs.common.config import RiskSettings
 from libs.common.messages import GuardKnobs, GuardMode
 
 MODES: tuple[str, ...] = get_args(GuardMode)  # loosest to strictest
@@ -30,7 +31,10 @@ class DebtInputs:
 
 
 @dataclass(frozen=True, slots=True)
-class ControllerConfig:
+class ControllerTuning:
+    """The debt model's fixed tuning. The base knobs and the persistence counts are settings
+    (``RiskSettings``: RISK_MAX_NOTIONAL_USDT, RISK_TIGHTEN_AFTER, ...) and are read from there."""
+
     w_mismatch_streak: float = 1.0
     w_gap_breach: float = 3.0
     w_open_gap: float = 0.5
@@ -38,18 +42,10 @@ class ControllerConfig:
     w_unknown_order: float = 1.0
     # debt at which each mode (cautious, defensive, halted) becomes the target
     thresholds: tuple[float, float, float] = (1.0, 3.0, 6.0)
-    tighten_after: int = 2
-    recover_after: int = 5
     recover_ratio: float = 0.5
-    # base knobs (normal mode)
-    max_notional_usdt: float = 10_000.0
-    max_leverage: int = 10
-    min_entry_conf: float = 0.5
-    entry_cooldown_sec: float = 5.0
-    max_open_orders: int = 10
 
 
-def belief_debt(x: DebtInputs, c: ControllerConfig) -> float:
+def belief_debt(x: DebtInputs, c: ControllerTuning) -> float:
     return (
         c.w_mismatch_streak * x.mismatch_streak
         + c.w_gap_breach * x.gap_breaches
@@ -59,7 +55,7 @@ def belief_debt(x: DebtInputs, c: ControllerConfig) -> float:
     )
 
 
-def target_mode(debt: float, c: ControllerConfig) -> int:
+def target_mode(debt: float, c: ControllerTuning) -> int:
     level = 0
     for i, threshold in enumerate(c.thresholds, start=1):
         if debt >= threshold:
@@ -67,8 +63,9 @@ def target_mode(debt: float, c: ControllerConfig) -> int:
     return level
 
 
-def knobs_for(mode: int, c: ControllerConfig, reason: str = "") -> GuardKnobs:
-    """The one table from mode to knobs. Tighter modes only ever lower caps and raise floors."""
+def knobs_for(mode: int, c: RiskSettings, reason: str = "") -> GuardKnobs:
+    """The one table from mode to knobs, from the normal-mode settings. Tighter modes only ever lower
+    caps and raise floors."""
     name = MODES[mode]
     if name == "normal":
         return GuardKnobs(
@@ -131,13 +128,14 @@ class ControllerTrace:
 
 @dataclass
 class BeliefController:
-    config: ControllerConfig = field(default_factory=ControllerConfig)
+    settings: RiskSettings
+    tuning: ControllerTuning = field(default_factory=ControllerTuning)
     mode: int = 0
     tighten_streak: int = 0
     recover_streak: int = 0
 
     def step(self, x: DebtInputs) -> ControllerTrace:
-        c = self.config
+        c, s = self.tuning, self.settings
         debt = belief_debt(x, c)
         target = target_mode(debt, c)
         before = self.mode
@@ -145,19 +143,19 @@ class BeliefController:
         if target > self.mode:
             self.recover_streak = 0
             self.tighten_streak += 1
-            if self.tighten_streak >= c.tighten_after:
+            if self.tighten_streak >= s.tighten_after:
                 self.mode = target
                 self.tighten_streak = 0
-                reason = f"tighten: debt {debt:g} >= {c.thresholds[target - 1]:g} for {c.tighten_after} evaluations"
+                reason = f"tighten: debt {debt:g} >= {c.thresholds[target - 1]:g} for {s.tighten_after} evaluations"
         else:
             self.tighten_streak = 0
             relax_below = c.thresholds[self.mode - 1] * c.recover_ratio if self.mode > 0 else 0.0
             if self.mode > 0 and debt < relax_below:
                 self.recover_streak += 1
-                if self.recover_streak >= c.recover_after:
+                if self.recover_streak >= s.recover_after:
                     self.mode -= 1
                     self.recover_streak = 0
-                    reason = f"recover: debt {debt:g} < {relax_below:g} for {c.recover_after} evaluations"
+                    reason = f"recover: debt {debt:g} < {relax_below:g} for {s.recover_after} evaluations"
             else:
                 self.recover_streak = 0
         return ControllerTrace(
@@ -172,4 +170,4 @@ class BeliefController:
         )
 
     def knobs(self, reason: str = "") -> GuardKnobs:
-        return knobs_for(self.mode, self.config, reason)
+        return knobs_for(self.mode, self.settings, reason)

@@ -19,23 +19,17 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from libs.common.config import KillSettings
+
+# an API-error trip holds at least this long, so a flapping error rate does not flap entries
+API_ERROR_HOLD_SEC = 30.0
+
 
 class Trigger(StrEnum):
     API_ERRORS = "api_errors"
     STALE_DATA = "stale_data"
     DRAWDOWN = "equity_drawdown"
     MISMATCH_STORM = "reconcile_mismatch_storm"
-
-
-@dataclass(frozen=True, slots=True)
-class KillSwitchConfig:
-    api_error_max: int = 20  # errors inside the window that trip
-    api_error_window_sec: float = 60.0
-    api_error_hold_sec: float = 30.0
-    stale_data_sec: float = 30.0  # no reconcile data for this long trips
-    max_drawdown_pct: float = 10.0  # from peak equity; latches
-    mismatch_streak_max: int = 6  # KILL_RECONCILE_MISMATCH_STREAK_MAX
-    mismatch_halt_sec: float = 300.0  # KILL_RECONCILE_MISMATCH_HALT_SEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +53,9 @@ class KillState:
 
 @dataclass
 class KillSwitch:
-    config: KillSwitchConfig
+    settings: KillSettings  # thresholds and holds (KILL_*)
     started_at: float = 0.0
+    api_error_hold_sec: float = API_ERROR_HOLD_SEC
     peak_equity: float | None = None
     # trigger -> earliest time it may release (inf = latched)
     active: dict[Trigger, float] = field(default_factory=dict)
@@ -77,13 +72,13 @@ class KillSwitch:
             self.active[t] = max(self.active[t], release_at)
 
     def evaluate(self, x: KillInputs) -> KillState:
-        c = self.config
+        c = self.settings
         newly: list[str] = []
         conditions: dict[Trigger, bool] = {}
 
         conditions[Trigger.API_ERRORS] = x.api_errors_in_window >= c.api_error_max
         if conditions[Trigger.API_ERRORS]:
-            self._trip(Trigger.API_ERRORS, x.now + c.api_error_hold_sec, newly)
+            self._trip(Trigger.API_ERRORS, x.now + self.api_error_hold_sec, newly)
 
         age = x.data_age_sec if x.data_age_sec is not None else x.now - self.started_at
         conditions[Trigger.STALE_DATA] = age > c.stale_data_sec
@@ -107,10 +102,10 @@ class KillSwitch:
         if conditions[Trigger.DRAWDOWN]:
             self._trip(Trigger.DRAWDOWN, float("inf"), newly)
 
-        conditions[Trigger.MISMATCH_STORM] = x.mismatch_streak >= c.mismatch_streak_max
+        conditions[Trigger.MISMATCH_STORM] = x.mismatch_streak >= c.reconcile_mismatch_streak_max
         if conditions[Trigger.MISMATCH_STORM] and Trigger.MISMATCH_STORM not in self.active:
             # the hold runs from the trip; release also needs the streak back under the threshold
-            self._trip(Trigger.MISMATCH_STORM, x.now + c.mismatch_halt_sec, newly)
+            self._trip(Trigger.MISMATCH_STORM, x.now + c.reconcile_mismatch_halt_sec, newly)
 
         if x.data_age_sec is not None:
             self.awaiting_data = False

@@ -3,7 +3,9 @@
 Inputs arrive from the journal (reconcile summaries, retries, rejections,
 venue IP bans, halt commands). Every evaluation computes one knob set; when it differs from
 the published one it is written to the KV bucket with compare-and-set and
-journaled with its trace. Knobs only ever constrain entries.
+journaled with its trace. Knobs only ever constrain entries. What the inputs mean (which summary
+is evidence, what counts as an API error, which halt wins, what changed) is decided in
+``services/risk/posture.py``; this shell folds inputs, persists, publishes, journals and serves REST.
 
 What protects money survives a restart: kill-switch trips with their hold ends, the equity peak,
 the operator halt and the ids of applied halt/resume commands live in the same bucket under
@@ -19,10 +21,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable
 
 import nats.js.errors
@@ -38,16 +38,11 @@ from libs.common.messages import (
     BusMessage,
     GuardKnobs,
     HaltCommand,
-    KillSwitchEvent,
-    OrderRetry,
-    OrderTransition,
     RebuildSummary,
     ReconcileSummary,
-    VenueBan,
     encode,
 )
 from libs.common.service import Service
-from libs.common.state_machine import OrderState
 from libs.common.telemetry import (
     BELIEF_DEBT,
     GUARD_ALLOW_ENTRIES,
@@ -59,8 +54,27 @@ from libs.common.telemetry import (
     KILL_TRIPS,
     MANUAL_HALT,
 )
-from services.risk.belief_controller import MODES, BeliefController, ControllerConfig, DebtInputs, knobs_for
-from services.risk.kill_switch import KillInputs, KillState, KillSwitch, KillSwitchConfig, Trigger
+from services.risk.belief_controller import MODES, BeliefController
+from services.risk.kill_switch import KillState, KillSwitch
+from services.risk.posture import (
+    UNREADABLE_KNOBS,
+    ApiErrorWindow,
+    BeliefTrace,
+    Evidence,
+    OperatorHalt,
+    SummaryUse,
+    after_command,
+    belief_trace,
+    compose_knobs,
+    fold_summary,
+    is_api_error,
+    kill_inputs,
+    kill_switch_event,
+    knobs_changed,
+    previous_posture,
+    stricter,
+    summary_use,
+)
 from services.risk.state import (
     STATE_KEY,
     RiskState,
@@ -69,25 +83,6 @@ from services.risk.state import (
     merge,
     remember,
 )
-
-# fields that make two knob sets different (timestamps and revisions do not)
-_KNOB_FIELDS = (
-    "allow_entries",
-    "max_notional_usdt",
-    "max_leverage",
-    "min_entry_conf",
-    "entry_cooldown_sec",
-    "max_open_orders",
-    "mode",
-    "reason",
-    "kill_reasons",
-    "manual_halt",
-    "manual_reason",
-    "controller_mode",
-)
-
-
-_TRIGGERS = frozenset(t.value for t in Trigger)
 
 
 class StateNotPersisted(RuntimeError):
@@ -112,36 +107,13 @@ class RiskService(Service):
         self.settings = settings
         kill = kill or KillSettings()
         self.kill_cfg = kill
-        self.kill = KillSwitch(
-            KillSwitchConfig(
-                api_error_max=kill.api_error_max,
-                api_error_window_sec=kill.api_error_window_sec,
-                stale_data_sec=kill.stale_data_sec,
-                max_drawdown_pct=kill.max_drawdown_pct,
-                mismatch_streak_max=kill.reconcile_mismatch_streak_max,
-                mismatch_halt_sec=kill.reconcile_mismatch_halt_sec,
-            ),
-            started_at=time.time(),
-        )
-        self.controller = BeliefController(
-            ControllerConfig(
-                max_notional_usdt=settings.max_notional_usdt,
-                max_leverage=settings.max_leverage,
-                min_entry_conf=settings.min_entry_conf,
-                entry_cooldown_sec=settings.entry_cooldown_sec,
-                max_open_orders=settings.max_open_orders,
-                tighten_after=settings.tighten_after,
-                recover_after=settings.recover_after,
-            )
-        )
-        self.manual_halt = False
-        self.manual_reason = ""
-        self.api_errors: deque[float] = deque()
-        self.last_summary: ReconcileSummary | None = None
-        self.last_data_at: float | None = None
+        self.kill = KillSwitch(kill, started_at=time.time())
+        self.controller = BeliefController(settings)
+        self.operator = OperatorHalt()
+        self.api_errors = ApiErrorWindow(kill.api_error_window_sec)
+        self.evidence = Evidence()
         self.orphans_at_boot = 0
-        self.debt_inputs = DebtInputs()
-        self.last_trace: dict = {}
+        self.trace: BeliefTrace | None = None  # None until the first fresh summary
         self.kill_state = KillState(False, ())
         self.published: GuardKnobs | None = None
         self.kv_revision: int | None = None
@@ -171,6 +143,10 @@ class RiskService(Service):
             await self.evaluate()
         except Exception as e:  # knobs not writable yet: the evaluation loop keeps trying, never a crash loop
             log_event(self.log, "risk.first_publish_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
+
+    @property
+    def last_summary(self) -> ReconcileSummary | None:
+        return self.evidence.summary
 
     def readiness(self) -> tuple[bool, str]:
         ok, why = super().readiness()
@@ -225,12 +201,12 @@ class RiskService(Service):
         log_event(
             self.log,
             "risk.state_restored",
-            logging.WARNING if self.kill.active or self.manual_halt else logging.INFO,
+            logging.WARNING if self.kill.active or self.operator.halted else logging.INFO,
             found=state is not None,
             revision=self.state_revision,
             holds={t.value: r for t, r in holds_from_active(self.kill.active).items()},
             peak_equity=self.kill.peak_equity,
-            manual_halt=self.manual_halt,
+            manual_halt=self.operator.halted,
         )
 
     def _restore_from_knobs(self, entry: KeyValue.Entry) -> None:
@@ -240,39 +216,31 @@ class RiskService(Service):
             prev = GuardKnobs.model_validate_json(entry.value or b"")
         except Exception as e:  # unreadable previous knobs: start strict, say so
             log_event(self.log, "risk.restore_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
-            self.manual_halt, self.manual_reason = True, "previous guard knobs unreadable at start"
+            self.operator = UNREADABLE_KNOBS
             self.kv_revision = entry.revision
             return
         self.kv_revision = entry.revision
-        if prev.manual_halt and not self.manual_halt:
-            self.manual_halt, self.manual_reason = True, prev.manual_reason
-        if prev.controller_mode in MODES:
-            self.controller.mode = MODES.index(prev.controller_mode)
-        now = time.time()
-        named: dict[Trigger, float] = {}
-        for r in prev.kill_reasons:
-            if r in _TRIGGERS:
-                t = Trigger(r)
-                # a latch stays latched; a hold's end is not in the knobs: it waits for fresh data
-                named[t] = math.inf if t is Trigger.DRAWDOWN else now
-        self.kill.restore(named, None)
-        log_event(self.log, "risk.restored", manual_halt=self.manual_halt, mode=prev.controller_mode)
+        previous = previous_posture(prev, time.time())
+        self.operator = stricter(self.operator, previous.operator)
+        if previous.controller_mode is not None:
+            self.controller.mode = previous.controller_mode
+        self.kill.restore(previous.holds, None)
+        log_event(self.log, "risk.restored", manual_halt=self.operator.halted, mode=prev.controller_mode)
 
     def _adopt(self, state: RiskState) -> None:
         """Take ``state`` into this process, never loosening anything already held here."""
         self.kill.restore(active_from_holds(state.holds), state.peak_equity, state.trips)
-        if state.manual_halt and not self.manual_halt:
-            self.manual_halt, self.manual_reason = True, state.manual_reason
+        self.operator = stricter(self.operator, OperatorHalt(state.manual_halt, state.manual_reason))
         self.applied_commands = remember(self.applied_commands, *state.commands)
-        MANUAL_HALT.set(1 if self.manual_halt else 0)
+        MANUAL_HALT.set(1 if self.operator.halted else 0)
 
     def _state_now(self) -> RiskState:
         return RiskState(
             holds=holds_from_active(self.kill.active),
             peak_equity=self.kill.peak_equity,
             trips=dict(self.kill.trips),
-            manual_halt=self.manual_halt,
-            manual_reason=self.manual_reason,
+            manual_halt=self.operator.halted,
+            manual_reason=self.operator.reason,
             commands=list(self.applied_commands),
         )
 
@@ -362,37 +330,22 @@ class RiskService(Service):
     # ------------------------------------------------------------------ inputs
 
     async def on_event(self, msg: BusMessage, delivery: Delivery) -> None:
-        now = time.time()
-        fresh = now - msg.ts_ms / 1000 <= self.kill_cfg.stale_data_sec
         if isinstance(msg, ReconcileSummary):
-            if not msg.ok:
-                return  # an unreadable venue is not data: staleness will tell
-            if fresh:
-                self.last_summary = msg
-                self.last_data_at = max(self.last_data_at or 0.0, msg.ts_ms / 1000)
-                self.debt_inputs = DebtInputs(
-                    mismatch_streak=msg.mismatch_streak,
-                    gap_breaches=msg.gap_breaches,
-                    open_gaps=msg.open_gaps,
-                    orphans=max(msg.orphans, self.orphans_at_boot),
-                    unknown_orders=msg.unknown_orders,
-                )
-                trace = self.controller.step(self.debt_inputs)
-                # the reason names the last posture change; it does not churn every evaluation
-                reason = trace.reason if trace.changed else self.last_trace.get("reason", "")
-                self.last_trace = {"debt": trace.debt, "target": trace.target, "reason": reason}
-                BELIEF_DEBT.set(trace.debt)
+            use = summary_use(msg, time.time(), self.kill_cfg.stale_data_sec)
+            if use is SummaryUse.IGNORE:
+                return
+            if use is SummaryUse.FRESH:
+                self.evidence = fold_summary(self.evidence, msg, self.orphans_at_boot)
+                self.trace = belief_trace(self.controller.step(self.evidence.debt_inputs), self.trace)
+                BELIEF_DEBT.set(self.trace.debt)
             await self.evaluate()
         elif isinstance(msg, RebuildSummary):
             self.orphans_at_boot = len(msg.orphans)
         elif isinstance(msg, HaltCommand):
             # the bus copy of a REST command carries the id it was applied under: applied once
             await self._apply_command(msg, msg.command_id or f"seq{delivery.stream_seq}", journal=False)
-        elif isinstance(msg, OrderRetry | VenueBan):  # a venue IP ban is an API error in itself
-            self.api_errors.append(msg.ts_ms / 1000)
-        elif isinstance(msg, OrderTransition):
-            if msg.to_state in (OrderState.REJECTED, OrderState.FAILED) and msg.error_class:
-                self.api_errors.append(msg.ts_ms / 1000)
+        elif is_api_error(msg):
+            self.api_errors.add(msg.ts_ms / 1000)
 
     async def command(self, action: str, reason: str, source: str, *, journal: bool) -> GuardKnobs:
         """A new command (REST API): applied here under a fresh id and, with ``journal``, journaled
@@ -418,12 +371,12 @@ class RiskService(Service):
                     await self.journal.emit(cmd)
                 self.applied_commands = remember(self.applied_commands, key)
                 self.command_counts["applied"] += 1
+                self.operator = after_command(cmd)
                 if cmd.action == "halt":
-                    self.manual_halt, self.manual_reason = True, f"{cmd.source}: {cmd.reason}"
                     log_event(self.log, "risk.halted", source=cmd.source, reason=cmd.reason, command_id=key)
                 else:
-                    self.manual_halt, self.manual_reason = False, ""
-                    cleared = self.kill.reset_latched(self.last_summary.equity if self.last_summary else None)
+                    s = self.evidence.summary
+                    cleared = self.kill.reset_latched(s.equity if s else None)
                     if self.state_known and self.state_error is not None:
                         # an operator resumes over a corrupt stored state: ours replaces it from now on
                         cleared.append("state_unavailable")
@@ -436,7 +389,7 @@ class RiskService(Service):
                         cleared=cleared,
                         command_id=key,
                     )
-                MANUAL_HALT.set(1 if self.manual_halt else 0)
+                MANUAL_HALT.set(1 if self.operator.halted else 0)
                 knobs = await self.evaluate()
             if self.state_known and self.state_error is None and not self.state_persisted:
                 raise StateNotPersisted(f"{STATE_KEY} not written: command {key} applied in memory only")
@@ -455,42 +408,17 @@ class RiskService(Service):
             except Exception as e:
                 log_event(self.log, "risk.evaluate_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
 
-    def _api_errors_in_window(self, now: float) -> int:
-        horizon = now - self.kill_cfg.api_error_window_sec
-        while self.api_errors and self.api_errors[0] < horizon:
-            self.api_errors.popleft()
-        return sum(1 for t in self.api_errors if t >= horizon)
-
     async def evaluate(self) -> GuardKnobs:
         async with self._lock:
             now = time.time()
-            s = self.last_summary
-            self.kill_state = self.kill.evaluate(
-                KillInputs(
-                    now=now,
-                    api_errors_in_window=self._api_errors_in_window(now),
-                    data_age_sec=now - self.last_data_at if self.last_data_at is not None else None,
-                    equity=s.equity if s else None,
-                    mismatch_streak=s.mismatch_streak if s else 0,
-                )
-            )
-            ks = self.kill_state
+            x = kill_inputs(now, self.evidence, self.api_errors.count(now))
+            self.kill_state = ks = self.kill.evaluate(x)
             KILL_SWITCH.set(1 if ks.tripped else 0)
-            if ks.newly_tripped or ks.released:
+            event = kill_switch_event(ks, x)
+            if event is not None:
                 for r in ks.newly_tripped:
                     KILL_TRIPS.labels(r).inc()
-                await self.journal.emit(
-                    KillSwitchEvent(
-                        tripped=ks.tripped,
-                        reasons=list(ks.reasons),
-                        newly_tripped=list(ks.newly_tripped),
-                        released=list(ks.released),
-                        mismatch_streak=s.mismatch_streak if s else 0,
-                        api_errors_in_window=self._api_errors_in_window(now),
-                        data_age_sec=round(now - self.last_data_at, 3) if self.last_data_at else None,
-                        drawdown_pct=ks.drawdown_pct,
-                    )
-                )
+                await self.journal.emit(event)
                 log_event(
                     self.log,
                     "risk.kill_switch",
@@ -506,39 +434,18 @@ class RiskService(Service):
             return self.published
 
     def compose(self) -> GuardKnobs:
-        """Controller posture, overridden to halted by the kill switch or an operator."""
-        cfg = self.controller.config
-        controller_mode = MODES[self.controller.mode]
-        halted = self.manual_halt or self.kill_state.tripped or self.state_error is not None
-        kill_reasons = list(self.kill_state.reasons)
-        if self.state_error is not None:
-            kill_reasons.insert(0, "state_unavailable")
-        if halted:
-            why = []
-            if self.state_error is not None:
-                why.append(f"state_unavailable: {self.state_error}")
-            if self.manual_halt:
-                why.append(f"manual: {self.manual_reason}")
-            if self.kill_state.tripped:
-                why.append("kill switch: " + ",".join(self.kill_state.reasons))
-            base = knobs_for(MODES.index("halted"), cfg, "; ".join(why))
-        else:
-            base = self.controller.knobs(self.last_trace.get("reason") or f"controller: {controller_mode}")
-        return base.model_copy(
-            update={
-                "controller_mode": controller_mode,
-                "belief_debt": self.last_trace.get("debt"),
-                "debt_inputs": {k: float(v) for k, v in vars_of(self.debt_inputs).items()},
-                "kill_reasons": kill_reasons,
-                "manual_halt": self.manual_halt,
-                "manual_reason": self.manual_reason,
-            }
+        return compose_knobs(
+            self.settings,
+            controller_mode=self.controller.mode,
+            trace=self.trace,
+            debt_inputs=self.evidence.debt_inputs,
+            kill=self.kill_state,
+            operator=self.operator,
+            state_error=self.state_error,
         )
 
     async def _publish(self, knobs: GuardKnobs) -> None:
-        if self.published is not None and all(
-            getattr(self.published, f) == getattr(knobs, f) for f in _KNOB_FIELDS
-        ):
+        if not knobs_changed(self.published, knobs):
             return
         assert self.js and self.journal
         kv = await self._kv_bucket()
@@ -611,7 +518,7 @@ class RiskService(Service):
                 "trips": dict(self.kill.trips),
                 "drawdown_pct": self.kill_state.drawdown_pct,
             },
-            "manual_halt": self.manual_halt,
+            "manual_halt": self.operator.halted,
             "state": {
                 "key": STATE_KEY,
                 "revision": self.state_revision,
@@ -622,8 +529,11 @@ class RiskService(Service):
                 "peak_equity": self.kill.peak_equity,
             },
             "commands": dict(self.command_counts),
-            "controller": {"mode": MODES[self.controller.mode], **self.last_trace},
-            "data_age_sec": round(time.time() - self.last_data_at, 3) if self.last_data_at else None,
+            "controller": {
+                "mode": MODES[self.controller.mode],
+                **(self.trace.as_dict() if self.trace else {}),
+            },
+            "data_age_sec": round(time.time() - self.evidence.data_at, 3) if self.evidence.data_at else None,
         }
 
     def add_routes(self, app: FastAPI) -> None:
@@ -658,7 +568,3 @@ class RiskService(Service):
 
 def encode_state(state: RiskState) -> bytes:
     return state.model_dump_json().encode()
-
-
-def vars_of(x: DebtInputs) -> dict[str, float]:
-    return {f: getattr(x, f) for f in x.__dataclass_fields__}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libs.common.guard_check import check_entry
 from libs.common.marks import cap_notional
 from libs.common.messages import GuardKnobs, OrderIntent
 
@@ -44,26 +45,17 @@ def entry_policy(
     """
     if intent.is_exit:
         return ALLOW_EXIT
-    if guard is None:
-        # cannot read the guard knobs: fail safe for entries only
-        return PolicyDecision(False, "guard_unavailable")
-    if not guard.allow_entries:
-        return PolicyDecision(False, f"entries_blocked:{guard.mode}")
-    age_sec = (now_ms - intent.ts_ms) / 1000.0
-    if age_sec > max_age_sec:
-        return PolicyDecision(False, f"stale_intent:{age_sec:.1f}s")
-    notional = entry_notional(intent, mark_price)
-    if notional is None:
-        return PolicyDecision(False, "notional_unknown")
-    if notional > guard.max_notional_usdt:
-        return PolicyDecision(
-            False, f"notional_cap:{notional:.2f}>{guard.max_notional_usdt:g}", notional_usdt=notional
-        )
-    cap = min(hard_max_leverage, guard.max_leverage)
-    requested = intent.leverage if intent.leverage is not None else cap
-    leverage = min(requested, cap)
+    check = check_entry(
+        guard,
+        age_sec=(now_ms - intent.ts_ms) / 1000.0,
+        max_age_sec=max_age_sec,
+        notional_usdt=entry_notional(intent, mark_price),
+        unpriced="notional_unknown",
+        requested_leverage=intent.leverage,
+        hard_max_leverage=hard_max_leverage,
+    )
     return PolicyDecision(
-        True, "", leverage=leverage, leverage_capped=leverage < requested, notional_usdt=notional
+        check.allowed, check.reason, check.leverage, check.leverage_capped, check.notional_usdt
     )
 
 

@@ -52,3 +52,25 @@ def test_intent_carries_the_counted_notional_not_the_signals_price():
     s = sig(qty=0.2, ref_price=1.0)
     assert entry_intent_from_signal(s, default_leverage=5).notional_usdt is None
     assert entry_intent_from_signal(s, default_leverage=5, notional_usdt=10_000.0).notional_usdt == 10_000.0
+
+
+def test_each_knob_refuses_in_order_and_an_accepted_signal_says_what_it_counted():
+    knobs = GuardKnobs(max_notional_usdt=10_000, min_entry_conf=0.6, entry_cooldown_sec=10, max_open_orders=2)
+    assert decide(sig(), knobs=GuardKnobs(allow_entries=False, mode="halted")).reason == (
+        "entries_blocked:halted"
+    )
+    assert decide(sig(confidence=0.5), knobs).reason == "confidence_below_floor:0.5<0.6"
+    # cooldown runs from the symbol's last entry: 4 s ago of 10
+    assert decide(sig(), knobs, last_entry_at=996.0).reason == "cooldown:6.0s"
+    assert decide(sig(), knobs, last_entry_at=990.0).accepted  # exactly over
+    assert decide(sig(), knobs, open_entries=2).reason == "open_order_cap:2>=2"
+    # the first refusal wins: confidence before cooldown before the open-order cap before the price
+    d = decide(sig(confidence=0.1), knobs, mark=None, last_entry_at=999.0, open_entries=5)
+    assert d.reason.startswith("confidence_below_floor") and d.notional_usdt is None
+    assert decide(sig(), knobs, mark=None, last_entry_at=999.0, open_entries=5).reason.startswith("cooldown")
+    d = decide(sig(qty=0.1, confidence=0.6), knobs, open_entries=1)
+    assert d.accepted and d.reason == "" and d.notional_usdt == 5_000
+
+
+def test_a_nan_mark_is_no_mark():
+    assert decide(sig(), mark=float("nan")).reason == "mark_price_unavailable"

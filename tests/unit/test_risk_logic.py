@@ -2,14 +2,15 @@ import itertools
 
 import pytest
 
+from libs.common.config import KillSettings, RiskSettings
 from services.risk.belief_controller import (
     BeliefController,
-    ControllerConfig,
+    ControllerTuning,
     DebtInputs,
     belief_debt,
     knobs_for,
 )
-from services.risk.kill_switch import KillInputs, KillSwitch, KillSwitchConfig, Trigger
+from services.risk.kill_switch import KillInputs, KillSwitch, Trigger
 from services.risk.state import (
     MAX_REMEMBERED_COMMANDS,
     RiskState,
@@ -19,18 +20,21 @@ from services.risk.state import (
     remember,
 )
 
-CFG = KillSwitchConfig(
+CFG = KillSettings(
     api_error_max=5,
-    api_error_hold_sec=10,
     stale_data_sec=30,
     max_drawdown_pct=10,
-    mismatch_streak_max=3,
-    mismatch_halt_sec=60,
+    reconcile_mismatch_streak_max=3,
+    reconcile_mismatch_halt_sec=60,
 )
 
 
+def kill_switch(settings: KillSettings = CFG, started_at: float = 0.0) -> KillSwitch:
+    return KillSwitch(settings, started_at=started_at, api_error_hold_sec=10)
+
+
 def test_mismatch_storm_trips_and_holds():
-    k = KillSwitch(CFG)
+    k = kill_switch()
     assert not k.evaluate(KillInputs(now=0, data_age_sec=0, mismatch_streak=2)).tripped
     s = k.evaluate(KillInputs(now=1, data_age_sec=0, mismatch_streak=3))
     assert s.tripped and s.newly_tripped == ("reconcile_mismatch_storm",)
@@ -44,21 +48,21 @@ def test_mismatch_storm_trips_and_holds():
 
 
 def test_api_errors_with_hold():
-    k = KillSwitch(CFG)
+    k = kill_switch()
     assert k.evaluate(KillInputs(now=0, data_age_sec=0, api_errors_in_window=5)).tripped
     assert k.evaluate(KillInputs(now=5, data_age_sec=0, api_errors_in_window=0)).tripped
     assert not k.evaluate(KillInputs(now=11, data_age_sec=0, api_errors_in_window=0)).tripped
 
 
 def test_stale_data_including_never_seen():
-    k = KillSwitch(CFG, started_at=0)
+    k = kill_switch(started_at=0)
     assert not k.evaluate(KillInputs(now=10)).tripped  # grace period after start
     assert k.evaluate(KillInputs(now=31)).reasons == ("stale_data",)
     assert not k.evaluate(KillInputs(now=32, data_age_sec=1)).tripped
 
 
 def test_drawdown_latches_until_reset():
-    k = KillSwitch(CFG)
+    k = kill_switch()
     k.evaluate(KillInputs(now=0, data_age_sec=0, equity=1000))
     s = k.evaluate(KillInputs(now=1, data_age_sec=0, equity=890))
     assert s.tripped and s.drawdown_pct == pytest.approx(11.0)
@@ -74,7 +78,7 @@ def test_drawdown_latches_until_reset():
     [(1000, 0.0, 100.0), (1000, -50.0, 105.0), (None, 0.0, 100.0), (None, -1.0, 100.0)],
 )
 def test_drawdown_trips_at_or_below_zero_equity(peak, equity, drawdown):
-    k = KillSwitch(KillSwitchConfig(max_drawdown_pct=200))  # even with a threshold equity <= 0 never reaches
+    k = kill_switch(KillSettings(max_drawdown_pct=200))  # even with a threshold equity <= 0 never reaches
     if peak is not None:
         assert not k.evaluate(KillInputs(now=0, data_age_sec=0, equity=peak)).tripped
     s = k.evaluate(KillInputs(now=1, data_age_sec=0, equity=equity))
@@ -87,7 +91,7 @@ def test_drawdown_trips_at_or_below_zero_equity(peak, equity, drawdown):
 
 
 def test_unreadable_equity_is_no_reading():
-    k = KillSwitch(CFG)
+    k = kill_switch()
     k.evaluate(KillInputs(now=0, data_age_sec=0, equity=1000))
     assert not k.evaluate(KillInputs(now=1, data_age_sec=0, equity=float("nan"))).tripped
     assert k.peak_equity == 1000
@@ -99,13 +103,13 @@ def _restarted(before: KillSwitch, now: float) -> KillSwitch:
         holds=holds_from_active(before.active), peak_equity=before.peak_equity, trips=before.trips
     )
     state = RiskState.model_validate_json(state.model_dump_json())  # through the bytes in KV
-    after = KillSwitch(CFG, started_at=now)
+    after = kill_switch(started_at=now)
     after.restore(active_from_holds(state.holds), state.peak_equity, state.trips)
     return after
 
 
 def test_restored_holds_keep_their_absolute_ends():
-    k = KillSwitch(CFG)
+    k = kill_switch()
     k.evaluate(KillInputs(now=100, data_age_sec=0, mismatch_streak=3, api_errors_in_window=5))
     assert k.active == {Trigger.MISMATCH_STORM: 160, Trigger.API_ERRORS: 110}
     r = _restarted(k, now=105)
@@ -124,7 +128,7 @@ def test_restored_holds_keep_their_absolute_ends():
 
 
 def test_restored_latched_drawdown_and_peak():
-    k = KillSwitch(CFG)
+    k = kill_switch()
     k.evaluate(KillInputs(now=0, data_age_sec=0, equity=1000))
     k.evaluate(KillInputs(now=1, data_age_sec=0, equity=850))
     r = _restarted(k, now=500)
@@ -137,14 +141,14 @@ def test_restored_latched_drawdown_and_peak():
 
 def test_restored_trips_that_need_fresh_evidence_wait_for_it():
     # stale data: no fresh grace period after the restart
-    k = KillSwitch(CFG, started_at=0)
+    k = kill_switch(started_at=0)
     assert k.evaluate(KillInputs(now=31)).reasons == ("stale_data",)
     r = _restarted(k, now=40)
     assert r.evaluate(KillInputs(now=40)).reasons == ("stale_data",)
     assert r.evaluate(KillInputs(now=45)).reasons == ("stale_data",)
     assert not r.evaluate(KillInputs(now=46, data_age_sec=0.5)).tripped
     # a mismatch hold that ended while risk was down: released only once fresh data shows a calm streak
-    k = KillSwitch(CFG)
+    k = kill_switch()
     k.evaluate(KillInputs(now=0, data_age_sec=0, mismatch_streak=3))
     r = _restarted(k, now=1000)
     assert r.evaluate(KillInputs(now=1000)).reasons == ("reconcile_mismatch_storm",)
@@ -153,7 +157,7 @@ def test_restored_trips_that_need_fresh_evidence_wait_for_it():
 
 
 def test_stale_trip_has_a_fixed_hold_value():
-    k = KillSwitch(CFG, started_at=0)
+    k = kill_switch(started_at=0)
     k.evaluate(KillInputs(now=31))
     k.evaluate(KillInputs(now=40))
     assert k.active == {Trigger.STALE_DATA: 31}  # nothing to persist on every stale evaluation
@@ -206,11 +210,12 @@ def test_remembered_commands_are_bounded_and_unique():
     assert remember(["x", "y"], "x") == ["y", "x"]
 
 
-C = ControllerConfig(thresholds=(1, 3, 6), tighten_after=2, recover_after=3, recover_ratio=0.5)
+S = RiskSettings(tighten_after=2, recover_after=3)
+C = ControllerTuning(thresholds=(1, 3, 6), recover_ratio=0.5)
 
 
 def test_controller_tightens_only_after_persistence():
-    b = BeliefController(C)
+    b = BeliefController(S, C)
     assert b.step(DebtInputs(mismatch_streak=4)).mode == "normal"  # one bad evaluation is not enough
     t = b.step(DebtInputs(mismatch_streak=4))
     assert t.mode == "defensive" and t.changed and "tighten" in t.reason
@@ -218,7 +223,7 @@ def test_controller_tightens_only_after_persistence():
 
 
 def test_controller_recovers_one_step_at_a_time_with_hysteresis():
-    b = BeliefController(C, mode=3)
+    b = BeliefController(S, C, mode=3)
     # debt below halted's threshold but not below half of it: no recovery
     for _ in range(5):
         assert b.step(DebtInputs(mismatch_streak=4)).mode == "halted"
@@ -235,14 +240,14 @@ def test_controller_recovers_one_step_at_a_time_with_hysteresis():
 
 
 def test_flapping_debt_does_not_flap_the_mode():
-    b = BeliefController(C)
+    b = BeliefController(S, C)
     modes = {b.step(DebtInputs(mismatch_streak=5 if i % 2 else 0)).mode for i in range(20)}
     assert modes == {"normal"}
 
 
 def test_debt_weights_and_knob_table_monotone():
     assert belief_debt(DebtInputs(mismatch_streak=1, gap_breaches=1, orphans=1, unknown_orders=1), C) == 7.0
-    ks = [knobs_for(m, C) for m in range(4)]
+    ks = [knobs_for(m, S) for m in range(4)]
     assert [k.allow_entries for k in ks] == [True, True, True, False]
     for a, b in itertools.pairwise(ks):
         assert b.max_notional_usdt <= a.max_notional_usdt and b.max_leverage <= a.max_leverage
