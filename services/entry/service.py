@@ -267,12 +267,18 @@ class EntryService(Service):
         if side is None:
             return
         signal = ctx.signal if ctx else None
+        # a fill can be learned without its price (a lookup or a cancel answer that says only how much):
+        # the stop is then placed from the venue's mark, never from nothing
+        ref_price = t.avg_price or await self.marks.get(t.symbol)
+        if not ref_price and not (signal and signal.stop_loss_price):
+            await self._stage1_unpriced(t)
+            return
         intents = stage1_intents(
             entry_intent_id=t.intent_id,
             entry_correlation_id=t.correlation_id,
             symbol=t.symbol,
             entry_side=side,
-            fill_price=t.avg_price or 0.0,
+            fill_price=ref_price or 0.0,
             # a trailing stop covers the whole entry, not just the first partial fill
             qty=(ctx.intent.qty if ctx else None) or t.filled_qty,
             stop_loss_price=signal.stop_loss_price if signal else None,
@@ -301,6 +307,21 @@ class EntryService(Service):
                     )
                 )
         self._count("stage1_sent")
+
+    async def _stage1_unpriced(self, t: OrderTransition) -> None:
+        """No fill price, no stop price in the signal and no venue mark: no stop can be priced. The gap
+        clock starts now; the reconciler repairs from its own read of the venue."""
+        await self.journal.emit(
+            Stage1GapAssertion(
+                correlation_id=t.correlation_id,
+                symbol=t.symbol,
+                reason="stop not priced: the fill came without a price and the venue's mark is unavailable",
+            )
+        )
+        self._count("stage1_gap")
+        log_event(
+            self.log, "entry.stage1_unpriced", logging.ERROR, symbol=t.symbol, correlation_id=t.correlation_id
+        )
 
     # ------------------------------------------------------------------ REST
 

@@ -282,6 +282,38 @@ async def test_second_entry_is_already_covered_by_the_close_position_stop(
     assert bus.tap.of(Stage1GapAssertion) == [] and entry.counts.get("stage1_gap") is None
 
 
+async def test_a_fill_learned_without_its_price_gets_its_stop_from_the_venue_mark(bus, sim, entry_factory):
+    # a FILLED transition can come without an average price (a lookup or a cancel answer saying only how
+    # much): stage-1 must still price the stop, from the venue's mark, not crash on a zero price
+    entry = await entry_factory()
+    sim.set_price(BTC_ID, 40_000.0)
+    fill = make_intent(Bucket.ENTRY)
+    await bus.publish(fill)
+    await bus.publish(
+        OrderTransition(
+            correlation_id=fill.correlation_id,
+            intent_id=fill.intent_id,
+            client_order_id=fill.client_order_id,
+            symbol=BTC,
+            bucket=Bucket.ENTRY,
+            side="buy",
+            from_state=S.SUBMITTING,
+            to_state=S.FILLED,
+            filled_qty=0.01,
+            avg_price=None,
+        )
+    )
+    (stop,) = await bus.tap.wait_for(
+        lambda: [
+            i for i in bus.tap.of(OrderIntent) if i.source == "entry.stage1" and i.order_type == "stop_market"
+        ]
+    )
+    assert stop.side == "sell" and stop.stop_price is not None
+    expected = 40_000.0 * (1 - entry.settings.default_stop_pct)
+    assert abs(stop.stop_price - expected) <= 0.001 * expected
+    assert bus.tap.of(Stage1GapAssertion) == []
+
+
 async def test_stage1_failure_asserts_a_gap_the_reconciler_acts_on(
     bus, sim, router_factory, entry_factory, reconciler_factory
 ):
