@@ -7,7 +7,13 @@ from __future__ import annotations
 from libs.common.config import ReconcilerSettings
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import CancelIntent, OrderIntent, RepairAction, ReplaceIntent
-from libs.common.protection import market_exit, position_side, stop_loss
+from libs.common.protection import (
+    default_stop_price,
+    market_exit,
+    on_protective_side,
+    position_side,
+    stop_loss,
+)
 from services.reconciler.belief import IN_FLIGHT_STATES, Belief
 from services.reconciler.protection import Coverage, CoverageStatus, StopView, should_refresh
 from services.reconciler.snapshot import PositionView, VenueOrderView
@@ -23,11 +29,11 @@ def stop_price_for(
 ) -> float:
     """The last stop price we asked for if it is still on the protective side of the market, else a
     default distance from the mark (a repair protects from now on; it does not chase the entry)."""
-    mark = pos.mark_price or pos.entry_price
+    side, mark = position_side(qty), pos.mark_price or pos.entry_price
     last = belief.last_stop_price.get(symbol)
-    if last and mark and ((qty > 0 and last < mark) or (qty < 0 and last > mark)):
+    if last and mark and on_protective_side(side, last, mark):
         return last
-    return mark * (1 - cfg.default_stop_pct) if qty > 0 else mark * (1 + cfg.default_stop_pct)
+    return default_stop_price(side, mark, cfg.default_stop_pct)
 
 
 def replacement_target(cov: Coverage) -> StopView | None:
