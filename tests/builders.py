@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from libs.common.config import ReconcilerSettings
-from libs.common.ids import Bucket, make_client_order_id, make_intent_id
+from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import OrderIntent, OrderTransition
 from libs.common.state_machine import OrderState
 from services.reconciler.belief import Belief, KnownOrder
@@ -62,6 +62,41 @@ def actions(out: TickResult, action: str) -> list:
     return [r for r in out.repairs if r.action == action]
 
 
+def journal_intent(bucket: Bucket = Bucket.ENTRY, key: str = "1", **fields: Any) -> OrderIntent:
+    """A BTC intent of ours as the journal holds it: by default a limit buy of 0.01 at 48,000; an SL
+    bucket makes it a close-position stop-market sell at 49,000."""
+    iid = make_intent_id("test", key, bucket)
+    base: dict[str, Any] = dict(
+        intent_id=iid,
+        correlation_id=make_correlation_id(iid),
+        client_order_id=make_client_order_id(iid, bucket),
+        bucket=bucket,
+        symbol=BTC,
+    )
+    if bucket is Bucket.SL:
+        base.update(side="sell", order_type="stop_market", stop_price=49_000.0, close_position=True)
+    else:
+        base.update(side="buy", order_type="limit", qty=0.01, price=48_000.0)
+    return OrderIntent(**{**base, **fields})
+
+
+def transition(intent: OrderIntent, src: OrderState, dst: OrderState, **fields: Any) -> OrderTransition:
+    """The router's journal entry moving ``intent``'s order from ``src`` to ``dst``."""
+    return OrderTransition(
+        **{
+            "correlation_id": intent.correlation_id,
+            "intent_id": intent.intent_id,
+            "client_order_id": intent.client_order_id,
+            "symbol": intent.symbol,
+            "bucket": intent.bucket,
+            "side": intent.side,
+            "from_state": src,
+            "to_state": dst,
+            **fields,
+        }
+    )
+
+
 def refused(b: Belief, intent: OrderIntent, now: float) -> None:
     """The journal says the router could not get this stop placed (the venue refused it)."""
     b.apply_intent(intent, now)
@@ -69,17 +104,4 @@ def refused(b: Belief, intent: OrderIntent, now: float) -> None:
         (OrderState.CREATED, OrderState.SUBMITTING),
         (OrderState.SUBMITTING, OrderState.REJECTED),
     ):
-        b.apply_transition(
-            OrderTransition(
-                correlation_id=intent.correlation_id,
-                intent_id=intent.intent_id,
-                client_order_id=intent.client_order_id,
-                symbol=intent.symbol,
-                bucket=intent.bucket,
-                side=intent.side,
-                from_state=src,
-                to_state=dst,
-                code=-2010,
-            ),
-            now,
-        )
+        b.apply_transition(transition(intent, src, dst, code=-2010), now)
