@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from libs.common.config import ReconcilerSettings
 from libs.common.ids import Bucket
 from libs.common.messages import OrderIntent, OrderTransition
 from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
@@ -37,7 +38,7 @@ class KnownOrder:
 
 @dataclass
 class Belief:
-    settle_sec: float = 2.0
+    settle_sec: float = ReconcilerSettings.model_fields["settle_sec"].default  # RECONCILE_SETTLE_SEC
     qty: dict[str, float] = field(default_factory=dict)
     orders: dict[str, KnownOrder] = field(default_factory=dict)
     last_activity: dict[str, float] = field(default_factory=dict)
