@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from libs.common.ids import Bucket
 from libs.common.state_machine import OrderState
-from services.reconciler.belief import Belief, KnownOrder
+from services.reconciler.belief import MAX_INTENTS_WITHOUT_ORDER, Belief, KnownOrder
 from tests.builders import BTC, journal_intent, refused, transition
 
 ETH = "ETH/USDT:USDT"
@@ -113,3 +113,17 @@ def test_adopting_the_venue_position_replaces_the_belief():
     b.qty[BTC] = 0.5
     b.adopt_position(BTC, -0.1)
     assert b.position(BTC) == -0.1 and b.position(ETH) == 0.0
+
+
+def test_intents_that_never_get_an_order_are_capped_oldest_first():
+    b = Belief()
+    placed = journal_intent(key="placed")
+    b.apply_intent(placed, 0.0)
+    b.apply_transition(transition(placed, S.SUBMITTING, S.ACKED), 0.0)
+    n = 10_000
+    for i in range(n):  # e.g. replaces given up before their new order was sent
+        b.apply_intent(journal_intent(key=f"given-up-{i}"), float(i))
+    assert len(b.intents) == MAX_INTENTS_WITHOUT_ORDER + 1
+    assert placed.client_order_id in b.intents  # an open order keeps its intent
+    assert journal_intent(key=f"given-up-{n - 1}").client_order_id in b.intents
+    assert journal_intent(key="given-up-0").client_order_id not in b.intents

@@ -36,7 +36,7 @@ from services.reconciler.tick import (
     target_state,
     track_gap,
 )
-from tests.builders import BTC, actions, known, long, of, order, ours, refused, state
+from tests.builders import BTC, actions, known, long, of, order, ours, refused, state, tick
 
 ETH = "ETH/USDT:USDT"
 
@@ -509,3 +509,21 @@ def test_summary_carries_the_streak_into_every_mismatch_event():
     work = TickWork(101.0)
     summarize(b, Snapshot({}, []), st, work, symbols=0, started=None)
     assert work.out.mismatches == [] and st.streak == 0 and work.out.summary.mismatch_events == 4
+
+
+# ----------------------------------------------------------------------------- a long-running service
+
+
+def test_state_stays_bounded_over_10000_ticks():
+    """Someone keeps leaving protection on a flat symbol and taking it away before our cancel lands, and
+    a position keeps opening unprotected and closing: nothing the reconciler keeps grows with time."""
+    b, st = quiet(), state()  # cooldown 1 s: an unlisted leftover is forgotten after 10 s
+    for i in range(10_000):
+        now = float(i)
+        stop = VenueOrderView(ETH, f"manual_{i}", "sell", None, False, True, True, "stop_market", 1.0)
+        positions = long() if i % 4 < 2 else {}
+        tick(b, st, positions, [stop], now)
+    assert len(st.leftover_cancels) <= 12
+    assert len(st.gaps.gaps) <= 1 and len(st.emergency) <= 1
+    assert set(st.belief_state) == {BTC, ETH} and set(st.last_repair_at) <= {BTC}
+    assert len(b.orders) <= 2 and len(b.intents) <= 2
