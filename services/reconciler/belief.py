@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from libs.common.config import ReconcilerSettings
 from libs.common.ids import Bucket
 from libs.common.messages import OrderIntent, OrderTransition
 from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
@@ -21,6 +22,9 @@ IN_FLIGHT_STATES = frozenset(
 )
 # a stop the venue refused, or the router gave up on: protection asked for and not obtained
 STOP_REFUSED = frozenset({OrderState.REJECTED, OrderState.FAILED, OrderState.BLOCKED})
+# intents the journal has shown no order for yet: the router's first transition follows within moments,
+# but some never get one (a replace given up before its new order was sent), so they are capped
+MAX_INTENTS_WITHOUT_ORDER = 1_000
 
 
 @dataclass
@@ -37,12 +41,12 @@ class KnownOrder:
 
 @dataclass
 class Belief:
-    settle_sec: float = 2.0
+    settle_sec: float = ReconcilerSettings.model_fields["settle_sec"].default  # RECONCILE_SETTLE_SEC
     qty: dict[str, float] = field(default_factory=dict)
     orders: dict[str, KnownOrder] = field(default_factory=dict)
     last_activity: dict[str, float] = field(default_factory=dict)
     last_stop_price: dict[str, float] = field(default_factory=dict)
-    intents: dict[str, OrderIntent] = field(default_factory=dict)  # client id -> intent (bounded by caller)
+    intents: dict[str, OrderIntent] = field(default_factory=dict)  # client id -> intent, see _bound_intents
     # symbol -> when stop-losses (anyone's: stage-1 or repairs) were refused; the emergency exit counts them
     stop_refusals: dict[str, deque] = field(default_factory=dict)
 
@@ -53,6 +57,16 @@ class Belief:
         self.last_activity[intent.symbol] = now
         if intent.bucket is Bucket.SL and intent.stop_price:
             self.last_stop_price[intent.symbol] = intent.stop_price
+        self._bound_intents()
+
+    def _bound_intents(self) -> None:
+        """Forget the oldest intents without an order once there are more than the cap (an order's
+        intent is forgotten with the order)."""
+        if len(self.intents) <= MAX_INTENTS_WITHOUT_ORDER:
+            return
+        orderless = [cid for cid in self.intents if cid not in self.orders]
+        for cid in orderless[: len(orderless) - MAX_INTENTS_WITHOUT_ORDER]:
+            del self.intents[cid]
 
     def apply_transition(self, t: OrderTransition, now: float) -> None:
         self.last_activity[t.symbol] = now

@@ -4,7 +4,9 @@ A gap opens the first tick a position is seen without adequate stop coverage
 (or when the entry service asserts that stage-1 protection failed) and closes
 when coverage is restored or the position is gone. A gap older than the TTL is
 a breach: reported once as critical, and counted as mismatch pressure for as
-long as it lasts.
+long as it lasts. Only open gaps are kept: a closed one lives on as its "closed"
+event (the unprotected-time metric is observed from those), so a long-running
+service holds one entry per unprotected symbol, never a history.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ class GapUpdate:
 class GapTracker:
     ttl_sec: float
     gaps: dict[str, Gap] = field(default_factory=dict)
-    closed_ages: list[float] = field(default_factory=list)  # for the unprotected-time metric
 
     def observe(self, symbol: str, unprotected: bool, now: float, reason: str = "") -> GapUpdate:
         gap = self.gaps.get(symbol)
@@ -44,7 +45,6 @@ class GapTracker:
                 return GapUpdate(symbol, False, 0.0)
             del self.gaps[symbol]
             age = now - gap.opened_at
-            self.closed_ages.append(age)
             return GapUpdate(symbol, False, age, closed=True, reason=gap.reason)
         newly_opened = gap is None
         if gap is None:

@@ -17,6 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from libs.common.config import ReconcilerSettings
+
+QTY_TOLERANCE = 1e-9  # below this a position is flat and a stop covers its size
+
 
 @dataclass(frozen=True, slots=True)
 class StopView:
@@ -77,10 +81,10 @@ def evaluate_coverage(
     position_qty: float,
     orders: list[StopView],
     *,
-    qty_tolerance: float = 1e-9,
+    qty_tolerance: float = QTY_TOLERANCE,
     intended_stop: float | None = None,
     asked_stop: float | None = None,
-    price_tolerance: float = 0.005,
+    price_tolerance: float = ReconcilerSettings.model_fields["stop_price_tolerance"].default,
 ) -> Coverage:
     """How well ``orders`` protect a position of signed size ``position_qty`` whose stop belongs at
     ``intended_stop`` (None: any trigger counts)."""

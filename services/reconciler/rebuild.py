@@ -9,7 +9,7 @@ from libs.common.messages import OrderIntent, OrphanOrder
 from libs.common.replay import IntentTimeline
 from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
 from services.reconciler.belief import Belief, KnownOrder
-from services.reconciler.tick import Snapshot
+from services.reconciler.snapshot import Snapshot
 
 
 @dataclass

@@ -51,6 +51,7 @@ from libs.common.telemetry import (
     UNPROTECTED_TIME,
 )
 from services.reconciler.belief import Belief
+from services.reconciler.orders import vanished_orders
 from services.reconciler.read_budget import (
     ReadPlan,
     average_tick_cost,
@@ -59,14 +60,9 @@ from services.reconciler.read_budget import (
     sweep_reserve_1m,
 )
 from services.reconciler.rebuild import rebuild
-from services.reconciler.tick import (
-    ReconcileConfig,
-    ReconcileState,
-    Snapshot,
-    VenueOrderView,
-    reconcile_tick,
-    vanished_orders,
-)
+from services.reconciler.snapshot import Snapshot, VenueOrderView
+from services.reconciler.state import ReconcileState
+from services.reconciler.tick import reconcile_tick
 from services.reconciler.venue_reader import lookup, read_orders, read_positions, read_snapshot
 
 
@@ -98,18 +94,7 @@ class ReconcilerService(Service):
         self.ex = exchange_from_settings(exchange_settings)
         self.venue_limits = self.ex.venue_limits
         self.belief = Belief(settle_sec=settings.settle_sec)
-        self.state = ReconcileState(
-            ReconcileConfig(
-                repair_cooldown_sec=settings.repair_cooldown_sec,
-                min_delta_ratio=settings.min_delta_ratio,
-                max_refresh_interval_sec=settings.max_refresh_interval_sec,
-                gap_ttl_sec=settings.protection_gap_ttl_sec,
-                default_stop_pct=settings.default_stop_pct,
-                stop_price_tolerance=settings.stop_price_tolerance,
-                emergency_exit=settings.emergency_exit,
-                emergency_exit_after_refusals=settings.emergency_exit_after_refusals,
-            )
-        )
+        self.state = ReconcileState(settings)
         self.rebuild_summary: RebuildSummary | None = None
         self.last_summary: ReconcileSummary | None = None
         self._last_summary_at = 0.0
@@ -210,7 +195,7 @@ class ReconcilerService(Service):
                         symbol=msg.symbol,
                         state="opened",
                         age_sec=0.0,
-                        ttl_sec=self.state.config.gap_ttl_sec,
+                        ttl_sec=self.settings.protection_gap_ttl_sec,
                         reason=f"stage1: {msg.reason}",
                     )
                 )

@@ -1,3 +1,5 @@
+from dataclasses import fields
+
 import pytest
 
 from services.reconciler.gaps import GapTracker
@@ -67,8 +69,19 @@ def test_gap_tracker_ttl():
     assert u.newly_breached and g.breached() == ["BTC"]
     assert not g.observe("BTC", True, 20.0).newly_breached  # reported once
     u = g.observe("BTC", False, 21.0)
-    assert u.closed and u.age_sec == 21.0 and g.breached() == [] and g.closed_ages == [21.0]
+    assert u.closed and u.age_sec == 21.0 and g.breached() == [] and g.gaps == {}
     assert not g.observe("ETH", False, 21.0).closed
+
+
+def test_gap_tracker_keeps_only_open_gaps_however_long_it_runs():
+    g = GapTracker(ttl_sec=10)
+    for i in range(10_000):
+        symbol = f"S{i % 50}"
+        g.observe(symbol, True, float(i), "missing_stop")
+        g.observe(symbol, False, i + 0.5)
+    g.observe("BTC", True, 10_000.0)
+    assert list(g.gaps) == ["BTC"]
+    assert [f.name for f in fields(g)] == ["ttl_sec", "gaps"]  # no other state that could grow
 
 
 def test_asserted_gap_starts_the_clock_early():

@@ -7,58 +7,12 @@ import itertools
 
 import pytest
 
-from libs.common.ids import Bucket, make_client_order_id, make_intent_id
-from libs.common.messages import CancelIntent, OrderIntent, OrderTransition, ReplaceIntent
+from libs.common.ids import Bucket
+from libs.common.messages import CancelIntent, OrderIntent, ReplaceIntent
 from libs.common.state_machine import OrderState
 from services.reconciler.belief import Belief, KnownOrder
-from services.reconciler.tick import (
-    EMERGENCY_EXITS_PER_GAP,
-    PositionView,
-    ReconcileConfig,
-    ReconcileState,
-    Snapshot,
-    VenueOrderView,
-    reconcile_tick,
-)
-
-BTC = "BTC/USDT:USDT"
-
-
-def ours(bucket: Bucket = Bucket.SL, key: str = "1") -> str:
-    return make_client_order_id(make_intent_id("test", key, bucket), bucket)
-
-
-def order(
-    cid: str, *, side="sell", qty=None, close=True, reduce_only=False, trigger=49_000.0, typ="stop_market"
-):
-    return VenueOrderView(BTC, cid, side, qty, reduce_only, close, typ != "limit", typ, trigger)
-
-
-def long(qty: float = 0.02, mark: float = 50_000.0) -> dict[str, PositionView]:
-    return {BTC: PositionView(qty, mark, mark)}
-
-
-def state(**cfg) -> ReconcileState:
-    return ReconcileState(ReconcileConfig(**{"repair_cooldown_sec": 1.0, "gap_ttl_sec": 3.0, **cfg}))
-
-
-def tick(belief, st, positions, orders, now, lookups=None):
-    return reconcile_tick(belief, Snapshot(positions, orders), lookups or {}, st, now=now)
-
-
-def known(belief: Belief, o: VenueOrderView, bucket: Bucket = Bucket.SL) -> None:
-    belief.adopt_order(
-        KnownOrder(o.client_order_id, BTC, bucket, o.side, OrderState.ACKED, is_trigger=o.is_trigger)
-    )
-
-
-def of(out, kind):
-    return [i for i in out.intents if isinstance(i, kind)]
-
-
-def actions(out, action):
-    return [r for r in out.repairs if r.action == action]
-
+from services.reconciler.tick import EMERGENCY_EXITS_PER_GAP, VenueOrderView
+from tests.builders import BTC, actions, known, long, of, order, ours, refused, state, tick
 
 # ----------------------------------------------------------------------------- leftovers on a flat symbol
 
@@ -196,29 +150,6 @@ def test_the_stop_we_asked_for_counts_wherever_the_market_went():
 
 
 # ----------------------------------------------------------------------------- emergency exit
-
-
-def refused(b: Belief, intent: OrderIntent, now: float) -> None:
-    """The journal says the router could not get this stop placed (the venue refused it)."""
-    b.apply_intent(intent, now)
-    for src, dst in (
-        (OrderState.CREATED, OrderState.SUBMITTING),
-        (OrderState.SUBMITTING, OrderState.REJECTED),
-    ):
-        b.apply_transition(
-            OrderTransition(
-                correlation_id=intent.correlation_id,
-                intent_id=intent.intent_id,
-                client_order_id=intent.client_order_id,
-                symbol=intent.symbol,
-                bucket=intent.bucket,
-                side=intent.side,
-                from_state=src,
-                to_state=dst,
-                code=-2010,
-            ),
-            now,
-        )
 
 
 def run_gap(st, b, until: float, step=0.25, qty=0.02, refuse=True, start=0.0):

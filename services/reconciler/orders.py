@@ -1,0 +1,109 @@
+"""The tick's order phases: orders we believe open that the venue no longer lists, and venue orders we do
+not know. Pure: they update the belief and record repairs and mismatches in the tick's work."""
+
+from __future__ import annotations
+
+from libs.common.ids import Bucket, bucket_of_client_order_id
+from libs.common.messages import RepairAction
+from libs.common.state_machine import OrderState
+from services.reconciler.belief import Belief, KnownOrder
+from services.reconciler.protection import QTY_TOLERANCE
+from services.reconciler.snapshot import Snapshot, VenueOrderView
+from services.reconciler.state import ReconcileState, TickWork
+
+
+def vanished_orders(belief: Belief, snapshot: Snapshot) -> list[KnownOrder]:
+    """Orders we believe open that the venue no longer lists: the shell looks each one up."""
+    listed = {o.client_order_id for o in snapshot.orders}
+    return [o for o in belief.open_orders() if o.client_order_id not in listed]
+
+
+def settle_vanished(
+    belief: Belief,
+    snap: Snapshot,
+    lookups: dict[str, VenueOrderView | None],
+    st: ReconcileState,
+    work: TickWork,
+) -> None:
+    """Forget each vanished order the venue has answered for (``lookups``: client id -> its answer,
+    state "not found" when it has no such order; None when it could not be asked)."""
+    for cid, seen in lookups.items():
+        known = belief.orders.get(cid)
+        if known is None or seen is None:
+            continue  # the venue could not answer: keep believing until it can
+        flat = abs(snap.position(known.symbol).qty) <= QTY_TOLERANCE
+        work.out.repairs.append(_forget(cid, known, seen, flat, st, work))
+        belief.forget_order(cid)
+
+
+def _forget(
+    cid: str, known: KnownOrder, seen: VenueOrderView, flat: bool, st: ReconcileState, work: TickWork
+) -> RepairAction:
+    if seen.state == "filled":
+        work.explained.add(
+            known.symbol
+        )  # e.g. a stop triggered on the venue: the position change is expected
+        return RepairAction(
+            symbol=known.symbol, action="forget_order", client_order_id=cid, reason="filled on the venue"
+        )
+    if cid in st.leftover_cancels or (
+        flat and seen.state == "expired" and known.bucket in (Bucket.SL, Bucket.TP)
+    ):
+        # we cancelled it as a leftover, or the venue expired a close-position order whose position went
+        # flat: both are what should happen to protection without a position
+        st.leftover_cancels.pop(cid, None)
+        return RepairAction(
+            symbol=known.symbol,
+            action="forget_order",
+            client_order_id=cid,
+            reason=f"protection without a position, venue: {seen.state}",
+        )
+    work.mismatch(
+        known.symbol,
+        "missing_order",
+        f"believed {known.state.value}, venue says {seen.state}",
+        client_order_id=cid,
+    )
+    return RepairAction(
+        symbol=known.symbol, action="forget_order", client_order_id=cid, reason=f"venue: {seen.state}"
+    )
+
+
+def adopt_unknown(belief: Belief, snap: Snapshot, work: TickWork) -> None:
+    """Venue orders we do not know, on quiet symbols: one that can open exposure is an orphan, one of
+    ours (by its id) is adopted into the belief; either is a mismatch. Someone else's protection is
+    neither: it is left to the coverage check."""
+    for o in snap.orders:
+        if belief.knows(o.client_order_id) or belief.busy(o.symbol, work.now):
+            continue
+        bucket = bucket_of_client_order_id(o.client_order_id)
+        if not o.is_protective:
+            work.orphans += 1
+            work.mismatch(
+                o.symbol,
+                "orphan_order",
+                f"{o.side} {o.qty} {o.order_type} can open exposure",
+                client_order_id=o.client_order_id,
+            )
+        elif bucket is not None:
+            work.mismatch(
+                o.symbol,
+                "unknown_own_order",
+                "ours but not in the journal view",
+                client_order_id=o.client_order_id,
+            )
+        if bucket is not None:
+            belief.adopt_order(
+                KnownOrder(
+                    o.client_order_id,
+                    o.symbol,
+                    bucket,
+                    o.side,
+                    OrderState.ACKED,
+                    is_trigger=o.is_trigger,
+                    stop_price=o.trigger_price,
+                )
+            )
+            work.out.repairs.append(
+                RepairAction(symbol=o.symbol, action="adopt_order", client_order_id=o.client_order_id)
+            )

@@ -1,0 +1,53 @@
+"""The venue's truth as one tick reads it: positions, open orders, equity. Pure data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class VenueOrderView:
+    symbol: str
+    client_order_id: str
+    side: str
+    qty: float | None
+    reduce_only: bool
+    close_position: bool
+    is_trigger: bool
+    order_type: str  # unified ccxt type: market / limit / stop_market / take_profit_market ...
+    trigger_price: float | None = None
+    state: str = "open"
+
+    @property
+    def is_trailing(self) -> bool:
+        return "trailing" in self.order_type
+
+    @property
+    def is_stop_loss(self) -> bool:
+        # a trailing stop protects nothing before it activates: never counted as the stop-loss
+        return self.is_trigger and "take_profit" not in self.order_type and not self.is_trailing
+
+    @property
+    def is_protective(self) -> bool:
+        """Closes (part of) a position and never opens one: it belongs to a position."""
+        return self.reduce_only or self.close_position
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    qty: float
+    entry_price: float = 0.0
+    mark_price: float = 0.0
+
+
+FLAT = PositionView(0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    positions: dict[str, PositionView]
+    orders: list[VenueOrderView]
+    equity: float | None = None
+
+    def position(self, symbol: str) -> PositionView:
+        return self.positions.get(symbol, FLAT)

@@ -1,0 +1,107 @@
+"""Builders shared by test modules: one place, so no test module imports another."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.common.config import ReconcilerSettings
+from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
+from libs.common.messages import OrderIntent, OrderTransition
+from libs.common.state_machine import OrderState
+from services.reconciler.belief import Belief, KnownOrder
+from services.reconciler.snapshot import PositionView, Snapshot, VenueOrderView
+from services.reconciler.state import ReconcileState, TickResult
+from services.reconciler.tick import reconcile_tick
+
+# ============================================================================= reconciler
+
+BTC = "BTC/USDT:USDT"
+
+
+def ours(bucket: Bucket = Bucket.SL, key: str = "1") -> str:
+    """A client order id of ours (the reconciler recognises its bucket)."""
+    return make_client_order_id(make_intent_id("test", key, bucket), bucket)
+
+
+def order(
+    cid: str, *, side="sell", qty=None, close=True, reduce_only=False, trigger=49_000.0, typ="stop_market"
+) -> VenueOrderView:
+    """A BTC order as the venue lists it: by default a close-position stop-market sell at 49,000."""
+    return VenueOrderView(BTC, cid, side, qty, reduce_only, close, typ != "limit", typ, trigger)
+
+
+def long(qty: float = 0.02, mark: float = 50_000.0) -> dict[str, PositionView]:
+    return {BTC: PositionView(qty, mark, mark)}
+
+
+def reconciler_settings(**overrides: Any) -> ReconcilerSettings:
+    """Fast unit-test settings: a 1 s repair cooldown and a 3 s gap TTL unless told otherwise."""
+    return ReconcilerSettings(**{"repair_cooldown_sec": 1.0, "protection_gap_ttl_sec": 3.0, **overrides})
+
+
+def state(**overrides: Any) -> ReconcileState:
+    return ReconcileState(reconciler_settings(**overrides))
+
+
+def tick(belief, st, positions, orders, now, lookups=None) -> TickResult:
+    return reconcile_tick(belief, Snapshot(positions, orders), lookups or {}, st, now=now)
+
+
+def known(belief: Belief, o: VenueOrderView, bucket: Bucket = Bucket.SL) -> None:
+    """``belief`` knows ``o`` as acked (the journal saw it placed)."""
+    belief.adopt_order(
+        KnownOrder(o.client_order_id, o.symbol, bucket, o.side, OrderState.ACKED, is_trigger=o.is_trigger)
+    )
+
+
+def of(out: TickResult, kind: type) -> list:
+    return [i for i in out.intents if isinstance(i, kind)]
+
+
+def actions(out: TickResult, action: str) -> list:
+    return [r for r in out.repairs if r.action == action]
+
+
+def journal_intent(bucket: Bucket = Bucket.ENTRY, key: str = "1", **fields: Any) -> OrderIntent:
+    """A BTC intent of ours as the journal holds it: by default a limit buy of 0.01 at 48,000; an SL
+    bucket makes it a close-position stop-market sell at 49,000."""
+    iid = make_intent_id("test", key, bucket)
+    base: dict[str, Any] = dict(
+        intent_id=iid,
+        correlation_id=make_correlation_id(iid),
+        client_order_id=make_client_order_id(iid, bucket),
+        bucket=bucket,
+        symbol=BTC,
+    )
+    if bucket is Bucket.SL:
+        base.update(side="sell", order_type="stop_market", stop_price=49_000.0, close_position=True)
+    else:
+        base.update(side="buy", order_type="limit", qty=0.01, price=48_000.0)
+    return OrderIntent(**{**base, **fields})
+
+
+def transition(intent: OrderIntent, src: OrderState, dst: OrderState, **fields: Any) -> OrderTransition:
+    """The router's journal entry moving ``intent``'s order from ``src`` to ``dst``."""
+    return OrderTransition(
+        **{
+            "correlation_id": intent.correlation_id,
+            "intent_id": intent.intent_id,
+            "client_order_id": intent.client_order_id,
+            "symbol": intent.symbol,
+            "bucket": intent.bucket,
+            "side": intent.side,
+            "from_state": src,
+            "to_state": dst,
+            **fields,
+        }
+    )
+
+
+def refused(b: Belief, intent: OrderIntent, now: float) -> None:
+    """The journal says the router could not get this stop placed (the venue refused it)."""
+    b.apply_intent(intent, now)
+    for src, dst in (
+        (OrderState.CREATED, OrderState.SUBMITTING),
+        (OrderState.SUBMITTING, OrderState.REJECTED),
+    ):
+        b.apply_transition(transition(intent, src, dst, code=-2010), now)
