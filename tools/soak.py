@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -437,33 +438,14 @@ def schedule_lines(schedule: dict[str, Any]) -> list[str]:
 
 
 def check_config() -> CheckConfig:
-    """The router's and the venue's settings under the soak, for the checker."""
-    env = SOAK_ENV
-
-    def setting(name: str, cls: type, field: str) -> Any:
-        return env.get(name, cls.model_fields[field].default)
-
-    return CheckConfig(
-        max_attempts=int(setting("ROUTER_RETRY_MAX_ATTEMPTS", RouterSettings, "retry_max_attempts")),
-        max_elapsed_sec=float(
-            setting("ROUTER_RETRY_MAX_ELAPSED_SEC", RouterSettings, "retry_max_elapsed_sec")
-        ),
-        recv_window_ms=int(setting("EXCHANGE_RECV_WINDOW_MS", ExchangeSettings, "recv_window_ms")),
-        ambiguity_margin_ms=int(
-            setting("EXCHANGE_AMBIGUITY_MARGIN_MS", ExchangeSettings, "ambiguity_margin_ms")
-        ),
-        weight_limit_1m=int(setting("SIM_WEIGHT_LIMIT_1M", SimulatorSettings, "weight_limit_1m")),
-        stop_price_tolerance=float(
-            setting("RECONCILE_STOP_PRICE_TOLERANCE", ReconcilerSettings, "stop_price_tolerance")
-        ),
-        min_delta_ratio=float(setting("RECONCILE_MIN_DELTA_RATIO", ReconcilerSettings, "min_delta_ratio")),
-        gap_ttl_sec=float(
-            setting("RECONCILE_PROTECTION_GAP_TTL_SEC", ReconcilerSettings, "protection_gap_ttl_sec")
-        ),
-        max_reconcile_interval_sec=float(
-            setting("RECONCILE_MAX_INTERVAL_SEC", ReconcilerSettings, "max_interval_sec")
-        ),
-    )
+    """The router's, the reconciler's and the venue's settings under the soak, for the checker."""
+    saved = dict(os.environ)
+    os.environ.update(SOAK_ENV)  # the settings classes read the environment the stack runs with
+    try:
+        return CheckConfig.of(RouterSettings(), ExchangeSettings(), ReconcilerSettings(), SimulatorSettings())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class Soak:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from libs.common.config import ExchangeSettings, ReconcilerSettings, RouterSettings
 from libs.common.error_policy import VENUE_PAUSE_REASONS
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_client_order_id, make_intent_id
 from libs.common.messages import (
@@ -43,6 +44,7 @@ from libs.common.messages import (
 from libs.common.replay import IntentTimeline, JournalEntry, describe, fold
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 from services.risk.kill_switch import Trigger
+from services.simulator.config import SimulatorSettings
 
 S = OrderState
 RESTING = frozenset({S.ACKED, S.PARTIALLY_FILLED})  # a legitimate open end: the order rests on the venue
@@ -88,15 +90,20 @@ INVARIANTS = (
 )
 
 
+def _default(cls: type, name: str) -> Any:
+    """A setting's one default (the checker's own synthetic histories use them)."""
+    return cls.model_fields[name].default  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class CheckConfig:
     """What the stack under test was configured with, and the checker's own tolerances."""
 
-    max_attempts: int = 5  # ROUTER_RETRY_MAX_ATTEMPTS
-    max_elapsed_sec: float = 20.0  # ROUTER_RETRY_MAX_ELAPSED_SEC
-    recv_window_ms: int = 5000  # EXCHANGE_RECV_WINDOW_MS
-    ambiguity_margin_ms: int = 1000  # EXCHANGE_AMBIGUITY_MARGIN_MS
-    weight_limit_1m: int = 2400  # SIM_WEIGHT_LIMIT_1M
+    max_attempts: int = _default(RouterSettings, "retry_max_attempts")
+    max_elapsed_sec: float = _default(RouterSettings, "retry_max_elapsed_sec")
+    recv_window_ms: int = _default(ExchangeSettings, "recv_window_ms")
+    ambiguity_margin_ms: int = _default(ExchangeSettings, "ambiguity_margin_ms")
+    weight_limit_1m: int = _default(SimulatorSettings, "weight_limit_1m")
     # a halt reaches the router through the KV bucket: a send gated just before it may land just after
     halt_grace_sec: float = 2.0
     # from an intent's publication to a settled, resting or UNKNOWN state (process downtime included)
@@ -107,14 +114,35 @@ class CheckConfig:
     ready_bound_sec: float = 30.0
     # protection during the run: a stop counts where the last stop asked for belongs (STOP_PRICE_TOLERANCE)
     # and when it covers the size up to RECONCILE_MIN_DELTA_RATIO (smaller shortfalls wait by design)
-    stop_price_tolerance: float = 0.005
-    min_delta_ratio: float = 0.1
+    stop_price_tolerance: float = _default(ReconcilerSettings, "stop_price_tolerance")
+    min_delta_ratio: float = _default(ReconcilerSettings, "min_delta_ratio")
     # a gap must close within: detection (RECONCILE_MAX_INTERVAL_SEC) + RECONCILE_PROTECTION_GAP_TTL_SEC
     # (at the TTL the reconciler escalates: halt, emergency exit) + slack, counting only the time the
     # router, the reconciler and the bus were up and ready (nothing repairs while they are not)
-    gap_ttl_sec: float = 15.0
-    max_reconcile_interval_sec: float = 12.0
+    gap_ttl_sec: float = _default(ReconcilerSettings, "protection_gap_ttl_sec")
+    max_reconcile_interval_sec: float = _default(ReconcilerSettings, "max_interval_sec")
     gap_slack_sec: float = 5.0
+
+    @classmethod
+    def of(
+        cls,
+        router: RouterSettings,
+        exchange: ExchangeSettings,
+        reconciler: ReconcilerSettings,
+        simulator: SimulatorSettings,
+    ) -> CheckConfig:
+        """The configuration a stack ran with (the checker's own tolerances at their defaults)."""
+        return cls(
+            max_attempts=router.retry_max_attempts,
+            max_elapsed_sec=router.retry_max_elapsed_sec,
+            recv_window_ms=exchange.recv_window_ms,
+            ambiguity_margin_ms=exchange.ambiguity_margin_ms,
+            weight_limit_1m=simulator.weight_limit_1m,
+            stop_price_tolerance=reconciler.stop_price_tolerance,
+            min_delta_ratio=reconciler.min_delta_ratio,
+            gap_ttl_sec=reconciler.protection_gap_ttl_sec,
+            max_reconcile_interval_sec=reconciler.max_interval_sec,
+        )
 
 
 @dataclass
