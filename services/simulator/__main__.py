@@ -35,6 +35,7 @@ def main() -> int:
                 "service": "simulator",
                 "event": "simulator.start",
                 "url": f"http://{settings.host}:{settings.port}",
+                "stream_url": f"ws://{settings.host}:{settings.ws_port}/ws",
                 "symbols": len(settings.symbol_list()),
                 "tick_ms": settings.tick_ms,
             }
