@@ -140,7 +140,6 @@ class SimulatorThread(SimControl):
         super().__init__()
         settings.setdefault("tick_ms", 0)
         settings.setdefault("port", 0)
-        settings.setdefault("ws_port", 0)
         settings.setdefault("start_balance", 1_000_000.0)
         self.settings = SimulatorSettings(**settings)
         self.app = create_app(self.settings)
