@@ -97,6 +97,8 @@ _BY_CODE: dict[int, _Rule] = {
     -1131: _Rule(_F, "recv_window_too_large"),  # a recvWindow over 60 s: our configuration, not the order
     -1116: _Rule(_F, "invalid_order_type"),
     -1121: _Rule(_F, "invalid_symbol"),
+    # user data stream keepalive / close on a key that expired or was closed: create a new one (POST)
+    -1125: _Rule(_F, "listen_key_not_found"),
     -2007: _Rule(_F, "invalid_callback_rate"),  # trailing stop: callbackRate outside 0.1..10 %
     -2010: _Rule(_F, "order_rejected"),
     -2011: _Rule(_IS, "unknown_order"),

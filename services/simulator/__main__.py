@@ -35,6 +35,9 @@ def main() -> int:
                 "service": "simulator",
                 "event": "simulator.start",
                 "url": f"http://{settings.host}:{settings.port}",
+                "stream_url": f"ws://{settings.host}:{settings.ws_port}/ws"
+                if settings.ws_port
+                else "GET /_sim/stream",
                 "symbols": len(settings.symbol_list()),
                 "tick_ms": settings.tick_ms,
             }

@@ -1,5 +1,7 @@
 """FastAPI app: Binance USD-M REST under /fapi, fault injection and test controls under /_sim.
 
+The user data stream (listenKey REST here, its WebSocket on a port of its own) is userstream.py.
+
 Every /fapi request goes through one dispatcher: log it, apply "before"
 faults, charge Binance's request weight and order counts (429, then 418 bans:
 see ratelimit.py), check the signature, run the handler against the engine,
@@ -23,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.simulator import ratelimit, wire
-from services.simulator.auth import check_signed_request
+from services.simulator.auth import check_api_key, check_signed_request
 from services.simulator.config import SimulatorSettings
 from services.simulator.engine import AlgoOrder, Engine, SimError
 from services.simulator.faults import (
@@ -35,6 +37,7 @@ from services.simulator.faults import (
     FaultBook,
     FaultRule,
 )
+from services.simulator.userstream import UserStream
 
 Params = dict[str, str]
 Handler = Callable[[Engine, Params], Any]
@@ -47,6 +50,7 @@ PUBLIC = {
     "/fapi/v1/ticker/price",
     "/fapi/v2/ticker/price",
 }
+USER_STREAM = {"/fapi/v1/listenKey"}  # API key, no signature
 
 
 def limits_from(settings: SimulatorSettings) -> ratelimit.Limits:
@@ -318,7 +322,14 @@ class Simulator:
         self.engine.keep_protection = lambda symbol: bool(self.faults.take(POSITION_KINDS, "-", "-", symbol))
         self.requests: deque[dict] = deque(maxlen=settings.request_log_size)
         self.rate = ratelimit.RateLimiter(limits_from(settings), clock=lambda: self.engine.clock())
-        self.routes = {**ROUTES, ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info}
+        self.stream = UserStream(self.engine, self.faults, int(settings.listen_key_validity_sec * 1000))
+        self.routes = {
+            **ROUTES,
+            ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info,
+            ("POST", "/fapi/v1/listenKey"): lambda e, p: self.stream.post(),
+            ("PUT", "/fapi/v1/listenKey"): lambda e, p: self.stream.put(p),
+            ("DELETE", "/fapi/v1/listenKey"): lambda e, p: self.stream.delete(p),
+        }
 
     async def dispatch(self, request: Request) -> Response:
         method, path = request.method, request.url.path
@@ -366,7 +377,12 @@ class Simulator:
         handler = self.routes.get((method, path))
         if handler is None:
             return error(SimError(404, -5000, f"Path {path}, Method {method} is invalid"))
-        if path not in PUBLIC:
+        if path in USER_STREAM:
+            try:
+                check_api_key(request.headers.get("X-MBX-APIKEY"), self.settings.api_key)
+            except SimError as e:
+                return error(e)
+        elif path not in PUBLIC:
             try:
                 check_signed_request(
                     api_key_header=request.headers.get("X-MBX-APIKEY"),
@@ -482,9 +498,11 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
                     sim.engine.random_walk()
 
             task = asyncio.ensure_future(walk())
+        await sim.stream.start(settings.host, settings.ws_port)
         yield
         if task is not None:
             task.cancel()
+        await sim.stream.stop()
 
     app = FastAPI(title="erl exchange simulator (Binance USD-M wire format)", lifespan=lifespan)
     app.state.sim = sim
@@ -497,7 +515,9 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
 
     @app.post("/_sim/faults")
     async def add_fault(rule: FaultRule) -> dict:
-        return {"id": sim.faults.add(rule).id}
+        added = sim.faults.add(rule)
+        sim.stream.apply_faults()  # stream faults act at once on the open streams
+        return {"id": added.id}
 
     @app.get("/_sim/faults")
     async def list_faults() -> list[dict]:
@@ -523,6 +543,7 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
     async def reset() -> dict:
         sim.engine.reset()
         sim.faults.clear()
+        sim.stream.reset()
         sim.requests.clear()
         sim.rate.reset(limits_from(settings))
         return {"reset": True}
@@ -554,6 +575,11 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
     async def set_position(body: PositionBody) -> dict:
         control(lambda: sim.engine.set_position(body.symbol, body.amount, body.entryPrice))
         return wire.position_risk(sim.engine, body.symbol)
+
+    @app.get("/_sim/stream")
+    async def stream_state() -> dict:
+        """The listenKey, its expiry and the open user-data-stream connections."""
+        return sim.stream.view()
 
     @app.get("/_sim/requests")
     async def requests_log() -> list[dict]:

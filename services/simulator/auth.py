@@ -19,6 +19,12 @@ def split_signature(payload: str) -> tuple[str, str | None]:
     return payload, None
 
 
+def check_api_key(api_key_header: str | None, api_key: str) -> None:
+    """USER_STREAM endpoints (listenKey) need the API key only, no signature."""
+    if not api_key_header or not hmac.compare_digest(api_key_header, api_key):
+        raise SimError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+
+
 def check_signed_request(
     *,
     api_key_header: str | None,
@@ -31,8 +37,7 @@ def check_signed_request(
     default_recv_window_ms: int,
 ) -> None:
     """Raise the SimError Binance would answer with, or return for a valid request."""
-    if not api_key_header or not hmac.compare_digest(api_key_header, api_key):
-        raise SimError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+    check_api_key(api_key_header, api_key)
     signed, signature = split_signature(payload)
     if signature is None:
         raise SimError(

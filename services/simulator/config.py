@@ -13,6 +13,16 @@ class SimulatorSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Bind address")
     port: int = Field(8090, ge=0, le=65535, description="HTTP port")
+    # 0 by default: stacks started side by side (tests, soak) must not collide on a fixed port
+    ws_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="User data stream WebSocket port; 0 = any free port (see GET /_sim/stream)",
+    )
+    listen_key_validity_sec: float = Field(
+        3600.0, gt=0, description="A listenKey expires this long after its last POST / PUT (Binance: 60 min)"
+    )
     api_key: str = Field("sim-key", description="Accepted X-MBX-APIKEY")
     api_secret: str = Field("sim-secret", description="HMAC secret for signatures")
     symbols: str = Field(

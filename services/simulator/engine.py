@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.simulator.config import DEFAULT_PRICES
 
@@ -164,6 +165,9 @@ class Engine:
     query_lag_ms: int = 0
     # asked when a position goes flat: True keeps its close-position orders resting (a fault)
     keep_protection: Callable[[str], bool] | None = None
+    # told every change the venue pushes on its user data stream, in venue order, under the lock
+    # (kind "order" / "algo" / "account", the order, algo order or symbol, details): see userstream.py
+    listener: Callable[[str, Any, dict[str, Any]], None] | None = None
     markets: dict[str, Market] = field(default_factory=dict)
     prices: dict[str, float] = field(default_factory=dict)
     orders: dict[int, Order] = field(default_factory=dict)
@@ -210,6 +214,10 @@ class Engine:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def _changed(self, kind: str, subject: Any, **detail: Any) -> None:
+        if self.listener is not None:
+            self.listener(kind, subject, detail)
 
     def _id(self) -> int:
         self._next_id += 1
@@ -333,6 +341,7 @@ class Engine:
             return
         p = self.position(o.symbol)
         signed = qty if o.side == "BUY" else -qty
+        pnl = 0.0
         if p.qty == 0 or (p.qty > 0) == (signed > 0):
             total = abs(p.qty) + qty
             p.entry_price = (abs(p.qty) * p.entry_price + qty * price) / total
@@ -349,6 +358,8 @@ class Engine:
             elif rest > 0:  # flipped through zero
                 p.entry_price = price
         p.update_time = self.now_ms()
+        # the account update goes out before the fill's order update (the venue orders only per event type)
+        self._changed("account", o.symbol, reason="ORDER", realized=pnl)
         self._expire_stale_close_position(o.symbol)
         o.cum_quote += qty * price
         o.executed = round(o.executed + qty, 10)
@@ -356,6 +367,7 @@ class Engine:
         o.status = "FILLED" if o.executed >= o.qty - 1e-12 else "PARTIALLY_FILLED"
         o.update_time = self.now_ms()
         self.fills.append({"order_id": o.order_id, "client_id": o.client_id, "qty": qty, "price": price})
+        self._changed("order", o, exec_type="TRADE", last_qty=qty, last_price=price, realized=pnl)
 
     def _execute(self, o: Order, *, taker: bool) -> None:
         """Match a new (taker) or resting (maker) order against the book around the mark price."""
@@ -375,6 +387,7 @@ class Engine:
             except SimError:
                 # the position it would reduce is gone: a reduce-only order never opens or flips one
                 o.status, o.update_time = "EXPIRED", self.now_ms()
+                self._changed("order", o, exec_type="EXPIRED")
                 return
             if allowed < qty:
                 o.qty, qty = o.executed + allowed, allowed
@@ -399,6 +412,7 @@ class Engine:
         now = self.now_ms()
         for a in stale:
             a.status, a.update_time = "EXPIRED", now
+            self._changed("algo", a)
 
     # ------------------------------------------------------------------ orders
 
@@ -464,6 +478,7 @@ class Engine:
                 visible_at=now + self.query_lag_ms,
             )
             self.orders[o.order_id] = o
+            self._changed("order", o, exec_type="NEW")
             self._execute(o, taker=True)
             return o
 
@@ -570,6 +585,7 @@ class Engine:
                 a.activated = activate_price is None
                 a.best_price = self.prices[symbol] if a.activated else 0.0
             self.algos[a.algo_id] = a
+            self._changed("algo", a)
             return a
 
     def _check_trailing(
@@ -679,6 +695,7 @@ class Engine:
                 raise _bad(-2011, "Unknown order sent.")
             o.status = "CANCELED"
             o.update_time = self.now_ms()
+            self._changed("order", o, exec_type="CANCELED")
             return o
 
     def cancel_algo(self, symbol: str | None, algo_id: int | None, client_id: str | None) -> AlgoOrder:
@@ -688,6 +705,7 @@ class Engine:
                 raise _bad(-2011, "Unknown order sent.")
             a.status = "CANCELED"
             a.update_time = self.now_ms()
+            self._changed("algo", a)
             return a
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
@@ -764,6 +782,7 @@ class Engine:
         """A triggered conditional order becomes a regular order carrying the same client id."""
         a.trigger_time = a.update_time = self.now_ms()
         a.status = "TRIGGERING"
+        self._changed("algo", a)
         qty: float | None = None if a.close_position else a.qty
         reduce = a.reduce_only or a.close_position
         if reduce:
@@ -771,6 +790,7 @@ class Engine:
                 qty = self._reduce_qty(a.symbol, a.side, qty)
             except SimError:
                 a.status = "EXPIRED"  # nothing left to close
+                self._changed("algo", a, reason="Reduce Only reject")
                 return a.algo_id
         now = self.now_ms()
         typ = "MARKET" if a.order_type.endswith("MARKET") else "LIMIT"
@@ -792,8 +812,14 @@ class Engine:
         )
         self.orders[o.order_id] = o
         a.actual_order_id = o.order_id
+        # placed in the matching engine: TRIGGERED (with the order's id), then the order's own updates
+        a.status = "TRIGGERED"
+        self._changed("algo", a)
+        self._changed("order", o, exec_type="NEW")
         self._execute(o, taker=True)
         a.status = "FINISHED" if not o.open else "TRIGGERED"
+        if a.status == "FINISHED":
+            self._changed("algo", a)
         return a.algo_id
 
     def _execute_at(self, o: Order, price: float) -> None:
@@ -804,6 +830,7 @@ class Engine:
                 qty = self._reduce_qty(o.symbol, o.side, qty)
             except SimError:
                 o.status, o.update_time = "EXPIRED", self.now_ms()
+                self._changed("order", o, exec_type="EXPIRED")
                 return
             o.qty = o.executed + qty
         self._fill(o, qty, price)
@@ -823,10 +850,12 @@ class Engine:
             o = self._find_order(symbol, None, client_id)
             if o is not None and o.open:
                 o.status, o.update_time = "CANCELED", self.now_ms()
+                self._changed("order", o, exec_type="CANCELED")
                 return "order"
             a = self._find_algo(symbol, None, client_id)
             if a is not None and a.open:
                 a.status, a.update_time = "CANCELED", self.now_ms()
+                self._changed("algo", a)
                 return "algo"
             raise _bad(-2011, "Unknown order sent.")
 
@@ -861,5 +890,6 @@ class Engine:
                 float(entry_price if entry_price is not None else self.prices[symbol]) if amount else 0.0
             )
             p.update_time = self.now_ms()
+            self._changed("account", symbol, reason="ORDER")
             self._expire_stale_close_position(symbol)
             return p

@@ -22,6 +22,12 @@ FaultKind = Literal[
     "overload",
     # when a position goes flat, its close-position orders keep resting instead of expiring
     "keep_protection",
+    # user data stream (userstream.py): cut the connection; stop sending without closing (for delay_ms,
+    # 0 = for good); hold each event delay_ms; expire the listenKey now
+    "stream_drop",
+    "stream_stall",
+    "stream_delay",
+    "listen_key_expire",
 ]
 
 PRE_KINDS = ("latency", "http_error", "binance_error", "overload")
@@ -50,7 +56,10 @@ class FaultRule(BaseModel):
             raise ValueError("http_error needs status (e.g. 429, 418, 500, 502, 503, 504)")
         if self.kind == "binance_error" and self.code is None:
             raise ValueError("binance_error needs code (e.g. -2011, -4116, -2022, -2019)")
-        if self.kind in ("latency", "timeout_after_accept", "query_lag") and self.delay_ms <= 0:
+        if (
+            self.kind in ("latency", "timeout_after_accept", "query_lag", "stream_delay")
+            and self.delay_ms <= 0
+        ):
             raise ValueError(f"{self.kind} needs delay_ms > 0")
         return self
 

@@ -90,6 +90,16 @@ class SimControl:
         """GET /_sim/state; ``open_only``: resting orders only (every order the venue took otherwise)."""
         return self._call("GET", "/_sim/state" + ("?open_only=true" if open_only else ""))
 
+    def stream_state(self) -> dict:
+        """GET /_sim/stream: the listenKey, its expiry, the open user-data-stream connections."""
+        return self._call("GET", "/_sim/stream")
+
+    @property
+    def ws_url(self) -> str:
+        """The user data stream's base URL, as ccxt's ``urls['api']['ws']['linear']`` wants it."""
+        host = httpx.URL(self.base_url).host
+        return f"ws://{host}:{self.stream_state()['port']}/ws"
+
     def requests_log(self) -> list[dict]:
         return self._call("GET", "/_sim/requests")
 
