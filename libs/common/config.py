@@ -240,6 +240,12 @@ class ReconcilerSettings(_Base):
         "its emergency exit",
     )
     settle_sec: float = Field(2.0, ge=0, description="Quiet time after order activity before drift counts")
+    not_found_grace_sec: float = Field(
+        30.0,
+        ge=0,
+        description="An order we believe open that the venue says it does not know is looked up again "
+        "for this long before it is forgotten as missing: a venue lists an order it took only after a lag",
+    )
     summary_heartbeat_sec: float = Field(5.0, gt=0, description="reconcile.summary at least this often")
     equity_every_ticks: int = Field(5, ge=1, description="Read the balance (equity) every N ticks")
     recovery_hours: float = Field(24.0, gt=0, description="Journal window read at boot")

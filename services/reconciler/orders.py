@@ -26,11 +26,23 @@ def settle_vanished(
     work: TickWork,
 ) -> None:
     """Forget each vanished order the venue has answered for (``lookups``: client id -> its answer,
-    state "not found" when it has no such order; None when it could not be asked)."""
+    state "not found" when it has no such order; None when it could not be asked).
+
+    "Not found" is not "absent": a venue answers -2013 for an order it took a moment ago (query lag), and
+    an order forgotten then ends later unreported (the journal would keep it open forever). Such an order
+    stays believed, and looked up every tick, until the venue has not known it for RECONCILE_NOT_FOUND_GRACE_SEC.
+    """
+    for cid in [c for c in st.not_found_since if c not in lookups]:
+        del st.not_found_since[cid]  # listed again, or no longer believed open
     for cid, seen in lookups.items():
         known = belief.orders.get(cid)
         if known is None or seen is None:
             continue  # the venue could not answer: keep believing until it can
+        if seen.state == "not found":
+            since = st.not_found_since.setdefault(cid, work.now)
+            if work.now - since < st.config.not_found_grace_sec:
+                continue
+        st.not_found_since.pop(cid, None)
         flat = abs(snap.position(known.symbol).qty) <= QTY_TOLERANCE
         work.out.repairs.append(_forget(cid, known, seen, flat, st, work))
         belief.forget_order(cid)

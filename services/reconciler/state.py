@@ -39,6 +39,9 @@ class ReconcileState:
     belief_state: dict[str, PositionBelief] = field(default_factory=dict)
     leftover_cancels: dict[str, float] = field(default_factory=dict)  # client id -> when we asked
     emergency: dict[str, tuple[float, int, float]] = field(default_factory=dict)  # gap opened, exits, last
+    # client id -> since when the venue has said it does not know an order we believe open (bounded by the
+    # belief's open orders: dropped once the order is listed again or forgotten)
+    not_found_since: dict[str, float] = field(default_factory=dict)
     leftovers_cancelled: int = 0
     emergency_exits: int = 0
 

@@ -419,3 +419,32 @@ async def test_a_replace_journaled_while_the_router_was_down_is_carried_out(bus,
     live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
     assert [a["clientAlgoId"] for a in live] == [new.client_order_id]
     assert len(creates(sim, new.client_order_id, "/fapi/v1/algoOrder")) == 1
+
+
+async def test_a_stop_the_venue_does_not_list_yet_is_not_forgotten_and_its_ending_is_journaled(
+    bus, sim, router_factory, reconciler_factory
+):
+    """Soak seed 11: the reconciler looked up a fresh stop during query lag, forgot it on -2013, and
+    the stop's expiry a moment later was never reported: the journal kept it ACKED for good."""
+    sim.set_position(BTC_ID, 0.01)
+    await router_factory()
+    await reconciler_factory()
+    sim.add_fault(kind="query_lag", method="POST", path="/fapi/v1/algoOrder", count=1, delay_ms=4_000)
+    stop = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(stop)
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.ACKED))
+
+    def unknown_to_lookup() -> bool:  # the reconciler asked and the venue said it does not know the order
+        return any(
+            r["method"] == "GET"
+            and r["path"] == "/fapi/v1/algoOrder"
+            and (r.get("params") or {}).get("clientAlgoId") == stop.client_order_id
+            and r.get("code") == -2013
+            for r in sim.requests_log()
+        )
+
+    await bus.tap.wait_for(unknown_to_lookup)
+    sim.set_position(BTC_ID, 0.0)  # the close-position stop expires with its position
+    assert venue_orders(sim, stop.client_order_id)[0]["algoStatus"] == "EXPIRED"
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.EXPIRED))
+    assert t.to_state is S.EXPIRED

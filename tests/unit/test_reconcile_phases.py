@@ -94,7 +94,6 @@ def test_an_unanswered_or_unknown_lookup_changes_nothing():
         (Bucket.SL, "expired", long(), True),  # expired under a live position: protection lost
         (Bucket.ENTRY, "expired", {}, True),
         (Bucket.SL, "canceled", {}, True),  # cancelled behind our back
-        (Bucket.SL, "not found", {}, True),
     ],
 )
 def test_a_vanished_order_is_a_mismatch_unless_it_was_protection_without_a_position(
@@ -112,6 +111,33 @@ def test_a_vanished_order_is_a_mismatch_unless_it_was_protection_without_a_posit
     assert r.action == "forget_order" and venue_state in r.reason
     if mismatch:
         assert work.found[0]["detail"] == f"believed ACKED, venue says {venue_state}"
+
+
+def test_not_found_is_not_absent_until_the_venue_has_not_known_it_for_the_grace():
+    # a venue answers -2013 for an order it took a moment ago (query lag): forgetting it then would leave
+    # its later ending unreported; it stays believed and is looked up again every tick
+    b, st = quiet(), state()
+    o = order(ours(Bucket.SL, "a"))
+    known(b, o)
+    grace = st.config.not_found_grace_sec
+    lookups = {o.client_order_id: answer(o.client_order_id, "not found")}
+    for now in (100.0, 100.0 + grace / 2):
+        work = TickWork(now)
+        settle_vanished(b, Snapshot({}, []), lookups, st, work)
+        assert b.knows(o.client_order_id) and work.out.repairs == [] and work.found == []
+    # listed again in between: the clock starts over
+    settle_vanished(b, Snapshot({}, []), {}, st, TickWork(100.0 + grace - 1))
+    assert st.not_found_since == {}
+    work = TickWork(100.0 + grace + 1)
+    settle_vanished(b, Snapshot({}, []), lookups, st, work)
+    assert b.knows(o.client_order_id)
+    work = TickWork(100.0 + 2 * grace + 2)
+    settle_vanished(b, Snapshot({}, []), lookups, st, work)
+    assert not b.knows(o.client_order_id) and st.not_found_since == {}
+    assert (
+        kinds(work) == ["missing_order"] and work.found[0]["detail"] == "believed ACKED, venue says not found"
+    )
+    assert work.out.repairs[0].reason == "venue: not found"
 
 
 def test_a_leftover_we_cancelled_is_forgotten_quietly_even_under_a_position():
