@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from libs.common.error_policy import VENUE_PAUSE_REASONS
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_client_order_id, make_intent_id
 from libs.common.messages import (
     CancelIntent,
@@ -42,6 +41,7 @@ from libs.common.messages import (
 )
 from libs.common.replay import IntentTimeline, JournalEntry, describe, fold
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
+from libs.venue.error_policy import VENUE_PAUSE_REASONS
 from services.risk.kill_switch import Trigger
 
 S = OrderState

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libs.common.error_policy import Policy, classify_order_error_policy
 from libs.common.journal import EventSink
 from libs.common.messages import CancelOutcome, CancelResult
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import CANCELS
+from libs.venue.binance_usdm import BinanceUSDM
+from libs.venue.error_policy import Policy, VenueError
+from libs.venue.parsing import VenueOrder
 from services.router.lookup import LookupResult, lookup_order
 from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.venue import Venue, VenueOrder
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ def _outcome_from_fetch(order: VenueOrder | None, may_exist: bool) -> CancelOutc
 
 
 async def cancel_order(
-    venue: Venue,
+    venue: BinanceUSDM,
     sink: EventSink,
     budget: Budget,
     *,
@@ -81,8 +82,8 @@ async def cancel_order(
         tries += 1
         try:
             order = await venue.cancel(symbol, client_order_id, trigger)
-        except Exception as e:
-            d = classify_order_error_policy(e)
+        except VenueError as e:
+            d = e.decision
             if d.policy is Policy.IDEMPOTENT_SAFE:
                 res = await fetch()
                 outcome = _outcome_from_fetch(res.order, may_exist) if res.known else "unknown"

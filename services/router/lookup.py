@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libs.common.error_policy import Policy, classify_order_error_policy
 from libs.common.journal import EventSink
 from libs.common.messages import OrderIntent
+from libs.venue.binance_usdm import BinanceUSDM
+from libs.venue.error_policy import VenueError
+from libs.venue.parsing import VenueOrder
 from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.venue import Venue, VenueOrder
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +23,9 @@ class LookupResult:
     reason: str = ""
 
 
-async def lookup_intent(venue: Venue, sink: EventSink, budget: Budget, intent: OrderIntent) -> LookupResult:
+async def lookup_intent(
+    venue: BinanceUSDM, sink: EventSink, budget: Budget, intent: OrderIntent
+) -> LookupResult:
     """``lookup_order`` for the order an intent places."""
     return await lookup_order(
         venue,
@@ -36,7 +39,7 @@ async def lookup_intent(venue: Venue, sink: EventSink, budget: Budget, intent: O
 
 
 async def lookup_order(
-    venue: Venue,
+    venue: BinanceUSDM,
     sink: EventSink,
     budget: Budget,
     *,
@@ -49,12 +52,10 @@ async def lookup_order(
     while True:
         tries += 1
         try:
-            order = await venue.fetch(symbol, client_order_id, trigger)
+            order = await venue.fetch_order(symbol, client_order_id, trigger)
             return LookupResult(True, order)
-        except Exception as e:
-            d = classify_order_error_policy(e)
-            if d.policy is Policy.IDEMPOTENT_SAFE:  # -2013 / -2011 as a plain error: does not exist
-                return LookupResult(True, None, d.reason)
+        except VenueError as e:
+            d = e.decision
             delay = budget.next_delay(tries, d) if d.retryable else None
             if delay is None:
                 return LookupResult(False, None, d.reason)

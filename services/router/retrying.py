@@ -3,7 +3,7 @@
 A 429 or an IP ban is the venue asking every caller to stop for a while, not a failure of one
 request: the retry that follows waits until the venue lets us back in (the pause in the client's
 ``VenueLimits``), is journaled like any retry (one ``order.retry`` per wait) and does not use up an
-attempt; only the elapsed cap bounds it. The transport itself (``libs/common/exchange.py``) holds
+attempt; only the elapsed cap bounds it. The transport itself (``libs/venue/client.py``) holds
 every call during such a pause, and the deadline a ``Budget`` sets keeps that hold inside the budget:
 a call whose pause outlasts it fails unsent, so a create never goes out after its budget has ended.
 """
@@ -17,14 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from libs.common.error_policy import ErrorDecision
-from libs.common.exchange import venue_deadline
 from libs.common.journal import EventSink
 from libs.common.logs import log_event
 from libs.common.messages import OrderRetry
 from libs.common.retry import RetryPolicy
 from libs.common.telemetry import RETRIES, RETRY_DELAY
-from libs.common.venue_limits import VenueLimits
+from libs.venue.client import venue_deadline
+from libs.venue.error_policy import ErrorDecision
+from libs.venue.limits import VenueLimits
 
 log = logging.getLogger("erl.router.retry")
 

@@ -17,15 +17,13 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 
 import nats.js.errors
 from fastapi import FastAPI, HTTPException
 
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
-from libs.common.error_policy import classify_order_error_policy
-from libs.common.exchange import exchange_from_settings
 from libs.common.guard import GuardView
 from libs.common.journal import EventSink
 from libs.common.logs import log_event
@@ -51,6 +49,9 @@ from libs.common.telemetry import (
     POLICY_BLOCKS,
     UNKNOWN_ORDERS,
 )
+from libs.venue.binance_usdm import BinanceUSDM
+from libs.venue.client import exchange_from_settings
+from libs.venue.error_policy import VenueError
 from services.router.cancel import cancel_order
 from services.router.ledger import MAY_EXIST, Admission, IntentLedger, LedgerEntry, LedgerSink, admit
 from services.router.lifecycle import Lifecycle
@@ -59,7 +60,6 @@ from services.router.policy import entry_policy
 from services.router.replace import cancel_replace_order
 from services.router.retrying import Budget, emit_retry_and_wait
 from services.router.submit import OrderSubmitter
-from services.router.venue import Venue
 
 REGISTRY_SIZE = 10_000
 RECOVERY_HOURS = 24.0  # the journal window the ledger is loaded from at boot
@@ -89,14 +89,14 @@ class RouterService(Service):
             jitter=settings.retry_jitter,
         )
         self.rng = rng or random.Random()
-        self.venue = Venue(
+        self.venue = BinanceUSDM(
             exchange_from_settings(exchange_settings),
             ambiguity_margin_ms=exchange_settings.ambiguity_margin_ms,
         )
         # complete from boot on; _load_ledger extends it back over the journal's recovery window
         self.ledger = IntentLedger(RECOVERY_HOURS * 3600, complete_since=time.time())
         self.sink: EventSink  # the journal, recording every transition in the ledger too (prepare)
-        self.venue_limits = self.venue.ex.venue_limits
+        self.venue_limits = self.venue.limits
         # the notional cap's price: the venue's mark, read by the router itself (never an intent's number)
         self.marks = MarkCache(
             self.venue.mark_price,
@@ -218,9 +218,13 @@ class RouterService(Service):
         if entry is not None:  # sent before, by us or a predecessor: void a recvWindow after that
             life.absent_after = self.venue.absent_after(entry.at)
         self._remember(life)
-        outcome = await OrderSubmitter(self.venue, self.sink).submit(
-            life, self.budget(), redelivered=delivery.redelivered, gate=self._gate
-        )
+        try:
+            outcome = await OrderSubmitter(self.venue, self.sink).submit(
+                life, self.budget(), redelivered=delivery.redelivered, gate=self._gate
+            )
+        except Exception:
+            await self._internal_error(life)
+            raise
         INTENT_LATENCY.observe(time.perf_counter() - t0)
         ORDERS.labels(intent.bucket.value, outcome.state.value).inc()
         self._count(f"order_{outcome.state.value}")
@@ -263,8 +267,8 @@ class RouterService(Service):
                 await self.venue.set_leverage(intent.symbol, leverage)
                 self.leverage[intent.symbol] = leverage
                 return ""
-            except Exception as e:
-                d = classify_order_error_policy(e)
+            except VenueError as e:
+                d = e.decision
                 delay = budget.next_delay(tries, d) if d.retryable else None
                 if delay is None:
                     return f"leverage_not_set:{d.reason}"
@@ -360,6 +364,17 @@ class RouterService(Service):
             if outcome.new_lifecycle.state is OrderState.UNKNOWN:
                 self._track_unknown(outcome.new_lifecycle)
 
+    async def _internal_error(self, life: Lifecycle) -> None:
+        """A bug of ours (never a venue refusal: those arrive classified) broke off handling ``life``. If
+        it may have been sent, whether it reached the venue is unknown: the resolver finds out. The
+        exception itself goes on to the consumer, which logs it and lets the bus redeliver."""
+        self._count("internal_error")
+        if life.state in (OrderState.SUBMITTING, OrderState.RETRY_WAIT):
+            with contextlib.suppress(Exception):  # the journal itself may be what failed
+                await life.move(OrderState.UNKNOWN, "internal_error")
+        if life.state is OrderState.UNKNOWN:
+            self._track_unknown(life)
+
     # ------------------------------------------------------------------ unknown outcomes
 
     def _track_unknown(self, life: Lifecycle) -> None:
@@ -373,18 +388,38 @@ class RouterService(Service):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.settings.resolve_every_sec)
             for cid, life in list(self.unknown.items()):
-                await self.resolve_once(life)
+                with self._logged_internal_error(cid):
+                    await self.resolve_once(life)
                 if life.state is not OrderState.UNKNOWN:
                     self.unknown.pop(cid, None)
             UNKNOWN_ORDERS.set(len(self.unknown))
             now = time.time()
             self.ledger.prune(now)  # bounded: older intents are checked in the journal itself
             for cid, (life, due) in list(self.verify.items()):
-                if due <= now and await self.late_truth(life, "filled despite the cancel ack"):
+                verified = False
+                with self._logged_internal_error(cid):
+                    verified = due <= now and await self.late_truth(life, "filled despite the cancel ack")
+                if verified:
                     self.verify.pop(cid, None)
                 elif now > due + VERIFY_GIVE_UP_SEC:  # the reconciler's drift check is the backstop
                     self.verify.pop(cid, None)
                     log_event(self.log, "order.cancel_unverified", logging.WARNING, client_order_id=cid)
+
+    @contextlib.contextmanager
+    def _logged_internal_error(self, client_order_id: str) -> Iterator[None]:
+        """One order's bug must not stop the resolver for every other order: log it and go on."""
+        try:
+            yield
+        except Exception as e:
+            self._count("internal_error")
+            log_event(
+                self.log,
+                "router.internal_error",
+                logging.ERROR,
+                client_order_id=client_order_id,
+                error=f"{type(e).__name__}: {e}",
+                exc_info=True,
+            )
 
     async def on_venue_fact(self, fact: VenueOrderFact) -> None:
         """The reconciler saw one of our orders leave the venue's open orders: journal how it ended."""
@@ -406,7 +441,7 @@ class RouterService(Service):
             return False
         order = res.order
         if order.actual_order_id and order.state is OrderState.FILLED:
-            with contextlib.suppress(Exception):  # the algo's own answer still says how it ended
+            with contextlib.suppress(VenueError):  # the algo's own answer still says how it ended
                 made = await self.venue.fetch_by_id(
                     intent.symbol, order.actual_order_id, intent.client_order_id
                 )

@@ -21,16 +21,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from libs.common.error_policy import ErrorDecision, Modification, Policy, classify_order_error_policy
 from libs.common.journal import EventSink
 from libs.common.messages import OrderIntent
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import SUBMIT_LATENCY
+from libs.venue.binance_usdm import BinanceUSDM
+from libs.venue.error_policy import ErrorDecision, Modification, Policy, VenueError
 from services.router.cancel import cancel_order
 from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_intent
 from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.venue import Venue
 
 log = logging.getLogger("erl.router.submit")
 
@@ -70,7 +70,7 @@ NOT_FOUND_YET = ErrorDecision(Policy.RETRYABLE, "not_found_yet", -2013, "OrderNo
 
 
 class OrderSubmitter:
-    def __init__(self, venue: Venue, sink: EventSink) -> None:
+    def __init__(self, venue: BinanceUSDM, sink: EventSink) -> None:
         self.venue, self.sink = venue, sink
 
     async def submit(
@@ -102,9 +102,9 @@ class OrderSubmitter:
             t = time.perf_counter()
             try:
                 order = await self.venue.create(intent, qty)
-            except Exception as e:
+            except VenueError as e:
                 SUBMIT_LATENCY.labels("error").observe(time.perf_counter() - t)
-                d = classify_order_error_policy(e)
+                d = e.decision
                 if d.ambiguous or d.policy is Policy.IDEMPOTENT_SAFE:
                     await life.move(OrderState.UNKNOWN, d.reason, error_class=d.error_class, code=d.code)
                     found = await self._resolve(life, budget, intent)
@@ -199,9 +199,9 @@ class OrderSubmitter:
         stale stop of a closed position, another stop price): cancel it, verified, and send ours."""
         try:
             resting = await self.venue.resting_close_position(intent)
-        except Exception as e:
+        except VenueError as e:
             reason = f"{d.reason}:unreadable"
-            await life.move(OrderState.REJECTED, reason, error_class=type(e).__name__, code=d.code)
+            await life.move(OrderState.REJECTED, reason, error_class=e.decision.error_class, code=d.code)
             return SubmitOutcome(OrderState.REJECTED, reason, life)
         wanted = intent.stop_price or 0.0
         if resting is None or abs(resting[1] - wanted) <= SAME_STOP_TOLERANCE * wanted:
@@ -238,7 +238,7 @@ class OrderSubmitter:
         if d.modification is Modification.RESYNC_CLOCK:
             try:
                 await self.venue.resync_clock()
-            except Exception as e:  # the retry itself will tell whether it helped
+            except VenueError as e:  # the retry itself will tell whether it helped
                 log.warning("clock resync failed: %s", e)
             return intent, qty
         resize = d.modification is Modification.RESIZE_REDUCE_ONLY and (
@@ -259,9 +259,9 @@ class OrderSubmitter:
         if resize:
             try:
                 position = await self.venue.position_qty(intent.symbol)
-            except Exception as e:
+            except VenueError as e:
                 reason = f"{d.reason}:position_unavailable"
-                await life.move(OrderState.FAILED, reason, error_class=type(e).__name__)
+                await life.move(OrderState.FAILED, reason, error_class=e.decision.error_class)
                 return SubmitOutcome(OrderState.FAILED, reason, life)
             new_qty = reducible_qty(intent.side, position, qty)
             if new_qty is None or new_qty <= 0:
