@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from libs.common.journal import EventSink
 from libs.common.messages import OrderIntent
 from libs.venue.binance_usdm import BinanceUSDM
-from libs.venue.error_policy import VenueError
 from libs.venue.parsing import VenueOrder
-from services.router.retrying import Budget, emit_retry_and_wait
+from services.router.retrying import Budget, GaveUp, RetryTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,25 +47,12 @@ async def lookup_order(
     trigger: bool,
     correlation_id: str,
 ) -> LookupResult:
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            order = await venue.fetch_order(symbol, client_order_id, trigger)
-            return LookupResult(True, order)
-        except VenueError as e:
-            d = e.decision
-            delay = budget.next_delay(tries, d) if d.retryable else None
-            if delay is None:
-                return LookupResult(False, None, d.reason)
-            tries = await emit_retry_and_wait(
-                sink,
-                budget,
-                operation="fetch",
-                decision=d,
-                tries=tries,
-                delay=delay,
-                correlation_id=correlation_id,
-                client_order_id=client_order_id,
-                symbol=symbol,
-            )
+    answer = await budget.run(
+        "fetch",
+        lambda _attempt: venue.fetch_order(symbol, client_order_id, trigger),
+        sink=sink,
+        target=RetryTarget(correlation_id, client_order_id, symbol),
+    )
+    if isinstance(answer, GaveUp):
+        return LookupResult(False, None, answer.decision.reason)
+    return LookupResult(True, answer)

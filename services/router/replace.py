@@ -131,7 +131,7 @@ async def cancel_replace_order(
             await m.move(ReplaceState.REPLACE_RACE, reason)
             continue
         life = Lifecycle(intent.new_order, sink)
-        placed = await submitter.submit(life, budget)
+        placed = await submitter.send(life, budget)
         if placed.state in PLACED_STATES:
             await m.move(ReplaceState.DONE, f"replacement {placed.state.value}")
             return ReplaceOutcome(m.state, "replaced", m.attempt, placed.state, life)

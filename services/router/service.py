@@ -58,8 +58,8 @@ from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_intent
 from services.router.policy import entry_policy
 from services.router.replace import cancel_replace_order
-from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.submit import OrderSubmitter
+from services.router.retrying import Budget
+from services.router.submit import OrderSubmitter, SubmitOutcome
 
 REGISTRY_SIZE = 10_000
 RECOVERY_HOURS = 24.0  # the journal window the ledger is loaded from at boot
@@ -96,6 +96,7 @@ class RouterService(Service):
         # complete from boot on; _load_ledger extends it back over the journal's recovery window
         self.ledger = IntentLedger(RECOVERY_HOURS * 3600, complete_since=time.time())
         self.sink: EventSink  # the journal, recording every transition in the ledger too (prepare)
+        self.submitter: OrderSubmitter  # sends through that sink; keeps the leverage it set (prepare)
         self.venue_limits = self.venue.limits
         # the notional cap's price: the venue's mark, read by the router itself (never an intent's number)
         self.marks = MarkCache(
@@ -108,7 +109,6 @@ class RouterService(Service):
         self.unknown: dict[str, Lifecycle] = {}
         # cancel acknowledged: look once more after a while, a fill may have raced the cancel
         self.verify: dict[str, tuple[Lifecycle, float]] = {}
-        self.leverage: dict[str, int] = {}
         self.guard: GuardView | None = None
         self.consumer: ConsumerLoop | None = None
         self.counts: dict[str, int] = {}
@@ -119,6 +119,7 @@ class RouterService(Service):
     async def prepare(self) -> None:
         assert self.journal
         self.sink = LedgerSink(self.journal, self.ledger)
+        self.submitter = OrderSubmitter(self.venue, self.sink)
         await self._load_ledger()
 
     async def run_tasks(self) -> list[Awaitable[None]]:
@@ -218,10 +219,16 @@ class RouterService(Service):
         if entry is not None:  # sent before, by us or a predecessor: void a recvWindow after that
             life.absent_after = self.venue.absent_after(entry.at)
         self._remember(life)
+        budget = self.budget()
         try:
-            outcome = await OrderSubmitter(self.venue, self.sink).submit(
-                life, self.budget(), redelivered=delivery.redelivered, gate=self._gate
-            )
+            outcome = await self.submitter.resolve_if_sent(life, budget, redelivered=delivery.redelivered)
+            if outcome is None:  # never sent (or proven absent): the policy decides right before a send
+                refusal = await self._gate(life)
+                if refusal:
+                    await life.move(OrderState.BLOCKED, refusal)
+                    outcome = SubmitOutcome(OrderState.BLOCKED, refusal, life)
+                else:
+                    outcome = await self.submitter.send(life, budget)
         except Exception:
             await self._internal_error(life)
             raise
@@ -231,8 +238,9 @@ class RouterService(Service):
         if outcome.state is OrderState.UNKNOWN:
             self._track_unknown(life)
 
-    async def _gate(self, life: Lifecycle, budget: Budget) -> str:
-        """Entry-only policy + leverage cap; returns a refusal reason or ""."""
+    async def _gate(self, life: Lifecycle) -> str:
+        """Entry-only policy + leverage cap (``life.leverage``: the submitter sets it on the venue before
+        sending); returns a refusal reason or ""."""
         intent = life.intent
         guard = self.guard.current() if self.guard else None
         # the notional cap's price, read only when an entry could pass (cached: no venue call per entry)
@@ -255,34 +263,7 @@ class RouterService(Service):
         if decision.leverage_capped:
             LEVERAGE_CAPPED.inc()
         life.leverage = decision.leverage
-        return await self._ensure_leverage(intent, decision.leverage, budget)
-
-    async def _ensure_leverage(self, intent: OrderIntent, leverage: int, budget: Budget) -> str:
-        if self.leverage.get(intent.symbol) == leverage:
-            return ""
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                await self.venue.set_leverage(intent.symbol, leverage)
-                self.leverage[intent.symbol] = leverage
-                return ""
-            except VenueError as e:
-                d = e.decision
-                delay = budget.next_delay(tries, d) if d.retryable else None
-                if delay is None:
-                    return f"leverage_not_set:{d.reason}"
-                tries = await emit_retry_and_wait(
-                    self.sink,
-                    budget,
-                    operation="leverage",
-                    decision=d,
-                    tries=tries,
-                    delay=delay,
-                    correlation_id=intent.correlation_id,
-                    client_order_id=intent.client_order_id,
-                    symbol=intent.symbol,
-                )
+        return ""
 
     async def on_cancel(self, msg: CancelIntent) -> None:
         INTENTS.labels(self.name, "cancel", "-").inc()
@@ -321,7 +302,7 @@ class RouterService(Service):
 
     async def on_replace(self, msg: ReplaceIntent) -> None:
         INTENTS.labels(self.name, "replace", msg.new_order.bucket.value).inc()
-        submitter = OrderSubmitter(self.venue, self.sink)
+        submitter = self.submitter
         new = self.ledger.get(msg.new_order.client_order_id) or await self._journaled(msg.new_order)
         if new is not None and admit(new.state) is Admission.RESOLVE:
             # maybe sent before (by a predecessor that died, or journaled without a transition): find out
