@@ -14,9 +14,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import ccxt
 
+from libs.common.config import ExchangeSettings
 from libs.common.marks import read_mark
 from libs.common.messages import OrderIntent
-from libs.venue.client import BinanceUSDMClient
+from libs.venue.client import BinanceUSDMClient, exchange_from_settings
 from libs.venue.error_policy import Policy, VenueError, classify_order_error_policy
 from libs.venue.limits import VenueLimits
 from libs.venue.parsing import VenueOrder, VenuePosition, position_from_ccxt, venue_order_from_ccxt
@@ -183,3 +184,12 @@ class BinanceUSDM:
 
     async def close(self) -> None:
         await self.ex.close()
+
+
+def venue_from_settings(settings: ExchangeSettings, *, sync_clock: bool = True) -> BinanceUSDM:
+    """The venue a service trades or reads, configured from its exchange settings."""
+    return BinanceUSDM(
+        exchange_from_settings(settings),
+        ambiguity_margin_ms=settings.ambiguity_margin_ms,
+        sync_clock=sync_clock,
+    )

@@ -49,8 +49,7 @@ from libs.common.telemetry import (
     RECONCILE_TICKS,
     UNPROTECTED_TIME,
 )
-from libs.venue.binance_usdm import BinanceUSDM
-from libs.venue.client import exchange_from_settings
+from libs.venue.binance_usdm import venue_from_settings
 from libs.venue.error_policy import describe
 from services.reconciler.belief import Belief
 from services.reconciler.read_budget import (
@@ -98,7 +97,7 @@ class ReconcilerService(Service):
         self.settings = settings
         self.boot = boot or BootSettings()
         # reads only: signed with our own clock (no venue clock sync, unlike the router)
-        self.venue = BinanceUSDM(exchange_from_settings(exchange_settings), sync_clock=False)
+        self.venue = venue_from_settings(exchange_settings, sync_clock=False)
         self.venue_limits = self.venue.limits
         self.belief = Belief(settle_sec=settings.settle_sec)
         self.state = ReconcileState(

@@ -49,8 +49,7 @@ from libs.common.telemetry import (
     POLICY_BLOCKS,
     UNKNOWN_ORDERS,
 )
-from libs.venue.binance_usdm import BinanceUSDM
-from libs.venue.client import exchange_from_settings
+from libs.venue.binance_usdm import venue_from_settings
 from libs.venue.error_policy import VenueError
 from services.router.cancel import cancel_order
 from services.router.ledger import MAY_EXIST, Admission, IntentLedger, LedgerEntry, LedgerSink, admit
@@ -61,6 +60,9 @@ from services.router.replace import cancel_replace_order
 from services.router.retrying import Budget
 from services.router.submit import OrderSubmitter, SubmitOutcome
 
+# one look at the venue, no retry (the resolver asks again on its next round); its elapsed cap (the
+# library default, whatever ROUTER_RETRY_* say) still bounds waiting out a venue pause
+SINGLE_TRY = RetryPolicy(max_attempts=1)
 REGISTRY_SIZE = 10_000
 RECOVERY_HOURS = 24.0  # the journal window the ledger is loaded from at boot
 VERIFY_GIVE_UP_SEC = 60.0  # stop re-checking an acknowledged cancel the venue cannot answer about
@@ -81,18 +83,9 @@ class RouterService(Service):
         self.settings = settings
         self.exchange_settings = exchange_settings
         self.guard_settings = guard_settings or GuardSettings()
-        self.retry_policy = RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            max_elapsed_sec=settings.retry_max_elapsed_sec,
-            base_delay_sec=settings.retry_base_delay_sec,
-            max_delay_sec=settings.retry_max_delay_sec,
-            jitter=settings.retry_jitter,
-        )
+        self.retry_policy = settings.retry_policy
         self.rng = rng or random.Random()
-        self.venue = BinanceUSDM(
-            exchange_from_settings(exchange_settings),
-            ambiguity_margin_ms=exchange_settings.ambiguity_margin_ms,
-        )
+        self.venue = venue_from_settings(exchange_settings)
         # complete from boot on; _load_ledger extends it back over the journal's recovery window
         self.ledger = IntentLedger(RECOVERY_HOURS * 3600, complete_since=time.time())
         self.sink: EventSink  # the journal, recording every transition in the ledger too (prepare)
@@ -417,7 +410,7 @@ class RouterService(Service):
         """Look ``life``'s order up and journal the venue's final word (a triggered stop ends FILLED
         with the fill of the order it created). False when the venue could not say."""
         intent = life.intent
-        res = await lookup_intent(self.venue, self.sink, self.budget(RetryPolicy(max_attempts=1)), intent)
+        res = await lookup_intent(self.venue, self.sink, self.budget(SINGLE_TRY), intent)
         if not res.known or res.order is None:
             return False
         order = res.order
@@ -434,7 +427,7 @@ class RouterService(Service):
 
     async def resolve_once(self, life: Lifecycle) -> None:
         intent = life.intent
-        single_try = self.budget(RetryPolicy(max_attempts=1))
+        single_try = self.budget(SINGLE_TRY)
         started = time.time()
         res = await lookup_intent(self.venue, self.sink, single_try, intent)
         if not res.known:

@@ -136,3 +136,11 @@ async def test_a_bug_of_ours_is_never_retried_or_classified():
     with pytest.raises(KeyError):
         await b.run("create", call, sink=sink, target=TARGET)
     assert seen == [1] and sink.events == []
+
+
+def test_the_routers_policy_comes_from_its_settings_whose_defaults_are_the_policys():
+    from libs.common.config import RouterSettings
+
+    assert RouterSettings().retry_policy == RetryPolicy()
+    s = RouterSettings(retry_max_attempts=2, retry_max_elapsed_sec=3.0, retry_jitter=0.0)
+    assert s.retry_policy == RetryPolicy(max_attempts=2, max_elapsed_sec=3.0, jitter=0.0)
