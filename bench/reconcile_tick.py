@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import dist, machine
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
-from libs.common.exchange import make_exchange
+from libs.venue.client import make_exchange
 from services.reconciler.service import ReconcilerService
 from services.simulator.testing import SimControl
 from tools.stack import SIMULATOR, LocalStack

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from libs.common.config import ExchangeSettings, ReconcilerSettings, RouterSettings
-from libs.common.error_policy import VENUE_PAUSE_REASONS
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_client_order_id, make_intent_id
 from libs.common.messages import (
     CancelIntent,
@@ -43,6 +42,7 @@ from libs.common.messages import (
 )
 from libs.common.replay import IntentTimeline, JournalEntry, describe, fold
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
+from libs.venue.error_policy import VENUE_PAUSE_REASONS
 from services.risk.kill_switch import Trigger
 from services.simulator.config import SimulatorSettings
 

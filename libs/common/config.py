@@ -12,6 +12,12 @@ from typing import TypeVar
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs.common.retry import RetryPolicy
+from libs.venue import limits
+
+# the engines' own defaults are the settings' defaults: defined once, there
+_RETRY = RetryPolicy()
+
 
 class ConfigError(SystemExit):
     """Raised (as a clean exit, not a traceback) when the environment is invalid."""
@@ -66,13 +72,17 @@ class ExchangeSettings(_Base):
         None, description="Read the API secret from this file (docker secrets)"
     )
     max_pause_sec: float = Field(
-        300.0, gt=0, description="Longest a 418 ban or 429 Retry-After holds venue calls before one try"
+        limits.MAX_PAUSE_SEC,
+        gt=0,
+        description="Longest a 418 ban or 429 Retry-After holds venue calls before one try",
     )
     ban_default_pause_sec: float = Field(
-        60.0, gt=0, description="Pause after a 418 ban whose end cannot be read (no Retry-After, no date)"
+        limits.BAN_DEFAULT_SEC,
+        gt=0,
+        description="Pause after a 418 ban whose end cannot be read (no Retry-After, no date)",
     )
     rate_limit_default_pause_sec: float = Field(
-        1.0, gt=0, description="Pause after a 429 without a usable Retry-After"
+        limits.RATE_LIMIT_DEFAULT_SEC, gt=0, description="Pause after a 429 without a usable Retry-After"
     )
 
     @model_validator(mode="after")
@@ -105,11 +115,17 @@ class RouterSettings(_Base):
 
     http_host: str = Field("127.0.0.1", description="REST bind address")
     http_port: int = Field(8101, ge=0, le=65535, description="REST port (/healthz /readyz /status /metrics)")
-    retry_max_attempts: int = Field(5, ge=1, le=50, description="Attempts per operation, first included")
-    retry_max_elapsed_sec: float = Field(20.0, gt=0, description="Hard cap on time spent retrying one op")
-    retry_base_delay_sec: float = Field(0.25, ge=0, description="First backoff; doubles per retry")
-    retry_max_delay_sec: float = Field(4.0, ge=0, description="Backoff ceiling")
-    retry_jitter: float = Field(0.2, ge=0, le=1, description="Fraction of each delay randomised")
+    retry_max_attempts: int = Field(
+        _RETRY.max_attempts, ge=1, le=50, description="Attempts per operation, first included"
+    )
+    retry_max_elapsed_sec: float = Field(
+        _RETRY.max_elapsed_sec, gt=0, description="Hard cap on time spent retrying one op"
+    )
+    retry_base_delay_sec: float = Field(
+        _RETRY.base_delay_sec, ge=0, description="First backoff; doubles per retry"
+    )
+    retry_max_delay_sec: float = Field(_RETRY.max_delay_sec, ge=0, description="Backoff ceiling")
+    retry_jitter: float = Field(_RETRY.jitter, ge=0, le=1, description="Fraction of each delay randomised")
     max_leverage: int = Field(20, ge=1, le=125, description="Hard entry leverage cap (exits never capped)")
     intent_max_age_sec: float = Field(30.0, gt=0, description="Entries older than this are refused as stale")
     cancel_replace_max_attempts: int = Field(
@@ -141,6 +157,17 @@ class RouterSettings(_Base):
         description="Entry notional cap: a mark older than this is re-read first; unreadable -> BLOCKED "
         "notional_unknown",
     )
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The router's retry budget per intent: the one place it is derived from the settings."""
+        return RetryPolicy(
+            max_attempts=self.retry_max_attempts,
+            max_elapsed_sec=self.retry_max_elapsed_sec,
+            base_delay_sec=self.retry_base_delay_sec,
+            max_delay_sec=self.retry_max_delay_sec,
+            jitter=self.retry_jitter,
+        )
 
     @model_validator(mode="after")
     def _delays(self) -> RouterSettings:

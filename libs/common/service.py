@@ -29,7 +29,7 @@ from libs.common.logs import RateLimitedLog, log_event
 from libs.common.messages import DecodeError, VenueBan, decode
 from libs.common.replay import IntentTimeline, order_subjects, replay_timelines
 from libs.common.telemetry import HTTP_REQUESTS, VENUE_BANNED_UNTIL, VENUE_BANS, preinit
-from libs.common.venue_limits import VenueLimits, VenuePause
+from libs.venue.limits import VenueLimits, VenuePause
 
 
 class _QuietServer(uvicorn.Server):

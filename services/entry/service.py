@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings
-from libs.common.exchange import limits_from_settings, make_exchange
 from libs.common.guard import GuardView
 from libs.common.ids import Bucket
 from libs.common.logs import log_event
@@ -39,6 +38,7 @@ from libs.common.protection import stage1_intents
 from libs.common.service import Service
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 from libs.common.telemetry import ENTRY_BLOCKS, SIGNALS, STAGE1_GAPS
+from libs.venue.client import limits_from_settings, make_exchange
 from services.entry.intents import entry_intent_from_signal
 from services.entry.policy import entry_decision
 

@@ -18,7 +18,6 @@ from fastapi import FastAPI
 
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
-from libs.common.exchange import exchange_from_settings
 from libs.common.logs import log_event
 from libs.common.messages import (
     BusMessage,
@@ -50,6 +49,8 @@ from libs.common.telemetry import (
     RECONCILE_TICKS,
     UNPROTECTED_TIME,
 )
+from libs.venue.binance_usdm import venue_from_settings
+from libs.venue.error_policy import describe
 from services.reconciler.belief import Belief
 from services.reconciler.orders import vanished_orders
 from services.reconciler.read_budget import (
@@ -91,8 +92,9 @@ class ReconcilerService(Service):
     ) -> None:
         self.settings = settings
         self.boot = boot or BootSettings()
-        self.ex = exchange_from_settings(exchange_settings)
-        self.venue_limits = self.ex.venue_limits
+        # reads only: signed with our own clock (no venue clock sync, unlike the router)
+        self.venue = venue_from_settings(exchange_settings, sync_clock=False)
+        self.venue_limits = self.venue.limits
         self.belief = Belief(settle_sec=settings.settle_sec)
         self.state = ReconcileState(settings)
         self.rebuild_summary: RebuildSummary | None = None
@@ -128,7 +130,7 @@ class ReconcilerService(Service):
         assert self.js
         # events from now on; everything before is what the venue says right now
         await reset_consumer(self.js, self.nats_settings.stream, self._spec())
-        await self.ex.load_markets()
+        await self.venue.ensure_markets()
         if self.boot.rebuild_on_start:
             await self._rebuild()
 
@@ -136,10 +138,10 @@ class ReconcilerService(Service):
         assert self.js and self.publisher
         try:
             timelines = await self.recent_timelines(self.settings.recovery_hours)
-            snap = await read_snapshot(self.ex, with_equity=False)
+            snap = await read_snapshot(self.venue, with_equity=False)
         except Exception as e:
             # no venue at boot: publish that fact; ticks keep trying and risk sees stale data
-            self.rebuild_summary = RebuildSummary(ok=False, error=f"{type(e).__name__}: {e}")
+            self.rebuild_summary = RebuildSummary(ok=False, error=describe(e))
             await self.journal.emit(self.rebuild_summary)
             log_event(self.log, "reconcile.rebuild_failed", logging.ERROR, error=self.rebuild_summary.error)
             return
@@ -224,12 +226,12 @@ class ReconcilerService(Service):
         started = time.time()
         with_equity = self.state.tick % self.settings.equity_every_ticks == 0
         try:
-            positions = await read_positions(self.ex)
+            positions = await read_positions(self.venue)
             watched = self._watched(positions)
             regular = plan_reads(watched, sweep=False, with_equity=with_equity)
             sweep = time.monotonic() - self._last_sweep >= self.settings.sweep_every_sec
             plan = plan_reads(watched, sweep=True, with_equity=with_equity) if sweep else regular
-            orders, equity = await read_orders(self.ex, plan)
+            orders, equity = await read_orders(self.venue, plan)
             if sweep:
                 self._last_sweep = time.monotonic()
             else:
@@ -243,7 +245,7 @@ class ReconcilerService(Service):
             self._equity = snap.equity
             gone = vanished_orders(self.belief, snap)
             answers = await asyncio.gather(
-                *(lookup(self.ex, o.symbol, o.client_order_id, o.is_trigger) for o in gone)
+                *(lookup(self.venue, o.symbol, o.client_order_id, o.is_trigger) for o in gone)
             )
         except Exception as e:
             RECONCILE_READ_FAILURES.inc()
@@ -251,7 +253,7 @@ class ReconcilerService(Service):
                 tick=self.state.tick,
                 mismatch_streak=self.state.streak,
                 ok=False,
-                error=f"{type(e).__name__}: {e}"[:300],
+                error=describe(e)[:300],
             )
             await self._publish_summary(summary, force=True)
             return summary
@@ -341,7 +343,7 @@ class ReconcilerService(Service):
             max_sec=s.max_interval_sec,
             tick_cost=average_tick_cost(regular, s.equity_every_ticks),
             burst_cost=ReadPlan(regular.symbols, True).cost,
-            used_1m=self.ex.venue_limits.used_weight_1m,
+            used_1m=self.venue_limits.used_weight_1m,
             budget_1m=s.weight_budget_share * s.venue_weight_limit_1m,
             reserved_1m=sweep_reserve_1m(regular, s.sweep_every_sec),
         )
@@ -407,7 +409,7 @@ class ReconcilerService(Service):
                 else "all",
                 "weight": self.last_plan.cost if self.last_plan else None,
                 "next_tick_sec": round(self.next_delay_sec, 3),
-                "venue_used_weight_1m": self.ex.venue_limits.used_weight_1m,
+                "venue_used_weight_1m": self.venue_limits.used_weight_1m,
             },
         }
 
@@ -419,4 +421,4 @@ class ReconcilerService(Service):
             return summary.model_dump(mode="json")
 
     async def on_stop(self) -> None:
-        await self.ex.close()
+        await self.venue.close()

@@ -11,16 +11,18 @@ order nobody tracks, and a replace would then place a second stop beside it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from libs.common.error_policy import Policy, classify_order_error_policy
 from libs.common.journal import EventSink
 from libs.common.messages import CancelOutcome, CancelResult
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import CANCELS
+from libs.venue.binance_usdm import BinanceUSDM
+from libs.venue.error_policy import ErrorDecision, Policy
+from libs.venue.parsing import VenueOrder
 from services.router.lookup import LookupResult, lookup_order
-from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.venue import Venue, VenueOrder
+from services.router.retrying import RETRY, Budget, GaveUp, Retry, RetryTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,27 @@ def _outcome_from_fetch(order: VenueOrder | None, may_exist: bool) -> CancelOutc
     return "already_gone"
 
 
+async def _report_from_ack(
+    order: VenueOrder, fetch: Callable[[], Awaitable[LookupResult]], may_exist: bool
+) -> CancelReport:
+    """The venue answered the cancel itself."""
+    if order.state is OrderState.CANCELED:
+        return CancelReport("canceled", order, "venue")
+    if order.state is OrderState.UNKNOWN:
+        # a bare ack without a status (Binance algo cancels): the fetch tells what happened
+        res = await fetch()
+        if res.known and res.order is not None and res.order.state is OrderState.CANCELED:
+            return CancelReport("canceled", res.order, "venue_ack+fetch")
+        if res.known and res.order is not None:
+            return CancelReport(_outcome_from_fetch(res.order, may_exist), res.order, "venue_ack+fetch")
+        # the venue acknowledged this very cancel (a bare ack is its success answer), the fetch
+        # could not add the status: a triggered or filled order answers -2011, never an ack
+        return CancelReport("canceled", order, "venue_ack:unverified")
+    return CancelReport(_outcome_from_fetch(order, may_exist), order, f"venue_status:{order.venue_status}")
+
+
 async def cancel_order(
-    venue: Venue,
+    venue: BinanceUSDM,
     sink: EventSink,
     budget: Budget,
     *,
@@ -75,59 +96,34 @@ async def cancel_order(
             correlation_id=correlation_id,
         )
 
-    tries = 0
-    report: CancelReport
-    while True:
-        tries += 1
-        try:
-            order = await venue.cancel(symbol, client_order_id, trigger)
-        except Exception as e:
-            d = classify_order_error_policy(e)
-            if d.policy is Policy.IDEMPOTENT_SAFE:
-                res = await fetch()
-                outcome = _outcome_from_fetch(res.order, may_exist) if res.known else "unknown"
-                reason = d.reason if res.known else f"{d.reason}:unverified"
-                report = CancelReport(outcome, res.order, reason, d.code)
-                if outcome not in ("conflict_open", "unknown"):
-                    break
-            elif d.retryable:
-                report = CancelReport("unknown", None, d.reason, d.code)
-            else:
-                report = CancelReport("failed", None, d.reason, d.code)
-                break
-            delay = budget.next_delay(tries, d)
-            if delay is None:
-                break
-            tries = await emit_retry_and_wait(
-                sink,
-                budget,
-                operation="cancel",
-                decision=d,
-                tries=tries,
-                delay=delay,
-                correlation_id=correlation_id,
-                client_order_id=client_order_id,
-                symbol=symbol,
-            )
-            continue
-        if order.state is OrderState.CANCELED:
-            report = CancelReport("canceled", order, "venue")
-        elif order.state is OrderState.UNKNOWN:
-            # a bare ack without a status (Binance algo cancels): the fetch tells what happened
+    last: CancelReport | None = None  # what the last failed attempt told: the answer if the budget ends
+
+    async def on_error(d: ErrorDecision) -> CancelReport | Retry:
+        nonlocal last
+        if d.policy is Policy.IDEMPOTENT_SAFE:
             res = await fetch()
-            if res.known and res.order is not None and res.order.state is OrderState.CANCELED:
-                report = CancelReport("canceled", res.order, "venue_ack+fetch")
-            elif res.known and res.order is not None:
-                report = CancelReport(_outcome_from_fetch(res.order, may_exist), res.order, "venue_ack+fetch")
-            else:
-                # the venue acknowledged this very cancel (a bare ack is its success answer), the fetch
-                # could not add the status: a triggered or filled order answers -2011, never an ack
-                report = CancelReport("canceled", order, "venue_ack:unverified")
-        else:
-            report = CancelReport(
-                _outcome_from_fetch(order, may_exist), order, f"venue_status:{order.venue_status}"
-            )
-        break
+            outcome = _outcome_from_fetch(res.order, may_exist) if res.known else "unknown"
+            reason = d.reason if res.known else f"{d.reason}:unverified"
+            last = CancelReport(outcome, res.order, reason, d.code)
+            return RETRY if outcome in ("conflict_open", "unknown") else last
+        if d.retryable:
+            last = CancelReport("unknown", None, d.reason, d.code)
+            return RETRY
+        return CancelReport("failed", None, d.reason, d.code)
+
+    answer = await budget.run(
+        "cancel",
+        lambda _attempt: venue.cancel(symbol, client_order_id, trigger),
+        sink=sink,
+        target=RetryTarget(correlation_id, client_order_id, symbol),
+        on_error=on_error,
+    )
+    if isinstance(answer, GaveUp):  # the budget ended after a failure that asked for a retry
+        report = last or CancelReport("unknown", None, answer.decision.reason, answer.decision.code)
+    elif isinstance(answer, CancelReport):
+        report = answer
+    else:
+        report = await _report_from_ack(answer, fetch, may_exist)
     CANCELS.labels(report.outcome).inc()
     await sink.emit(
         CancelResult(

@@ -12,7 +12,7 @@ the ledger does not know is looked up in the journal itself before anything is s
 
 "Not found" after an ambiguous send is not "absent" until the venue can no longer accept
 the original request: its ``timestamp + recvWindow``, plus a margin for the clock offset
-and the signing delay (``absent_after``).
+and the signing delay (``libs.venue.binance_usdm.request_void_after``).
 """
 
 from __future__ import annotations
@@ -49,11 +49,6 @@ def admit(state: OrderState | None) -> Admission:
     if state in OPEN:
         return Admission.OPEN
     return Admission.SETTLED
-
-
-def absent_after(sent_at: float, recv_window_ms: int, margin_ms: int) -> float:
-    """Unix time from which a request sent at ``sent_at`` can no longer be accepted by the venue."""
-    return sent_at + (recv_window_ms + margin_ms) / 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from libs.common.logs import log_event
 from libs.common.messages import OrderIntent, OrderTransition
 from libs.common.state_machine import OrderState, transition
 from libs.common.telemetry import ORDER_TRANSITIONS
-from services.router.venue import VenueOrder
+from libs.venue.parsing import VenueOrder
 
 log = logging.getLogger("erl.router.lifecycle")
 

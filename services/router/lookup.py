@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libs.common.error_policy import Policy, classify_order_error_policy
 from libs.common.journal import EventSink
 from libs.common.messages import OrderIntent
-from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.venue import Venue, VenueOrder
+from libs.venue.binance_usdm import BinanceUSDM
+from libs.venue.parsing import VenueOrder
+from services.router.retrying import Budget, GaveUp, RetryTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,9 @@ class LookupResult:
     reason: str = ""
 
 
-async def lookup_intent(venue: Venue, sink: EventSink, budget: Budget, intent: OrderIntent) -> LookupResult:
+async def lookup_intent(
+    venue: BinanceUSDM, sink: EventSink, budget: Budget, intent: OrderIntent
+) -> LookupResult:
     """``lookup_order`` for the order an intent places."""
     return await lookup_order(
         venue,
@@ -36,7 +38,7 @@ async def lookup_intent(venue: Venue, sink: EventSink, budget: Budget, intent: O
 
 
 async def lookup_order(
-    venue: Venue,
+    venue: BinanceUSDM,
     sink: EventSink,
     budget: Budget,
     *,
@@ -45,27 +47,12 @@ async def lookup_order(
     trigger: bool,
     correlation_id: str,
 ) -> LookupResult:
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            order = await venue.fetch(symbol, client_order_id, trigger)
-            return LookupResult(True, order)
-        except Exception as e:
-            d = classify_order_error_policy(e)
-            if d.policy is Policy.IDEMPOTENT_SAFE:  # -2013 / -2011 as a plain error: does not exist
-                return LookupResult(True, None, d.reason)
-            delay = budget.next_delay(tries, d) if d.retryable else None
-            if delay is None:
-                return LookupResult(False, None, d.reason)
-            tries = await emit_retry_and_wait(
-                sink,
-                budget,
-                operation="fetch",
-                decision=d,
-                tries=tries,
-                delay=delay,
-                correlation_id=correlation_id,
-                client_order_id=client_order_id,
-                symbol=symbol,
-            )
+    answer = await budget.run(
+        "fetch",
+        lambda _attempt: venue.fetch_order(symbol, client_order_id, trigger),
+        sink=sink,
+        target=RetryTarget(correlation_id, client_order_id, symbol),
+    )
+    if isinstance(answer, GaveUp):
+        return LookupResult(False, None, answer.decision.reason)
+    return LookupResult(True, answer)

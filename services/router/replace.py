@@ -20,12 +20,12 @@ from libs.common.logs import log_event
 from libs.common.messages import CancelReplaceGiveup, ReplaceIntent, ReplaceTransition
 from libs.common.state_machine import OrderState, ReplaceState, TransitionError, transition
 from libs.common.telemetry import CANCEL_REPLACE_GIVEUPS
+from libs.venue.binance_usdm import BinanceUSDM
 from services.router.cancel import cancel_order
 from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_order
 from services.router.retrying import Budget
 from services.router.submit import OrderSubmitter
-from services.router.venue import Venue
 
 log = logging.getLogger("erl.router.replace")
 
@@ -72,7 +72,7 @@ class ReplaceMachine:
 
 
 async def cancel_replace_order(
-    venue: Venue,
+    venue: BinanceUSDM,
     sink: EventSink,
     submitter: OrderSubmitter,
     intent: ReplaceIntent,
@@ -131,7 +131,7 @@ async def cancel_replace_order(
             await m.move(ReplaceState.REPLACE_RACE, reason)
             continue
         life = Lifecycle(intent.new_order, sink)
-        placed = await submitter.submit(life, budget)
+        placed = await submitter.send(life, budget)
         if placed.state in PLACED_STATES:
             await m.move(ReplaceState.DONE, f"replacement {placed.state.value}")
             return ReplaceOutcome(m.state, "replaced", m.attempt, placed.state, life)

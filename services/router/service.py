@@ -17,15 +17,13 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 
 import nats.js.errors
 from fastapi import FastAPI, HTTPException
 
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
-from libs.common.error_policy import classify_order_error_policy
-from libs.common.exchange import exchange_from_settings
 from libs.common.guard import GuardView
 from libs.common.journal import EventSink
 from libs.common.logs import log_event
@@ -51,16 +49,20 @@ from libs.common.telemetry import (
     POLICY_BLOCKS,
     UNKNOWN_ORDERS,
 )
+from libs.venue.binance_usdm import venue_from_settings
+from libs.venue.error_policy import VenueError
 from services.router.cancel import cancel_order
 from services.router.ledger import MAY_EXIST, Admission, IntentLedger, LedgerEntry, LedgerSink, admit
 from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_intent
 from services.router.policy import entry_policy
 from services.router.replace import cancel_replace_order
-from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.submit import OrderSubmitter
-from services.router.venue import Venue
+from services.router.retrying import Budget
+from services.router.submit import OrderSubmitter, SubmitOutcome
 
+# one look at the venue, no retry (the resolver asks again on its next round); its elapsed cap (the
+# library default, whatever ROUTER_RETRY_* say) still bounds waiting out a venue pause
+SINGLE_TRY = RetryPolicy(max_attempts=1)
 REGISTRY_SIZE = 10_000
 RECOVERY_HOURS = 24.0  # the journal window the ledger is loaded from at boot
 VERIFY_GIVE_UP_SEC = 60.0  # stop re-checking an acknowledged cancel the venue cannot answer about
@@ -81,22 +83,14 @@ class RouterService(Service):
         self.settings = settings
         self.exchange_settings = exchange_settings
         self.guard_settings = guard_settings or GuardSettings()
-        self.retry_policy = RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            max_elapsed_sec=settings.retry_max_elapsed_sec,
-            base_delay_sec=settings.retry_base_delay_sec,
-            max_delay_sec=settings.retry_max_delay_sec,
-            jitter=settings.retry_jitter,
-        )
+        self.retry_policy = settings.retry_policy
         self.rng = rng or random.Random()
-        self.venue = Venue(
-            exchange_from_settings(exchange_settings),
-            ambiguity_margin_ms=exchange_settings.ambiguity_margin_ms,
-        )
+        self.venue = venue_from_settings(exchange_settings)
         # complete from boot on; _load_ledger extends it back over the journal's recovery window
         self.ledger = IntentLedger(RECOVERY_HOURS * 3600, complete_since=time.time())
         self.sink: EventSink  # the journal, recording every transition in the ledger too (prepare)
-        self.venue_limits = self.venue.ex.venue_limits
+        self.submitter: OrderSubmitter  # sends through that sink; keeps the leverage it set (prepare)
+        self.venue_limits = self.venue.limits
         # the notional cap's price: the venue's mark, read by the router itself (never an intent's number)
         self.marks = MarkCache(
             self.venue.mark_price,
@@ -108,7 +102,6 @@ class RouterService(Service):
         self.unknown: dict[str, Lifecycle] = {}
         # cancel acknowledged: look once more after a while, a fill may have raced the cancel
         self.verify: dict[str, tuple[Lifecycle, float]] = {}
-        self.leverage: dict[str, int] = {}
         self.guard: GuardView | None = None
         self.consumer: ConsumerLoop | None = None
         self.counts: dict[str, int] = {}
@@ -119,6 +112,7 @@ class RouterService(Service):
     async def prepare(self) -> None:
         assert self.journal
         self.sink = LedgerSink(self.journal, self.ledger)
+        self.submitter = OrderSubmitter(self.venue, self.sink)
         await self._load_ledger()
 
     async def run_tasks(self) -> list[Awaitable[None]]:
@@ -218,17 +212,28 @@ class RouterService(Service):
         if entry is not None:  # sent before, by us or a predecessor: void a recvWindow after that
             life.absent_after = self.venue.absent_after(entry.at)
         self._remember(life)
-        outcome = await OrderSubmitter(self.venue, self.sink).submit(
-            life, self.budget(), redelivered=delivery.redelivered, gate=self._gate
-        )
+        budget = self.budget()
+        try:
+            outcome = await self.submitter.resolve_if_sent(life, budget, redelivered=delivery.redelivered)
+            if outcome is None:  # never sent (or proven absent): the policy decides right before a send
+                refusal = await self._gate(life)
+                if refusal:
+                    await life.move(OrderState.BLOCKED, refusal)
+                    outcome = SubmitOutcome(OrderState.BLOCKED, refusal, life)
+                else:
+                    outcome = await self.submitter.send(life, budget)
+        except Exception:
+            await self._internal_error(life)
+            raise
         INTENT_LATENCY.observe(time.perf_counter() - t0)
         ORDERS.labels(intent.bucket.value, outcome.state.value).inc()
         self._count(f"order_{outcome.state.value}")
         if outcome.state is OrderState.UNKNOWN:
             self._track_unknown(life)
 
-    async def _gate(self, life: Lifecycle, budget: Budget) -> str:
-        """Entry-only policy + leverage cap; returns a refusal reason or ""."""
+    async def _gate(self, life: Lifecycle) -> str:
+        """Entry-only policy + leverage cap (``life.leverage``: the submitter sets it on the venue before
+        sending); returns a refusal reason or ""."""
         intent = life.intent
         guard = self.guard.current() if self.guard else None
         # the notional cap's price, read only when an entry could pass (cached: no venue call per entry)
@@ -251,34 +256,7 @@ class RouterService(Service):
         if decision.leverage_capped:
             LEVERAGE_CAPPED.inc()
         life.leverage = decision.leverage
-        return await self._ensure_leverage(intent, decision.leverage, budget)
-
-    async def _ensure_leverage(self, intent: OrderIntent, leverage: int, budget: Budget) -> str:
-        if self.leverage.get(intent.symbol) == leverage:
-            return ""
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                await self.venue.set_leverage(intent.symbol, leverage)
-                self.leverage[intent.symbol] = leverage
-                return ""
-            except Exception as e:
-                d = classify_order_error_policy(e)
-                delay = budget.next_delay(tries, d) if d.retryable else None
-                if delay is None:
-                    return f"leverage_not_set:{d.reason}"
-                tries = await emit_retry_and_wait(
-                    self.sink,
-                    budget,
-                    operation="leverage",
-                    decision=d,
-                    tries=tries,
-                    delay=delay,
-                    correlation_id=intent.correlation_id,
-                    client_order_id=intent.client_order_id,
-                    symbol=intent.symbol,
-                )
+        return ""
 
     async def on_cancel(self, msg: CancelIntent) -> None:
         INTENTS.labels(self.name, "cancel", "-").inc()
@@ -317,7 +295,7 @@ class RouterService(Service):
 
     async def on_replace(self, msg: ReplaceIntent) -> None:
         INTENTS.labels(self.name, "replace", msg.new_order.bucket.value).inc()
-        submitter = OrderSubmitter(self.venue, self.sink)
+        submitter = self.submitter
         new = self.ledger.get(msg.new_order.client_order_id) or await self._journaled(msg.new_order)
         if new is not None and admit(new.state) is Admission.RESOLVE:
             # maybe sent before (by a predecessor that died, or journaled without a transition): find out
@@ -360,6 +338,17 @@ class RouterService(Service):
             if outcome.new_lifecycle.state is OrderState.UNKNOWN:
                 self._track_unknown(outcome.new_lifecycle)
 
+    async def _internal_error(self, life: Lifecycle) -> None:
+        """A bug of ours (never a venue refusal: those arrive classified) broke off handling ``life``. If
+        it may have been sent, whether it reached the venue is unknown: the resolver finds out. The
+        exception itself goes on to the consumer, which logs it and lets the bus redeliver."""
+        self._count("internal_error")
+        if life.state in (OrderState.SUBMITTING, OrderState.RETRY_WAIT):
+            with contextlib.suppress(Exception):  # the journal itself may be what failed
+                await life.move(OrderState.UNKNOWN, "internal_error")
+        if life.state is OrderState.UNKNOWN:
+            self._track_unknown(life)
+
     # ------------------------------------------------------------------ unknown outcomes
 
     def _track_unknown(self, life: Lifecycle) -> None:
@@ -373,18 +362,38 @@ class RouterService(Service):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.settings.resolve_every_sec)
             for cid, life in list(self.unknown.items()):
-                await self.resolve_once(life)
+                with self._logged_internal_error(cid):
+                    await self.resolve_once(life)
                 if life.state is not OrderState.UNKNOWN:
                     self.unknown.pop(cid, None)
             UNKNOWN_ORDERS.set(len(self.unknown))
             now = time.time()
             self.ledger.prune(now)  # bounded: older intents are checked in the journal itself
             for cid, (life, due) in list(self.verify.items()):
-                if due <= now and await self.late_truth(life, "filled despite the cancel ack"):
+                verified = False
+                with self._logged_internal_error(cid):
+                    verified = due <= now and await self.late_truth(life, "filled despite the cancel ack")
+                if verified:
                     self.verify.pop(cid, None)
                 elif now > due + VERIFY_GIVE_UP_SEC:  # the reconciler's drift check is the backstop
                     self.verify.pop(cid, None)
                     log_event(self.log, "order.cancel_unverified", logging.WARNING, client_order_id=cid)
+
+    @contextlib.contextmanager
+    def _logged_internal_error(self, client_order_id: str) -> Iterator[None]:
+        """One order's bug must not stop the resolver for every other order: log it and go on."""
+        try:
+            yield
+        except Exception as e:
+            self._count("internal_error")
+            log_event(
+                self.log,
+                "router.internal_error",
+                logging.ERROR,
+                client_order_id=client_order_id,
+                error=f"{type(e).__name__}: {e}",
+                exc_info=True,
+            )
 
     async def on_venue_fact(self, fact: VenueOrderFact) -> None:
         """The reconciler saw one of our orders leave the venue's open orders: journal how it ended."""
@@ -401,12 +410,12 @@ class RouterService(Service):
         """Look ``life``'s order up and journal the venue's final word (a triggered stop ends FILLED
         with the fill of the order it created). False when the venue could not say."""
         intent = life.intent
-        res = await lookup_intent(self.venue, self.sink, self.budget(RetryPolicy(max_attempts=1)), intent)
+        res = await lookup_intent(self.venue, self.sink, self.budget(SINGLE_TRY), intent)
         if not res.known or res.order is None:
             return False
         order = res.order
         if order.actual_order_id and order.state is OrderState.FILLED:
-            with contextlib.suppress(Exception):  # the algo's own answer still says how it ended
+            with contextlib.suppress(VenueError):  # the algo's own answer still says how it ended
                 made = await self.venue.fetch_by_id(
                     intent.symbol, order.actual_order_id, intent.client_order_id
                 )
@@ -418,7 +427,7 @@ class RouterService(Service):
 
     async def resolve_once(self, life: Lifecycle) -> None:
         intent = life.intent
-        single_try = self.budget(RetryPolicy(max_attempts=1))
+        single_try = self.budget(SINGLE_TRY)
         started = time.time()
         res = await lookup_intent(self.venue, self.sink, single_try, intent)
         if not res.known:

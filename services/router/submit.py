@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from libs.common.error_policy import ErrorDecision, Modification, Policy, classify_order_error_policy
 from libs.common.journal import EventSink
 from libs.common.messages import OrderIntent
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import SUBMIT_LATENCY
+from libs.venue.binance_usdm import BinanceUSDM
+from libs.venue.error_policy import ErrorDecision, Modification, Policy, VenueError
 from services.router.cancel import cancel_order
+from services.router.leverage import LeverageSetter
 from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_intent
-from services.router.retrying import Budget, emit_retry_and_wait
-from services.router.venue import Venue
+from services.router.retrying import RETRY, Budget, GaveUp, Retry, RetryTarget
 
 log = logging.getLogger("erl.router.submit")
-
-# Runs right before the first send (after any redelivery lookup); returns a refusal reason or "".
-Gate = Callable[[Lifecycle, Budget], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,78 +67,72 @@ NOT_FOUND_YET = ErrorDecision(Policy.RETRYABLE, "not_found_yet", -2013, "OrderNo
 
 
 class OrderSubmitter:
-    def __init__(self, venue: Venue, sink: EventSink) -> None:
+    def __init__(self, venue: BinanceUSDM, sink: EventSink, leverage: LeverageSetter | None = None) -> None:
         self.venue, self.sink = venue, sink
+        self.leverage = leverage or LeverageSetter(venue)
 
-    async def submit(
-        self,
-        life: Lifecycle,
-        budget: Budget,
-        *,
-        redelivered: bool = False,
-        gate: Gate | None = None,
-    ) -> SubmitOutcome:
-        """Drive ``life`` to a settled state. ``gate`` runs once, right before the first send."""
-        intent = life.intent
-        qty = intent.qty
-        if redelivered or life.state is not OrderState.CREATED:
-            found = await self.resolve_if_sent(life, budget, redelivered=redelivered)
-            if found is not None:
-                return found
-        if gate is not None:
-            refusal = await gate(life, budget)
+    async def send(self, life: Lifecycle, budget: Budget) -> SubmitOutcome:
+        """Drive ``life`` (CREATED, or proven absent by ``resolve_if_sent``) to a settled state: first
+        the leverage its entry decision asked for (``life.leverage``), then the order."""
+        if life.leverage is not None:
+            refusal = await self.leverage.ensure(self.sink, budget, life.intent, life.leverage)
             if refusal:
                 await life.move(OrderState.BLOCKED, refusal)
                 return SubmitOutcome(OrderState.BLOCKED, refusal, life)
-        tries = 0
-        while True:
-            tries += 1
-            life.attempt = tries
-            await life.move(OrderState.SUBMITTING, f"attempt {tries}")
+        intent = life.intent
+        qty = intent.qty
+
+        async def create(attempt: int) -> SubmitOutcome:
+            life.attempt = attempt
+            await life.move(OrderState.SUBMITTING, f"attempt {attempt}")
             life.absent_after = self.venue.absent_after(time.time())
             t = time.perf_counter()
             try:
                 order = await self.venue.create(intent, qty)
-            except Exception as e:
+            except VenueError:
                 SUBMIT_LATENCY.labels("error").observe(time.perf_counter() - t)
-                d = classify_order_error_policy(e)
-                if d.ambiguous or d.policy is Policy.IDEMPOTENT_SAFE:
-                    await life.move(OrderState.UNKNOWN, d.reason, error_class=d.error_class, code=d.code)
-                    found = await self._resolve(life, budget, intent)
-                    if found is not None:
-                        return found
-                    # confirmed absent: a resend cannot duplicate it
-                elif d.policy is Policy.RETRYABLE_WITH_MODIFICATION:
-                    modified = await self._modify(life, budget, intent, qty, d)
-                    if isinstance(modified, SubmitOutcome):
-                        return modified
-                    intent, qty = modified
-                    life.intent = intent
-                elif d.policy is not Policy.RETRYABLE:
-                    await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
-                    return SubmitOutcome(OrderState.REJECTED, d.reason, life)
-                delay = budget.next_delay(tries, d)
-                if delay is None:
-                    reason = f"retries_exhausted:{d.reason}"
-                    await life.move(OrderState.FAILED, reason, error_class=d.error_class, code=d.code)
-                    return SubmitOutcome(OrderState.FAILED, reason, life)
-                await life.move(OrderState.RETRY_WAIT, d.reason, error_class=d.error_class, code=d.code)
-                tries = await emit_retry_and_wait(
-                    self.sink,
-                    budget,
-                    operation="create",
-                    decision=d,
-                    tries=tries,
-                    delay=delay,
-                    correlation_id=intent.correlation_id,
-                    client_order_id=intent.client_order_id,
-                    symbol=intent.symbol,
-                )
-                continue
+                raise
             took = time.perf_counter() - t
             SUBMIT_LATENCY.labels("ok").observe(took)
             await life.settle(order, venue_ms=round(took * 1000, 3))
             return SubmitOutcome(life.state, "venue", life)
+
+        async def on_error(d: ErrorDecision) -> SubmitOutcome | Retry:
+            nonlocal intent, qty
+            if d.ambiguous or d.policy is Policy.IDEMPOTENT_SAFE:
+                await life.move(OrderState.UNKNOWN, d.reason, error_class=d.error_class, code=d.code)
+                found = await self._resolve(life, budget, intent)
+                if found is not None:
+                    return found
+                # confirmed absent: a resend cannot duplicate it
+            elif d.policy is Policy.RETRYABLE_WITH_MODIFICATION:
+                modified = await self._modify(life, budget, intent, qty, d)
+                if isinstance(modified, SubmitOutcome):
+                    return modified
+                intent, qty = modified
+                life.intent = intent
+            elif d.policy is not Policy.RETRYABLE:
+                await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
+                return SubmitOutcome(OrderState.REJECTED, d.reason, life)
+            return RETRY
+
+        async def before_wait(d: ErrorDecision) -> None:
+            await life.move(OrderState.RETRY_WAIT, d.reason, error_class=d.error_class, code=d.code)
+
+        answer = await budget.run(
+            "create",
+            create,
+            sink=self.sink,
+            target=RetryTarget(intent.correlation_id, intent.client_order_id, intent.symbol),
+            on_error=on_error,
+            before_wait=before_wait,
+        )
+        if isinstance(answer, GaveUp):
+            d = answer.decision
+            reason = f"retries_exhausted:{d.reason}"
+            await life.move(OrderState.FAILED, reason, error_class=d.error_class, code=d.code)
+            return SubmitOutcome(OrderState.FAILED, reason, life)
+        return answer
 
     async def resolve_if_sent(
         self, life: Lifecycle, budget: Budget, *, redelivered: bool = False
@@ -179,17 +170,8 @@ class OrderSubmitter:
             delay = budget.delay_towards(tries, deadline)
             if delay is None:  # the resolver keeps asking, and decides after the deadline
                 return SubmitOutcome(OrderState.UNKNOWN, NOT_FOUND_YET.reason, life)
-            await emit_retry_and_wait(
-                self.sink,
-                budget,
-                operation="fetch",
-                decision=NOT_FOUND_YET,
-                tries=tries,
-                delay=delay,
-                correlation_id=intent.correlation_id,
-                client_order_id=intent.client_order_id,
-                symbol=intent.symbol,
-            )
+            target = RetryTarget(intent.correlation_id, intent.client_order_id, intent.symbol)
+            await budget.retry_after(self.sink, target, "fetch", NOT_FOUND_YET, tries, delay)
 
     async def _take_place_of(
         self, life: Lifecycle, budget: Budget, intent: OrderIntent, qty: float | None, d: ErrorDecision
@@ -199,9 +181,9 @@ class OrderSubmitter:
         stale stop of a closed position, another stop price): cancel it, verified, and send ours."""
         try:
             resting = await self.venue.resting_close_position(intent)
-        except Exception as e:
+        except VenueError as e:
             reason = f"{d.reason}:unreadable"
-            await life.move(OrderState.REJECTED, reason, error_class=type(e).__name__, code=d.code)
+            await life.move(OrderState.REJECTED, reason, error_class=e.decision.error_class, code=d.code)
             return SubmitOutcome(OrderState.REJECTED, reason, life)
         wanted = intent.stop_price or 0.0
         if resting is None or abs(resting[1] - wanted) <= SAME_STOP_TOLERANCE * wanted:
@@ -238,7 +220,7 @@ class OrderSubmitter:
         if d.modification is Modification.RESYNC_CLOCK:
             try:
                 await self.venue.resync_clock()
-            except Exception as e:  # the retry itself will tell whether it helped
+            except VenueError as e:  # the retry itself will tell whether it helped
                 log.warning("clock resync failed: %s", e)
             return intent, qty
         resize = d.modification is Modification.RESIZE_REDUCE_ONLY and (
@@ -259,9 +241,9 @@ class OrderSubmitter:
         if resize:
             try:
                 position = await self.venue.position_qty(intent.symbol)
-            except Exception as e:
+            except VenueError as e:
                 reason = f"{d.reason}:position_unavailable"
-                await life.move(OrderState.FAILED, reason, error_class=type(e).__name__)
+                await life.move(OrderState.FAILED, reason, error_class=e.decision.error_class)
                 return SubmitOutcome(OrderState.FAILED, reason, life)
             new_qty = reducible_qty(intent.side, position, qty)
             if new_qty is None or new_qty <= 0:

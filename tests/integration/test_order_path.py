@@ -178,7 +178,7 @@ async def test_insufficient_margin_is_fatal_without_retry(bus, sim, router_facto
 async def test_duplicate_client_id_4116_is_resolved_by_lookup(bus, sim, router_factory):
     """The venue already holds an open order with this client id (placed by an earlier deployment whose
     journal is gone): the natural -4116 leads to a lookup, never to a second order."""
-    from libs.common.exchange import make_exchange
+    from libs.venue.client import make_exchange
 
     intent = make_intent(order_type="limit", price=48_000.0)  # far below the market: rests
     ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")

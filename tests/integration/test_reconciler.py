@@ -143,7 +143,7 @@ async def test_position_drift_on_a_quiet_symbol_is_a_mismatch_then_adopted(bus, 
 
 
 async def test_orphan_order_at_boot_freezes_entries(bus, sim, reconciler_factory, risk_factory):
-    from libs.common.exchange import make_exchange
+    from libs.venue.client import make_exchange
 
     ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")
     try:
@@ -311,7 +311,7 @@ async def test_a_misplaced_stop_on_an_open_position_is_moved_by_the_reconciler(
 ):
     """The backstop: a position whose only stop is far from where its stop belongs (placed behind our
     back, or left by an older position) is not protection: the reconciler moves it."""
-    from libs.common.exchange import make_exchange
+    from libs.venue.client import make_exchange
 
     await router_factory()
     px = sim.price(BTC_ID)

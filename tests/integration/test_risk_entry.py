@@ -47,7 +47,7 @@ def sig(signal_id: str, **kw) -> Signal:
 
 
 async def place_orphan(sim, cid: str = "manual_orphan") -> None:
-    from libs.common.exchange import make_exchange
+    from libs.venue.client import make_exchange
 
     ex = make_exchange(api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret")
     try:

@@ -15,7 +15,7 @@ import pytest
 from libs.common.config import KillSettings
 from libs.common.messages import KillSwitchEvent, OrderTransition, VenueBan
 from libs.common.state_machine import OrderState
-from libs.common.venue_limits import VenueLimits
+from libs.venue.limits import VenueLimits
 from tests.integration.helpers import BTC_ID, creates, make_intent, retries, settled, stop_intent
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from libs.common.exchange import make_exchange
+from libs.venue.client import make_exchange
 
 
 @pytest_asyncio.fixture

@@ -14,7 +14,7 @@ import ccxt
 import httpx
 import pytest
 
-from libs.common.exchange import make_exchange
+from libs.venue.client import make_exchange
 from tests.simulator.venue_calls import expected_class, raises
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import ccxt.async_support as ccxt_async
 import httpx
 import pytest
 
-from libs.common.exchange import make_exchange
+from libs.venue.client import make_exchange
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 
 from libs.common.ids import Bucket
 from libs.common.protection import trailing_stop
-from services.router.venue import create_order_args
+from libs.venue.requests import create_order_args
 from services.simulator.engine import Engine, SimError
 
 BTC = "BTC/USDT:USDT"

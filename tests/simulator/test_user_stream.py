@@ -15,7 +15,7 @@ import ccxt
 import ccxt.pro
 import pytest
 
-from libs.common.exchange import FAPI_URL_KEYS
+from libs.venue.client import FAPI_URL_KEYS
 from services.simulator.testing import SimulatorThread
 from tests.simulator.test_strict_venue import until
 from tests.simulator.venue_calls import raises

@@ -4,7 +4,7 @@ import ccxt
 import ccxt.async_support as ccxt_async
 import pytest
 
-from libs.common.error_policy import (
+from libs.venue.error_policy import (
     Modification,
     Policy,
     classify_order_error_policy,

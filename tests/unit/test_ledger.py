@@ -3,7 +3,7 @@
 import pytest
 
 from libs.common.state_machine import OrderState as S
-from services.router.ledger import Admission, IntentLedger, absent_after, admit
+from services.router.ledger import Admission, IntentLedger, admit
 
 
 @pytest.mark.parametrize(
@@ -25,10 +25,6 @@ from services.router.ledger import Admission, IntentLedger, absent_after, admit
 )
 def test_admission_never_sends_what_the_journal_has_sent(state, admission):
     assert admit(state) is admission
-
-
-def test_absent_after_is_the_request_validity_plus_margin():
-    assert absent_after(100.0, 5_000, 1_000) == pytest.approx(106.0)
 
 
 def test_prune_keeps_the_ledger_to_its_horizon_and_moves_what_it_covers():

@@ -18,7 +18,7 @@ from libs.common.protection import (
     stop_loss,
     trailing_activation,
 )
-from services.router.venue import create_order_args
+from libs.venue.requests import create_order_args
 
 BTC = "BTC/USDT:USDT"
 

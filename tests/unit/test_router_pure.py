@@ -2,8 +2,9 @@ import pytest
 
 from libs.common.ids import Bucket
 from libs.common.state_machine import OrderState
+from libs.venue.parsing import order_state_from_ccxt, venue_order_from_ccxt
+from libs.venue.requests import create_order_args
 from services.router.submit import as_market_exit, reducible_qty
-from services.router.venue import create_order_args, order_state_from_ccxt, venue_order_from_ccxt
 from tests.unit.test_messages import intent
 
 

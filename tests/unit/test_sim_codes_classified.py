@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from libs.common.error_policy import _BY_CODE
+from libs.venue.error_policy import _BY_CODE
 
 SIM = Path(__file__).resolve().parents[2] / "services" / "simulator"
 CODE = re.compile(r"(?:_bad\(\s*|SimError\(\s*\d+,\s*|\"code\":)(-\d+)")

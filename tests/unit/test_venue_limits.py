@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from libs.common.error_policy import classify_order_error_policy
-from libs.common.exchange import VenuePaused, make_exchange, venue_deadline, wait_out_pause
 from libs.common.retry import RetryPolicy
-from libs.common.venue_limits import VenueLimits, parse_banned_until, parse_retry_after
+from libs.venue.client import VenuePaused, make_exchange, venue_deadline, wait_out_pause
+from libs.venue.error_policy import classify_order_error_policy
+from libs.venue.limits import VenueLimits, parse_banned_until, parse_retry_after
 from services.router.retrying import Budget
 
 NOW = 1_700_000_000.0

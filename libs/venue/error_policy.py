@@ -1,8 +1,10 @@
-"""The one error policy: exchange failure -> what the router may do about it.
+"""The one error policy (Binance USD-M): exchange failure -> what the router may do about it.
 
 Pure: takes an exception (normally ccxt's) or a raw code/text, returns a
-decision. The router, the reconciler and the tests all use this mapping, so an
-error is never retried in one place and treated as final in another.
+decision. The venue package's edge (``binance_usdm``) applies it to every ccxt
+error and raises ``VenueError`` carrying the decision; nothing else is
+classified. The router, the reconciler and the tests all use this mapping, so
+an error is never retried in one place and treated as final in another.
 
 Order of evidence: an IP ban first (HTTP 418 or its "banned until" text: its
 body carries -1003 like a plain 429, so the code alone would hide it), then the
@@ -21,7 +23,7 @@ from enum import StrEnum
 
 import ccxt
 
-from libs.common.venue_limits import is_ban_text
+from libs.venue.limits import is_ban_text
 
 
 class Policy(StrEnum):
@@ -248,3 +250,21 @@ def classify_order_error_policy(
             if rule is not None:
                 return _decision(rule, code, error_class, http_status)
     return ErrorDecision(Policy.FATAL, "unclassified", code, error_class, http_status=http_status)
+
+
+class VenueError(Exception):
+    """A venue call failed: the ccxt error, classified at the venue package's edge.
+
+    Only ccxt errors become a ``VenueError``; any other exception is a bug of ours and propagates as it is,
+    never to be mistaken for (and journaled as) a venue refusal.
+    """
+
+    def __init__(self, error: ccxt.BaseError) -> None:
+        self.decision = classify_order_error_policy(error)
+        self.error = error
+        super().__init__(f"{self.decision.error_class}: {error}")
+
+
+def describe(e: BaseException) -> str:
+    """``Class: message`` of a failure; of a venue failure, its ccxt class (as before the edge wrapped it)."""
+    return str(e) if isinstance(e, VenueError) else f"{type(e).__name__}: {e}"

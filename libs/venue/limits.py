@@ -24,6 +24,11 @@ from typing import Literal
 PauseKind = Literal["ban", "rate_limit"]
 PauseSource = Literal["response", "bus"]
 
+# defaults of a client's limits (and of the EXCHANGE_* settings that configure them)
+MAX_PAUSE_SEC = 300.0
+BAN_DEFAULT_SEC = 60.0
+RATE_LIMIT_DEFAULT_SEC = 1.0
+
 # a second sighting of a pause we already hold (concurrent calls answered alike) is not news
 SAME_PAUSE_SLACK_SEC = 1.0
 
@@ -103,9 +108,9 @@ class VenueLimits:
         self,
         *,
         clock: Callable[[], float] = time.time,
-        max_pause_sec: float = 300.0,
-        ban_default_sec: float = 60.0,
-        rate_limit_default_sec: float = 1.0,
+        max_pause_sec: float = MAX_PAUSE_SEC,
+        ban_default_sec: float = BAN_DEFAULT_SEC,
+        rate_limit_default_sec: float = RATE_LIMIT_DEFAULT_SEC,
     ) -> None:
         self.clock = clock
         self.max_pause_sec = max_pause_sec

@@ -1,4 +1,4 @@
-"""The one place that builds a ccxt exchange client.
+"""The one place that builds a ccxt exchange client (the venue package's transport).
 
 Switching from the simulator to a real venue is configuration only: leave
 ``EXCHANGE_API_URL`` empty to talk to Binance itself, or point it at anything
@@ -17,7 +17,7 @@ import ccxt.async_support as ccxt_async
 
 from libs.common.config import ExchangeSettings
 from libs.common.logs import RateLimitedLog, log_event, redact
-from libs.common.venue_limits import VenueLimits, VenuePause
+from libs.venue.limits import VenueLimits, VenuePause
 
 log = logging.getLogger("erl.exchange")
 
@@ -47,7 +47,7 @@ class VenuePaused(ccxt.RateLimitExceeded):
         self.pause = pause
 
 
-class BinanceUSDMVenue(ccxt_async.binanceusdm):
+class BinanceUSDMClient(ccxt_async.binanceusdm):
     """binanceusdm with our venue boundary: request limits for every host, the linear error table for any host.
 
     Limits: every HTTP response goes through ``on_rest_response`` into ``self.venue_limits`` (used weight,
@@ -130,7 +130,7 @@ def limits_from_settings(settings: ExchangeSettings) -> VenueLimits:
     )
 
 
-def exchange_from_settings(settings: ExchangeSettings) -> BinanceUSDMVenue:
+def exchange_from_settings(settings: ExchangeSettings) -> BinanceUSDMClient:
     """The signed client a venue-facing service uses, built from its exchange settings."""
     return make_exchange(
         api_url=settings.api_url,
@@ -151,7 +151,7 @@ def make_exchange(
     recv_window_ms: int = 5_000,
     extra_options: dict[str, Any] | None = None,
     venue_limits: VenueLimits | None = None,
-) -> BinanceUSDMVenue:
+) -> BinanceUSDMClient:
     """Build an async binanceusdm client; the caller must ``await ex.close()``.
 
     ``venue_limits`` (default: a fresh ``VenueLimits``) is exposed as ``ex.venue_limits``: its pauses hold every
@@ -182,7 +182,7 @@ def make_exchange(
     }
     if api_url:
         options["linearErrorBaseUrl"] = api_url.rstrip("/")
-    ex = BinanceUSDMVenue(config, venue_limits)
+    ex = BinanceUSDMClient(config, venue_limits)
     if api_url:
         api = dict(ex.urls["api"])
         for key, path in FAPI_URL_KEYS.items():
