@@ -11,6 +11,8 @@ from services.reconciler.protection import QTY_TOLERANCE
 from services.reconciler.snapshot import Snapshot, VenueOrderView
 from services.reconciler.state import ReconcileState, TickWork
 
+NOT_FOUND = "not found"  # how a missing order reads in mismatches and repairs
+
 
 def vanished_orders(belief: Belief, snapshot: Snapshot) -> list[KnownOrder]:
     """Orders we believe open that the venue no longer lists: the shell looks each one up."""
@@ -25,42 +27,42 @@ def settle_vanished(
     st: ReconcileState,
     work: TickWork,
 ) -> None:
-    """Forget each vanished order the venue has answered for (``lookups``: client id -> its answer,
-    state "not found" when it has no such order; None when it could not be asked).
+    """Forget each vanished order the venue has answered for (``lookups``: client id -> its answer, None
+    when it says it has no such order; an order it could not be asked about is left out: still believed).
 
     "Not found" is not "absent": a venue answers -2013 for an order it took a moment ago (query lag), and
     an order forgotten then ends later unreported (the journal would keep it open forever). Such an order
-    stays believed, and looked up every tick, until the venue has not known it for RECONCILE_NOT_FOUND_GRACE_SEC.
+    stays believed, and looked up every tick, until the venue has not known it for
+    RECONCILE_NOT_FOUND_GRACE_SEC.
     """
-    for cid in [c for c in st.not_found_since if c not in lookups]:
+    vanished = {o.client_order_id for o in vanished_orders(belief, snap)}
+    for cid in [c for c in st.not_found_since if c not in vanished]:
         del st.not_found_since[cid]  # listed again, or no longer believed open
     for cid, seen in lookups.items():
         known = belief.orders.get(cid)
-        if known is None or seen is None:
-            continue  # the venue could not answer: keep believing until it can
-        if seen.state == "not found":
+        if known is None:
+            continue
+        if seen is None:
             since = st.not_found_since.setdefault(cid, work.now)
             if work.now - since < st.config.not_found_grace_sec:
                 continue
         st.not_found_since.pop(cid, None)
         flat = abs(snap.position(known.symbol).qty) <= QTY_TOLERANCE
-        work.out.repairs.append(_forget(cid, known, seen, flat, st, work))
+        work.out.repairs.append(_forget(cid, known, seen.state if seen else NOT_FOUND, flat, st, work))
         belief.forget_order(cid)
 
 
 def _forget(
-    cid: str, known: KnownOrder, seen: VenueOrderView, flat: bool, st: ReconcileState, work: TickWork
+    cid: str, known: KnownOrder, state: str, flat: bool, st: ReconcileState, work: TickWork
 ) -> RepairAction:
-    if seen.state == "filled":
+    if state == "filled":
         work.explained.add(
             known.symbol
         )  # e.g. a stop triggered on the venue: the position change is expected
         return RepairAction(
             symbol=known.symbol, action="forget_order", client_order_id=cid, reason="filled on the venue"
         )
-    if cid in st.leftover_cancels or (
-        flat and seen.state == "expired" and known.bucket in (Bucket.SL, Bucket.TP)
-    ):
+    if cid in st.leftover_cancels or (flat and state == "expired" and known.bucket in (Bucket.SL, Bucket.TP)):
         # we cancelled it as a leftover, or the venue expired a close-position order whose position went
         # flat: both are what should happen to protection without a position
         st.leftover_cancels.pop(cid, None)
@@ -68,16 +70,16 @@ def _forget(
             symbol=known.symbol,
             action="forget_order",
             client_order_id=cid,
-            reason=f"protection without a position, venue: {seen.state}",
+            reason=f"protection without a position, venue: {state}",
         )
     work.mismatch(
         known.symbol,
         "missing_order",
-        f"believed {known.state.value}, venue says {seen.state}",
+        f"believed {known.state.value}, venue says {state}",
         client_order_id=cid,
     )
     return RepairAction(
-        symbol=known.symbol, action="forget_order", client_order_id=cid, reason=f"venue: {seen.state}"
+        symbol=known.symbol, action="forget_order", client_order_id=cid, reason=f"venue: {state}"
     )
 
 

@@ -51,7 +51,7 @@ from libs.common.telemetry import (
 )
 from libs.venue.binance_usdm import venue_from_settings
 from libs.venue.error_policy import describe
-from services.reconciler.belief import Belief
+from services.reconciler.belief import Belief, KnownOrder
 from services.reconciler.orders import vanished_orders
 from services.reconciler.read_budget import (
     ReadPlan,
@@ -64,7 +64,7 @@ from services.reconciler.rebuild import rebuild
 from services.reconciler.snapshot import Snapshot, VenueOrderView
 from services.reconciler.state import ReconcileState
 from services.reconciler.tick import reconcile_tick
-from services.reconciler.venue_reader import lookup, read_orders, read_positions, read_snapshot
+from services.reconciler.venue_reader import lookups, read_orders, read_positions, read_snapshot
 
 
 def intent_symbol(intent: OrderIntent | ReplaceIntent | CancelIntent) -> str:
@@ -244,9 +244,7 @@ class ReconcilerService(Service):
                 snap = dataclasses.replace(snap, equity=self._equity)  # the balance is read every few ticks
             self._equity = snap.equity
             gone = vanished_orders(self.belief, snap)
-            answers = await asyncio.gather(
-                *(lookup(self.venue, o.symbol, o.client_order_id, o.is_trigger) for o in gone)
-            )
+            answers = await lookups(self.venue, gone)
         except Exception as e:
             RECONCILE_READ_FAILURES.inc()
             summary = ReconcileSummary(
@@ -257,16 +255,11 @@ class ReconcilerService(Service):
             )
             await self._publish_summary(summary, force=True)
             return summary
-        unreported = await self._report_endings(gone, answers)
-        # an ending the router was not told of stays believed open: looked up and reported next tick
-        answers = [None if o.client_order_id in unreported else a for o, a in zip(gone, answers, strict=True)]
-        result = reconcile_tick(
-            self.belief,
-            snap,
-            {o.client_order_id: a for o, a in zip(gone, answers, strict=True)},
-            self.state,
-            started=started,
-        )
+        # an ending the router was not told of stays believed open (as if the venue could not be asked):
+        # looked up and reported next tick
+        for cid in await self._report_endings(gone, answers):
+            del answers[cid]
+        result = reconcile_tick(self.belief, snap, answers, self.state, started=started)
         for intent in result.intents:
             # repairs go to the router first: protection must not wait for bookkeeping
             try:
@@ -302,12 +295,15 @@ class ReconcilerService(Service):
         )
         return summary
 
-    async def _report_endings(self, gone: list, answers: list) -> set[str]:
+    async def _report_endings(
+        self, gone: list[KnownOrder], answers: dict[str, VenueOrderView | None]
+    ) -> set[str]:
         """Our orders that left the open orders without the router seeing it (a stop that triggered, an
         order cancelled or expired behind our back): the router journals how they ended. Returns the
         client ids whose report could not be sent."""
         unreported: set[str] = set()
-        for o, a in zip(gone, answers, strict=True):
+        for o in gone:
+            a = answers.get(o.client_order_id)
             if a is None or a.state not in ("filled", "canceled", "expired"):
                 continue
             fact = VenueOrderFact(

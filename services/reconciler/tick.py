@@ -55,8 +55,8 @@ def reconcile_tick(
     now: float | None = None,
     started: float | None = None,
 ) -> TickResult:
-    """``lookups``: client id -> the venue's answer for each order from ``vanished_orders``
-    (state "not found" when it has no such order; None when it could not be asked)."""
+    """``lookups``: client id -> the venue's answer for each order from ``vanished_orders`` (None: the
+    venue says it has no such order; left out: it could not be asked)."""
     work = TickWork(time.time() if now is None else now)
     st.tick += 1
     settle_vanished(

@@ -13,6 +13,7 @@ from libs.common.state_machine import OrderState
 from libs.venue.binance_usdm import BinanceUSDM
 from libs.venue.error_policy import VenueError
 from libs.venue.parsing import VenueOrder
+from services.reconciler.belief import KnownOrder
 from services.reconciler.read_budget import ReadPlan
 from services.reconciler.tick import PositionView, Snapshot, VenueOrderView
 
@@ -25,8 +26,6 @@ _VIEW_STATE = {
     OrderState.EXPIRED: "expired",
     OrderState.REJECTED: "rejected",
 }
-# the tick's word for an order the venue says it does not have
-NOT_FOUND = "not found"
 
 
 def order_view(o: VenueOrder) -> VenueOrderView:
@@ -68,15 +67,15 @@ async def read_snapshot(venue: BinanceUSDM, *, with_equity: bool) -> Snapshot:
     return Snapshot(positions, orders, equity)
 
 
-async def lookup(
-    venue: BinanceUSDM, symbol: str, client_order_id: str, trigger: bool
-) -> VenueOrderView | None:
-    """The venue's current view of one order for the tick: None when it could not be asked; an order it
-    says it does not have is the tick's ``NOT_FOUND`` view."""
-    try:
-        order = await venue.fetch_order(symbol, client_order_id, trigger)
-    except VenueError:
-        return None
-    if order is None:
-        return VenueOrderView(symbol, client_order_id, "", None, False, False, trigger, "", state=NOT_FOUND)
-    return order_view(order)
+async def lookups(venue: BinanceUSDM, orders: list[KnownOrder]) -> dict[str, VenueOrderView | None]:
+    """Client id -> the venue's current view of each order, None when the venue says it does not have it
+    (as ``fetch_order`` says it); an order the venue could not be asked about is left out."""
+
+    async def one(o: KnownOrder) -> tuple[str, VenueOrderView | None] | None:
+        try:
+            found = await venue.fetch_order(o.symbol, o.client_order_id, o.is_trigger)
+        except VenueError:
+            return None
+        return o.client_order_id, order_view(found) if found is not None else None
+
+    return dict(a for a in await asyncio.gather(*(one(o) for o in orders)) if a is not None)

@@ -80,9 +80,9 @@ def test_an_unanswered_or_unknown_lookup_changes_nothing():
     b, st, work = quiet(), state(), TickWork(100.0)
     sl = order(ours(Bucket.SL, "a"))
     known(b, sl)
-    lookups = {sl.client_order_id: None, "never_ours": answer("never_ours", "canceled")}
+    lookups = {"never_ours": answer("never_ours", "canceled")}  # ours left out: the venue could not answer
     settle_vanished(b, Snapshot({}, []), lookups, st, work)
-    assert b.knows(sl.client_order_id)  # the venue could not answer: still believed
+    assert b.knows(sl.client_order_id)  # still believed
     assert work.out.repairs == [] and work.found == []
 
 
@@ -120,13 +120,15 @@ def test_not_found_is_not_absent_until_the_venue_has_not_known_it_for_the_grace(
     o = order(ours(Bucket.SL, "a"))
     known(b, o)
     grace = st.config.not_found_grace_sec
-    lookups = {o.client_order_id: answer(o.client_order_id, "not found")}
+    lookups: dict = {o.client_order_id: None}  # the venue says it has no such order
     for now in (100.0, 100.0 + grace / 2):
         work = TickWork(now)
         settle_vanished(b, Snapshot({}, []), lookups, st, work)
         assert b.knows(o.client_order_id) and work.out.repairs == [] and work.found == []
-    # listed again in between: the clock starts over
-    settle_vanished(b, Snapshot({}, []), {}, st, TickWork(100.0 + grace - 1))
+    # a lookup that could not be asked does not stop the clock; listed again, it starts over
+    settle_vanished(b, Snapshot({}, []), {}, st, TickWork(100.0 + grace - 2))
+    assert st.not_found_since == {o.client_order_id: 100.0}
+    settle_vanished(b, Snapshot({}, [o]), {}, st, TickWork(100.0 + grace - 1))
     assert st.not_found_since == {}
     work = TickWork(100.0 + grace + 1)
     settle_vanished(b, Snapshot({}, []), lookups, st, work)

@@ -11,7 +11,8 @@ from libs.venue.limits import VenueLimits
 from libs.venue.order_states import order_state
 from libs.venue.parsing import position_from_ccxt, venue_order_from_ccxt
 from libs.venue.requests import order_ref
-from services.reconciler.venue_reader import NOT_FOUND, lookup, order_view
+from services.reconciler.belief import KnownOrder
+from services.reconciler.venue_reader import lookups, order_view
 from tests.unit.test_messages import intent
 
 BTC = "BTC/USDT:USDT"
@@ -174,8 +175,12 @@ async def test_not_found_is_none_on_both_sides(error):
     client = FakeClient(error)
     assert await BinanceUSDM(client).fetch_order(BTC, "C1", trigger=True) is None
     assert client.calls[-1] == ("fetch_order", None, BTC, {"clientOrderId": "C1", "trigger": True})
-    view = await lookup(BinanceUSDM(FakeClient(error)), BTC, "C1", True)
-    assert view is not None and view.state == NOT_FOUND
+    # the reconciler reads it the same way: None, the venue does not have it
+    assert await lookups(BinanceUSDM(FakeClient(error)), [known("C1", trigger=True)]) == {"C1": None}
+
+
+def known(cid: str, trigger: bool = False) -> KnownOrder:
+    return KnownOrder(cid, BTC, Bucket.SL, "sell", OrderState.ACKED, is_trigger=trigger)
 
 
 async def test_a_lookup_the_venue_cannot_answer_is_an_error_not_absence():
@@ -183,7 +188,7 @@ async def test_a_lookup_the_venue_cannot_answer_is_an_error_not_absence():
     with pytest.raises(VenueError) as raised:
         await venue.fetch_order(BTC, "C1", trigger=False)
     assert raised.value.decision.policy is Policy.RETRYABLE
-    assert await lookup(venue, BTC, "C1", False) is None  # the reconciler keeps believing
+    assert await lookups(venue, [known("C1")]) == {}  # left out: the reconciler keeps believing
 
 
 async def test_markets_and_clock_load_once_and_only_the_router_syncs_the_clock():
