@@ -97,6 +97,7 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
 async def hop_breakdown(nc, settings: NatsSettings) -> dict:
     """Where the time goes, from JetStream's own store timestamps of each message of a chain."""
     stored: dict[tuple[str, str], float] = {}
+    signal_of: dict[str, str] = {}  # client order id -> signal id
     sub = await nc.jetstream().subscribe(f"{settings.subject_prefix}.>", ordered_consumer=True)
     info = await sub.consumer_info()
     for _ in range(info.num_pending):
@@ -107,7 +108,7 @@ async def hop_breakdown(nc, settings: NatsSettings) -> dict:
             stored[("signal", msg.signal_id)] = ts
         elif isinstance(msg, OrderIntent):
             stored[("intent", msg.signal_id or "")] = ts
-            stored[("cid", msg.client_order_id)] = msg.signal_id or ""  # type: ignore[assignment]
+            signal_of[msg.client_order_id] = msg.signal_id or ""
         elif isinstance(msg, OrderTransition) and msg.to_state in (OrderState.SUBMITTING, OrderState.FILLED):
             stored[(msg.to_state.value, msg.client_order_id)] = ts
     await sub.unsubscribe()
@@ -116,9 +117,7 @@ async def hop_breakdown(nc, settings: NatsSettings) -> dict:
         "intent->SUBMITTING (router)": [],
         "SUBMITTING->FILLED (venue+router)": [],
     }
-    for (kind, cid), sid in list(stored.items()):
-        if kind != "cid":
-            continue
+    for cid, sid in signal_of.items():
         try:
             t_sig, t_int = stored[("signal", sid)], stored[("intent", sid)]
             t_sub, t_fill = stored[("SUBMITTING", cid)], stored[("FILLED", cid)]
@@ -142,15 +141,15 @@ def main() -> None:
         extra_env={"SIM_TICK_MS": "0", "SIM_START_BALANCE": "1000000000", "SIM_RATE_LIMITS": "false"},
     )
     try:
-        stack.start_nats()
-        baseline = asyncio.run(jetstream_baseline(stack.nats.url))
+        nats = stack.start_nats()
+        baseline = asyncio.run(jetstream_baseline(nats.url))
         sim = stack.add(SIMULATOR)
         sim.wait_ready()
         for spec in (ROUTER, ENTRY):
             stack.add(spec)
         for spec in (ROUTER, ENTRY):
             assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
-        result = asyncio.run(drive(stack.nats.url, sim.url, a.n, a.warmup))
+        result = asyncio.run(drive(nats.url, sim.url, a.n, a.warmup))
     finally:
         stack.stop()
     result = {

@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from pydantic import BaseModel
 
 from libs.common.bus import MSG_ID_HEADER, Publisher, connect_nats
 from libs.common.config import ExchangeSettings, NatsSettings, ReconcilerSettings, RouterSettings
@@ -52,6 +53,7 @@ from libs.common.replay import load_journal
 from services.simulator.config import SimulatorSettings
 from services.simulator.engine import Engine
 from services.simulator.testing import SimControl
+from tools.natsd import NatsServer
 from tools.soak_invariants import (
     STOP_TYPES,
     CheckConfig,
@@ -135,7 +137,8 @@ def on_grid(x: float, step: float) -> float:
 
 
 def _times(rng: random.Random, start: float, end: float, mean_gap: float) -> list[float]:
-    out, t = [], start
+    out: list[float] = []
+    t = start
     while True:
         t += rng.expovariate(1 / mean_gap)
         if t >= end:
@@ -271,6 +274,8 @@ def _fault_rule(rng: random.Random) -> tuple[dict[str, Any], float]:
     armed = rng.uniform(5, 20)
     symbol = venue_symbol(rng.choice(SYMBOLS)) if rng.random() < 0.3 else None
     rule: dict[str, Any]
+    method: str | None  # None: any method / path
+    path: str | None
     if kind == "latency":
         method, path = rng.choice(CREATES + CANCELS + LOOKUPS)
         rule = {"kind": "latency", "method": method, "path": path, "delay_ms": rng.randint(2300, 4500)}
@@ -434,7 +439,7 @@ def check_config() -> CheckConfig:
     """The router's and the venue's settings under the soak, for the checker."""
     env = SOAK_ENV
 
-    def setting(name: str, cls: type, field: str) -> Any:
+    def setting(name: str, cls: type[BaseModel], field: str) -> Any:
         return env.get(name, cls.model_fields[field].default)
 
     return CheckConfig(
@@ -551,9 +556,15 @@ class Soak:
         )
 
     @property
+    def nats_server(self) -> NatsServer:
+        """The soak's one nats-server (started by start_stack)."""
+        if not isinstance(self.stack.nats, NatsServer):
+            raise RuntimeError("nats-server not started")
+        return self.stack.nats
+
+    @property
     def nats_settings(self) -> NatsSettings:
-        assert self.stack.nats
-        return NatsSettings(url=self.stack.nats.url, publish_timeout_sec=1.5, publish_attempts=3)
+        return NatsSettings(url=self.nats_server.url, publish_timeout_sec=1.5, publish_attempts=3)
 
     async def connect(self) -> None:
         self.http = httpx.AsyncClient(timeout=5.0)
@@ -751,8 +762,7 @@ class Soak:
         if process in self.down:
             return "already down"
         if process == NATS:
-            assert self.stack.nats is not None
-            self.stack.nats.kill()
+            self.nats_server.kill()
         else:
             self.stack[process].kill()
         self.process_events.append({"ts": time.time(), "process": process, "up": False})
@@ -764,9 +774,8 @@ class Soak:
         if process not in self.down:
             return "not down"
         if process == NATS:
-            assert self.stack.nats is not None
             # in this thread: a child dies with the thread that started it (PR_SET_PDEATHSIG)
-            self.stack.nats.start()
+            self.nats_server.start()
         else:
             self.stack[process].start()
         self.process_events.append({"ts": time.time(), "process": process, "up": True})

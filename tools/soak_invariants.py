@@ -624,13 +624,17 @@ def check_halts(h: History, ix: _Index) -> list[Result]:
         if t.intent is None or t.intent.bucket is Bucket.ENTRY:
             continue
         exits.checks += 1
-        blocked = [e for e in t.entries if isinstance(e.msg, OrderTransition) and e.msg.to_state is S.BLOCKED]
+        blocked = [
+            m
+            for m in (e.msg for e in t.entries)
+            if isinstance(m, OrderTransition) and m.to_state is S.BLOCKED
+        ]
         if blocked:
             exits.violations.append(
                 Violation(
                     EXITS_NEVER_BLOCKED,
                     f"{t.intent.client_order_id}: a {t.intent.bucket.value} intent was BLOCKED",
-                    blocked[0].msg.reason,
+                    blocked[0].reason,
                     t.correlation_id,
                     replay_lines(t),
                 )
@@ -670,7 +674,7 @@ def check_intents(h: History, ix: _Index, venue: dict[str, list[dict]]) -> list[
         seen.add(m.correlation_id)
         t = ix.timelines[m.correlation_id]
         intent = m if isinstance(m, OrderIntent) else m.new_order
-        transitions = [x for x in t.entries if isinstance(x.msg, OrderTransition)]
+        transitions = [x.msg for x in t.entries if isinstance(x.msg, OrderTransition)]
         lost.checks += 1
         if not transitions:
             replaced = [x.msg for x in t.entries if isinstance(x.msg, ReplaceTransition)]
@@ -692,7 +696,7 @@ def check_intents(h: History, ix: _Index, venue: dict[str, list[dict]]) -> list[
         settled.checks += 1
         published = _sec(m.ts_ms)
         reached = next(
-            (x.msg for x in transitions if x.msg.to_state in TERMINAL_ORDER_STATES | RESTING | {S.UNKNOWN}),
+            (x for x in transitions if x.to_state in TERMINAL_ORDER_STATES | RESTING | {S.UNKNOWN}),
             None,
         )
         waited = (_sec(reached.ts_ms) if reached else h.collected_at) - published

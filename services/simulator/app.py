@@ -352,9 +352,10 @@ class Simulator:
         for rule in self.faults.take(pre, method, path, symbol):
             if rule.kind == "latency":
                 await asyncio.sleep(rule.delay_ms / 1000)
-            elif rule.kind == "http_error":
+            # the rule's validator makes an http_error carry a status and a binance_error a code
+            elif rule.kind == "http_error" and rule.status is not None:
                 return done(*self._injected_http_error(rule.status, ip))
-            elif rule.kind == "binance_error":
+            elif rule.kind == "binance_error" and rule.code is not None:
                 return error(SimError(400, rule.code, rule.msg or "Injected error."))
             elif rule.kind == "overload":
                 return error(OVERLOADED)

@@ -437,7 +437,7 @@ class Engine:
                 self._check_band(m, price)
             client_id = client_id or f"sim{self._next_id + 1}"
             self._check_client_id(client_id)
-            ref = price if type == "LIMIT" else self.prices[symbol]
+            ref = price if type == "LIMIT" and price is not None else self.prices[symbol]
             if reduce_only:
                 qty = self._reduce_qty(symbol, side, qty)
             else:
