@@ -40,11 +40,6 @@ def default_stop_price(position_side: Side, ref_price: float, pct: float) -> flo
     return ref_price * (1 - pct) if position_side == "buy" else ref_price * (1 + pct)
 
 
-def on_protective_side(position_side: Side, stop_price: float, ref_price: float) -> bool:
-    """Whether a stop at ``stop_price`` is still below (long) / above (short) ``ref_price``."""
-    return stop_price < ref_price if position_side == "buy" else stop_price > ref_price
-
-
 class _Ids(TypedDict):
     intent_id: str
     correlation_id: str
