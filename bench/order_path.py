@@ -29,6 +29,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
 from bench.common import dist, jetstream_baseline, machine
 from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings
@@ -48,7 +51,7 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
     sim = SimControl(sim_url)
     waiters: dict[str, asyncio.Future] = {}
 
-    async def on_transition(m) -> None:
+    async def on_transition(m: Msg) -> None:
         t = decode(settings.subject_prefix, m.subject, m.data)
         if isinstance(t, OrderTransition) and t.to_state in SETTLED:
             f = waiters.pop(t.client_order_id, None)
@@ -94,13 +97,13 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
     }
 
 
-async def hop_breakdown(nc, settings: NatsSettings) -> dict:
+async def hop_breakdown(nc: NatsClient, settings: NatsSettings) -> dict:
     """Where the time goes, from JetStream's own store timestamps of each message of a chain."""
     stored: dict[tuple[str, str], float] = {}
     signal_of: dict[str, str] = {}  # client order id -> signal id
     sub = await nc.jetstream().subscribe(f"{settings.subject_prefix}.>", ordered_consumer=True)
     info = await sub.consumer_info()
-    for _ in range(info.num_pending):
+    for _ in range(info.num_pending or 0):
         m = await sub.next_msg(timeout=5)
         msg = decode(settings.subject_prefix, m.subject, m.data)
         ts = m.metadata.timestamp.timestamp()
