@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install run test test-unit lint fmt bench replay-summary signal soak soak-ci clean
+.PHONY: install run test test-unit lint typecheck fmt bench replay-summary signal soak soak-ci clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test-unit: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy with the pydantic plugin; its settings and the checked paths are in pyproject.toml
+typecheck: install
+	$(VENV)/bin/mypy
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .

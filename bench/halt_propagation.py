@@ -87,10 +87,10 @@ def main() -> None:
     }
     stack = LocalStack(run_dir, extra_env=env)
     try:
-        stack.start_nats()
+        nats = stack.start_nats()
         risk = stack.add(RISK)
         assert risk.wait_ready(), f"risk not ready, see {run_dir}/logs"
-        result = asyncio.run(drive(stack.nats.url, risk.url, a.n))
+        result = asyncio.run(drive(nats.url, risk.url, a.n))
     finally:
         stack.stop()
     print(json.dumps({"benchmark": "halt_propagation", "machine": machine(), **result}, indent=2))

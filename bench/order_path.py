@@ -29,6 +29,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
 from bench.common import dist, jetstream_baseline, machine
 from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings
@@ -48,7 +51,7 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
     sim = SimControl(sim_url)
     waiters: dict[str, asyncio.Future] = {}
 
-    async def on_transition(m) -> None:
+    async def on_transition(m: Msg) -> None:
         t = decode(settings.subject_prefix, m.subject, m.data)
         if isinstance(t, OrderTransition) and t.to_state in SETTLED:
             f = waiters.pop(t.client_order_id, None)
@@ -94,12 +97,13 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
     }
 
 
-async def hop_breakdown(nc, settings: NatsSettings) -> dict:
+async def hop_breakdown(nc: NatsClient, settings: NatsSettings) -> dict:
     """Where the time goes, from JetStream's own store timestamps of each message of a chain."""
     stored: dict[tuple[str, str], float] = {}
+    signal_of: dict[str, str] = {}  # client order id -> signal id
     sub = await nc.jetstream().subscribe(f"{settings.subject_prefix}.>", ordered_consumer=True)
     info = await sub.consumer_info()
-    for _ in range(info.num_pending):
+    for _ in range(info.num_pending or 0):
         m = await sub.next_msg(timeout=5)
         msg = decode(settings.subject_prefix, m.subject, m.data)
         ts = m.metadata.timestamp.timestamp()
@@ -107,7 +111,7 @@ async def hop_breakdown(nc, settings: NatsSettings) -> dict:
             stored[("signal", msg.signal_id)] = ts
         elif isinstance(msg, OrderIntent):
             stored[("intent", msg.signal_id or "")] = ts
-            stored[("cid", msg.client_order_id)] = msg.signal_id or ""  # type: ignore[assignment]
+            signal_of[msg.client_order_id] = msg.signal_id or ""
         elif isinstance(msg, OrderTransition) and msg.to_state in (OrderState.SUBMITTING, OrderState.FILLED):
             stored[(msg.to_state.value, msg.client_order_id)] = ts
     await sub.unsubscribe()
@@ -116,9 +120,7 @@ async def hop_breakdown(nc, settings: NatsSettings) -> dict:
         "intent->SUBMITTING (router)": [],
         "SUBMITTING->FILLED (venue+router)": [],
     }
-    for (kind, cid), sid in list(stored.items()):
-        if kind != "cid":
-            continue
+    for cid, sid in signal_of.items():
         try:
             t_sig, t_int = stored[("signal", sid)], stored[("intent", sid)]
             t_sub, t_fill = stored[("SUBMITTING", cid)], stored[("FILLED", cid)]
@@ -142,15 +144,15 @@ def main() -> None:
         extra_env={"SIM_TICK_MS": "0", "SIM_START_BALANCE": "1000000000", "SIM_RATE_LIMITS": "false"},
     )
     try:
-        stack.start_nats()
-        baseline = asyncio.run(jetstream_baseline(stack.nats.url))
+        nats = stack.start_nats()
+        baseline = asyncio.run(jetstream_baseline(nats.url))
         sim = stack.add(SIMULATOR)
         sim.wait_ready()
         for spec in (ROUTER, ENTRY):
             stack.add(spec)
         for spec in (ROUTER, ENTRY):
             assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
-        result = asyncio.run(drive(stack.nats.url, sim.url, a.n, a.warmup))
+        result = asyncio.run(drive(nats.url, sim.url, a.n, a.warmup))
     finally:
         stack.stop()
     result = {

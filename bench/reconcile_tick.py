@@ -87,12 +87,12 @@ def main() -> None:
         },
     )
     try:
-        stack.start_nats()
+        nats = stack.start_nats()
         sim = stack.add(SIMULATOR)
         assert sim.wait_ready()
         symbols = [f"S{i:03d}USDT" for i in range(1, a.symbols + 1)]
         asyncio.run(setup_book(sim.url, symbols))
-        result = asyncio.run(drive(stack.nats.url, sim.url, a.ticks))
+        result = asyncio.run(drive(nats.url, sim.url, a.ticks))
     finally:
         stack.stop()
     print(json.dumps({"benchmark": "reconcile_tick", "machine": machine(), **result}, indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -18,26 +19,38 @@ from bench.common import machine
 from libs.common.bus import connect_nats, ensure_journal
 from libs.common.config import NatsSettings
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
-from libs.common.messages import OrderIntent, OrderRetry, OrderTransition, encode, subject_for
+from libs.common.messages import BusMessage, OrderIntent, OrderRetry, OrderTransition, encode, subject_for
 from libs.common.replay import order_subjects, replay_timelines
 from libs.common.state_machine import OrderState as S
 from tools.natsd import NatsServer
 
 
-def lifecycle(k: int) -> list:
+def lifecycle(k: int) -> list[BusMessage]:
     iid = make_intent_id("bench", str(k), Bucket.ENTRY)
     cid, coid = make_correlation_id(iid), make_client_order_id(iid, Bucket.ENTRY)
-    base = dict(correlation_id=cid, client_order_id=coid, symbol="BTC/USDT:USDT")
+    symbol = "BTC/USDT:USDT"
     intent = OrderIntent(
-        intent_id=iid, bucket=Bucket.ENTRY, side="buy", order_type="market", qty=0.01, **base
+        intent_id=iid,
+        correlation_id=cid,
+        client_order_id=coid,
+        symbol=symbol,
+        bucket=Bucket.ENTRY,
+        side="buy",
+        order_type="market",
+        qty=0.01,
     )
-    tr = dict(intent_id=iid, bucket=Bucket.ENTRY, **base)
+    transition = functools.partial(
+        OrderTransition,
+        intent_id=iid,
+        bucket=Bucket.ENTRY,
+        correlation_id=cid,
+        client_order_id=coid,
+        symbol=symbol,
+    )
     return [
         intent,
-        OrderTransition(from_state=S.CREATED, to_state=S.SUBMITTING, attempt=1, **tr),
-        OrderTransition(
-            from_state=S.SUBMITTING, to_state=S.RETRY_WAIT, attempt=1, reason="rate_limited", **tr
-        ),
+        transition(from_state=S.CREATED, to_state=S.SUBMITTING, attempt=1),
+        transition(from_state=S.SUBMITTING, to_state=S.RETRY_WAIT, attempt=1, reason="rate_limited"),
         OrderRetry(
             operation="create",
             error_class="DDoSProtection",
@@ -47,9 +60,11 @@ def lifecycle(k: int) -> list:
             attempt=2,
             delay_sec=0.1,
             elapsed_sec=0.1,
-            **base,
+            correlation_id=cid,
+            client_order_id=coid,
+            symbol=symbol,
         ),
-        OrderTransition(from_state=S.RETRY_WAIT, to_state=S.FILLED, attempt=2, filled_qty=0.01, **tr),
+        transition(from_state=S.RETRY_WAIT, to_state=S.FILLED, attempt=2, filled_qty=0.01),
     ]
 
 

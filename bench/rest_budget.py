@@ -74,8 +74,8 @@ def main() -> None:
     )
     result: dict = {"benchmark": "rest_budget", "machine": machine()}
     try:
-        stack.start_nats()
-        result["baseline_js_acked_publish_ms"] = asyncio.run(jetstream_baseline(stack.nats.url))
+        nats = stack.start_nats()
+        result["baseline_js_acked_publish_ms"] = asyncio.run(jetstream_baseline(nats.url))
         sim_child = stack.add(SIMULATOR)
         assert sim_child.wait_ready(), "simulator not ready"
         for spec in (RISK, ROUTER, RECONCILER, ENTRY):

@@ -53,6 +53,7 @@ from libs.common.replay import load_journal
 from services.simulator.config import SimulatorSettings
 from services.simulator.engine import Engine
 from services.simulator.testing import SimControl
+from tools.natsd import NatsServer
 from tools.soak_invariants import (
     STOP_TYPES,
     CheckConfig,
@@ -136,7 +137,8 @@ def on_grid(x: float, step: float) -> float:
 
 
 def _times(rng: random.Random, start: float, end: float, mean_gap: float) -> list[float]:
-    out, t = [], start
+    out: list[float] = []
+    t = start
     while True:
         t += rng.expovariate(1 / mean_gap)
         if t >= end:
@@ -251,82 +253,116 @@ def _strategy(rng: random.Random, seed: int, seconds: float, events: list[Event]
             )
 
 
+def _latency(rng: random.Random) -> dict[str, Any]:
+    method, path = rng.choice(CREATES + CANCELS + LOOKUPS)
+    return {
+        "kind": "latency",
+        "method": method,
+        "path": path,
+        "delay_ms": rng.randint(2300, 4500),
+        "count": rng.randint(1, 3),
+    }
+
+
+def _latency_past_recv_window(rng: random.Random) -> dict[str, Any]:
+    method, path = rng.choice(CREATES)
+    return {
+        "kind": "latency",
+        "method": method,
+        "path": path,
+        "delay_ms": rng.randint(5500, 7000),
+        "count": 1,
+    }
+
+
+def _timeout_after_accept(rng: random.Random) -> dict[str, Any]:
+    method, path = rng.choice(CREATES)
+    return {
+        "kind": "timeout_after_accept",
+        "method": method,
+        "path": path,
+        "delay_ms": rng.randint(2300, 3500),
+        "count": rng.randint(1, 2),
+    }
+
+
+def _http_5xx(rng: random.Random) -> dict[str, Any]:
+    method, path = rng.choice([*CREATES, *CANCELS, *LOOKUPS, (None, None)])  # None: any request
+    return {
+        "kind": "http_error",
+        "status": rng.choice((500, 502, 503, 504)),
+        "method": method,
+        "path": path,
+        "count": rng.randint(1, 4),
+    }
+
+
+def _unknown_after_accept(rng: random.Random) -> dict[str, Any]:
+    method, path = rng.choice(CREATES)
+    return {"kind": "unknown_after_accept", "method": method, "path": path, "count": rng.randint(1, 2)}
+
+
+def _query_lag(rng: random.Random) -> dict[str, Any]:
+    method, path = rng.choice(CREATES)
+    return {
+        "kind": "query_lag",
+        "method": method,
+        "path": path,
+        "delay_ms": rng.randint(1000, 6000),
+        "count": rng.randint(1, 3),
+    }
+
+
+def _unknown_order_while_open(rng: random.Random) -> dict[str, Any]:
+    method, path = rng.choice(CANCELS)
+    return {
+        "kind": "binance_error",
+        "code": -2011,
+        "msg": "Unknown order sent.",
+        "method": method,
+        "path": path,
+        "count": rng.randint(1, 2),
+    }
+
+
+def _cancel_race(kind: str) -> Callable[[random.Random], dict[str, Any]]:
+    def rule(rng: random.Random) -> dict[str, Any]:
+        method, path = rng.choice(CANCELS)
+        return {"kind": kind, "method": method, "path": path, "count": 1}
+
+    return rule
+
+
+# fault kind -> (weight, its rule drawn from the schedule's generator); the order is the schedule's:
+# a new kind goes last, or every seed's schedule changes
+FAULT_KINDS: dict[str, tuple[float, Callable[[random.Random], dict[str, Any]]]] = {
+    "latency": (3.0, _latency),
+    "latency_past_recv_window": (1.0, _latency_past_recv_window),
+    "timeout_after_accept": (3.0, _timeout_after_accept),
+    "http_5xx": (3.0, _http_5xx),
+    "unknown_after_accept": (2.0, _unknown_after_accept),
+    "burst_429": (2.0, lambda rng: {"kind": "http_error", "status": 429, "count": rng.randint(2, 8)}),
+    "burst_418": (1.0, lambda rng: {"kind": "http_error", "status": 418, "count": rng.randint(1, 2)}),
+    "query_lag": (2.0, _query_lag),
+    "unknown_order_while_open": (2.0, _unknown_order_while_open),
+    "fill_on_cancel": (1.5, _cancel_race("fill_on_cancel")),
+    "fill_after_cancel_ack": (1.5, _cancel_race("fill_after_cancel_ack")),
+    # the venue keeps a closed position's protective orders (its symbol drawn below when none was)
+    "keep_protection": (1.0, lambda rng: {"kind": "keep_protection", "count": 1}),
+    # -1008 for a while (armed 2-6 s, drawn below); reduce-only and close-position orders pass
+    "overload": (1.5, lambda rng: {"kind": "overload", "method": "POST", "path": ORDER, "count": None}),
+}
+
+
 def _fault_rule(rng: random.Random) -> tuple[dict[str, Any], float]:
     """One venue fault rule and how long it may stay armed (seconds)."""
-    kinds = [
-        (3.0, "latency"),
-        (1.0, "latency_past_recv_window"),
-        (3.0, "timeout_after_accept"),
-        (3.0, "http_5xx"),
-        (2.0, "unknown_after_accept"),
-        (2.0, "burst_429"),
-        (1.0, "burst_418"),
-        (2.0, "query_lag"),
-        (2.0, "unknown_order_while_open"),
-        (1.5, "fill_on_cancel"),
-        (1.5, "fill_after_cancel_ack"),
-        (1.0, "keep_protection"),
-        (1.5, "overload"),
-    ]
-    kind = rng.choices([k for _, k in kinds], weights=[w for w, _ in kinds])[0]
+    kind = rng.choices(list(FAULT_KINDS), weights=[w for w, _ in FAULT_KINDS.values()])[0]
     armed = rng.uniform(5, 20)
     symbol = venue_symbol(rng.choice(SYMBOLS)) if rng.random() < 0.3 else None
-    rule: dict[str, Any]
-    if kind == "latency":
-        method, path = rng.choice(CREATES + CANCELS + LOOKUPS)
-        rule = {"kind": "latency", "method": method, "path": path, "delay_ms": rng.randint(2300, 4500)}
-        rule["count"] = rng.randint(1, 3)
-    elif kind == "latency_past_recv_window":
-        method, path = rng.choice(CREATES)
-        rule = {
-            "kind": "latency",
-            "method": method,
-            "path": path,
-            "delay_ms": rng.randint(5500, 7000),
-            "count": 1,
-        }
-    elif kind == "timeout_after_accept":
-        method, path = rng.choice(CREATES)
-        rule = {"kind": kind, "method": method, "path": path, "delay_ms": rng.randint(2300, 3500)}
-        rule["count"] = rng.randint(1, 2)
-    elif kind == "http_5xx":
-        method, path = rng.choice([*CREATES, *CANCELS, *LOOKUPS, (None, None)])
-        rule = {
-            "kind": "http_error",
-            "status": rng.choice((500, 502, 503, 504)),
-            "method": method,
-            "path": path,
-        }
-        rule["count"] = rng.randint(1, 4)
-    elif kind == "unknown_after_accept":
-        method, path = rng.choice(CREATES)
-        rule = {"kind": kind, "method": method, "path": path, "count": rng.randint(1, 2)}
-    elif kind == "burst_429":
-        rule = {"kind": "http_error", "status": 429, "count": rng.randint(2, 8)}
-    elif kind == "burst_418":
-        rule = {"kind": "http_error", "status": 418, "count": rng.randint(1, 2)}
-    elif kind == "query_lag":
-        method, path = rng.choice(CREATES)
-        rule = {"kind": kind, "method": method, "path": path, "delay_ms": rng.randint(1000, 6000)}
-        rule["count"] = rng.randint(1, 3)
-    elif kind == "unknown_order_while_open":
-        method, path = rng.choice(CANCELS)
-        rule = {
-            "kind": "binance_error",
-            "code": -2011,
-            "msg": "Unknown order sent.",
-            "method": method,
-            "path": path,
-        }
-        rule["count"] = rng.randint(1, 2)
-    elif kind in ("fill_on_cancel", "fill_after_cancel_ack"):
-        method, path = rng.choice(CANCELS)
-        rule = {"kind": kind, "method": method, "path": path, "count": 1}
-    elif kind == "keep_protection":
-        rule = {"kind": kind, "count": 1}
+    rule = FAULT_KINDS[kind][1](rng)
+    if kind == "keep_protection":
         symbol = symbol or venue_symbol(rng.choice(SYMBOLS))
-    else:  # overload: -1008 for a while; reduce-only and close-position orders pass
-        rule = {"kind": "overload", "method": "POST", "path": ORDER, "count": None}
+    elif kind == "overload":
         armed = rng.uniform(2, 6)
     if symbol and kind not in ("burst_429", "burst_418"):
         rule["symbol"] = symbol
@@ -539,9 +575,15 @@ class Soak:
         )
 
     @property
+    def nats_server(self) -> NatsServer:
+        """The soak's one nats-server (started by start_stack)."""
+        if not isinstance(self.stack.nats, NatsServer):
+            raise RuntimeError("nats-server not started")
+        return self.stack.nats
+
+    @property
     def nats_settings(self) -> NatsSettings:
-        assert self.stack.nats
-        return NatsSettings(url=self.stack.nats.url, publish_timeout_sec=1.5, publish_attempts=3)
+        return NatsSettings(url=self.nats_server.url, publish_timeout_sec=1.5, publish_attempts=3)
 
     async def connect(self) -> None:
         self.http = httpx.AsyncClient(timeout=5.0)
@@ -739,8 +781,7 @@ class Soak:
         if process in self.down:
             return "already down"
         if process == NATS:
-            assert self.stack.nats is not None
-            self.stack.nats.kill()
+            self.nats_server.kill()
         else:
             self.stack[process].kill()
         self.process_events.append({"ts": time.time(), "process": process, "up": False})
@@ -752,9 +793,8 @@ class Soak:
         if process not in self.down:
             return "not down"
         if process == NATS:
-            assert self.stack.nats is not None
             # in this thread: a child dies with the thread that started it (PR_SET_PDEATHSIG)
-            self.stack.nats.start()
+            self.nats_server.start()
         else:
             self.stack[process].start()
         self.process_events.append({"ts": time.time(), "process": process, "up": True})

@@ -652,13 +652,17 @@ def check_halts(h: History, ix: _Index) -> list[Result]:
         if t.intent is None or t.intent.bucket is Bucket.ENTRY:
             continue
         exits.checks += 1
-        blocked = [e for e in t.entries if isinstance(e.msg, OrderTransition) and e.msg.to_state is S.BLOCKED]
+        blocked = [
+            m
+            for m in (e.msg for e in t.entries)
+            if isinstance(m, OrderTransition) and m.to_state is S.BLOCKED
+        ]
         if blocked:
             exits.violations.append(
                 Violation(
                     EXITS_NEVER_BLOCKED,
                     f"{t.intent.client_order_id}: a {t.intent.bucket.value} intent was BLOCKED",
-                    blocked[0].msg.reason,
+                    blocked[0].reason,
                     t.correlation_id,
                     replay_lines(t),
                 )
@@ -667,7 +671,6 @@ def check_halts(h: History, ix: _Index) -> list[Result]:
 
 
 def check_intents(h: History, ix: _Index, venue: dict[str, list[dict]]) -> list[Result]:
-    cfg = h.config
     lost = Result(NO_INTENT_LOST)
     settled = Result(SETTLED_IN_BOUND)
     agrees = Result(JOURNAL_MATCHES_VENUE)
@@ -680,25 +683,14 @@ def check_intents(h: History, ix: _Index, venue: dict[str, list[dict]]) -> list[
     for e in h.entries:
         m = e.msg
         if isinstance(m, CancelIntent):
-            lost.checks += 1
-            t = ix.timelines.get(m.correlation_id)
-            if t is None or not any(isinstance(x.msg, CancelResult) for x in t.entries):
-                lost.violations.append(
-                    Violation(
-                        NO_INTENT_LOST,
-                        f"cancel {m.correlation_id} of {m.client_order_id}: no cancel result journaled",
-                        "dead-lettered" if e.subject in dlq_subjects else "",
-                        m.correlation_id,
-                        replay_lines(t),
-                    )
-                )
+            _check_cancel_handled(lost, m, ix.timelines.get(m.correlation_id), e.subject in dlq_subjects)
             continue
         if not isinstance(m, OrderIntent | ReplaceIntent) or m.correlation_id in seen:
             continue
         seen.add(m.correlation_id)
         t = ix.timelines[m.correlation_id]
         intent = m if isinstance(m, OrderIntent) else m.new_order
-        transitions = [x for x in t.entries if isinstance(x.msg, OrderTransition)]
+        transitions = [x.msg for x in t.entries if isinstance(x.msg, OrderTransition)]
         lost.checks += 1
         if not transitions:
             replaced = [x.msg for x in t.entries if isinstance(x.msg, ReplaceTransition)]
@@ -715,75 +707,15 @@ def check_intents(h: History, ix: _Index, venue: dict[str, list[dict]]) -> list[
                 )
             )
             continue
-
-        # within the bound: settled, resting on the venue, or UNKNOWN (the resolver's from then on)
-        settled.checks += 1
-        published = _sec(m.ts_ms)
-        reached = next(
-            (x.msg for x in transitions if x.msg.to_state in TERMINAL_ORDER_STATES | RESTING | {S.UNKNOWN}),
-            None,
-        )
-        waited = (_sec(reached.ts_ms) if reached else h.collected_at) - published
-        if waited > cfg.settle_bound_sec:
-            settled.violations.append(
-                Violation(
-                    SETTLED_IN_BOUND,
-                    f"{intent.client_order_id}: "
-                    + (
-                        f"took {waited:.1f}s to reach {reached.to_state.value}"
-                        if reached
-                        else f"still {t.state.value if t.state else '-'} after {waited:.1f}s"
-                    ),
-                    f"bound {cfg.settle_bound_sec:g}s from publication",
-                    t.correlation_id,
-                    replay_lines(t),
-                )
-            )
-        state = t.state
-        ok_end = (
-            state in TERMINAL_ORDER_STATES
-            or state in RESTING
-            or (state is S.UNKNOWN and intent.client_order_id in unknown_tracked)
-        )
-        if not ok_end:
-            settled.violations.append(
-                Violation(
-                    SETTLED_IN_BOUND,
-                    f"{intent.client_order_id}: ends {state.value if state else '-'}"
-                    + (" and the router's resolver does not track it" if state is S.UNKNOWN else ""),
-                    "after the quiet settle period",
-                    t.correlation_id,
-                    replay_lines(t),
-                )
-            )
-        elif state is S.UNKNOWN:
-            settled.notes.append(f"{intent.client_order_id} still UNKNOWN, tracked by the resolver")
+        _check_settled(settled, h, _sec(m.ts_ms), intent, t, transitions, unknown_tracked)
 
         # journal and venue tell the same story
+        state = t.state
         if state is None or state is S.UNKNOWN:
             continue
         agrees.checks += 1
         orders = venue.get(intent.client_order_id, [])
-        problem = ""
-        if not orders:
-            if state in RESTING or state is S.CANCEL_PENDING:
-                problem = f"journal says {state.value}, the venue has no such order"
-            elif state is S.FILLED:
-                problem = "journal says FILLED, the venue has no such order"
-        elif state in NEVER_PLACED:
-            problem = f"journal says {state.value} (never placed), the venue has {len(orders)} order(s)"
-        else:
-            is_open, filled = _venue_state_of(orders[-1], orders_by_id)
-            journal_open = state in RESTING or state is S.CANCEL_PENDING
-            if is_open != journal_open:
-                problem = (
-                    f"journal says {state.value}, the venue's order is {'open' if is_open else 'closed'}"
-                )
-            elif filled and state is not S.FILLED:
-                problem = f"the venue filled it, the journal says {state.value}"
-            elif state is S.FILLED and not filled and orders[-1]["_kind"] == "order":
-                if float(orders[-1].get("executedQty") or 0) <= 0:
-                    problem = "journal says FILLED, the venue's order never executed"
+        problem = _venue_disagreement(state, orders, orders_by_id)
         if problem:
             agrees.violations.append(
                 Violation(
@@ -795,6 +727,102 @@ def check_intents(h: History, ix: _Index, venue: dict[str, list[dict]]) -> list[
                 )
             )
     return [lost, settled, agrees]
+
+
+def _check_cancel_handled(
+    lost: Result, m: CancelIntent, t: IntentTimeline | None, dead_lettered: bool
+) -> None:
+    """A journaled cancel has a cancel result."""
+    lost.checks += 1
+    if t is None or not any(isinstance(x.msg, CancelResult) for x in t.entries):
+        lost.violations.append(
+            Violation(
+                NO_INTENT_LOST,
+                f"cancel {m.correlation_id} of {m.client_order_id}: no cancel result journaled",
+                "dead-lettered" if dead_lettered else "",
+                m.correlation_id,
+                replay_lines(t),
+            )
+        )
+
+
+def _check_settled(
+    settled: Result,
+    h: History,
+    published: float,
+    intent: OrderIntent,
+    t: IntentTimeline,
+    transitions: list[OrderTransition],
+    unknown_tracked: set[str],
+) -> None:
+    """Within the bound: settled, resting on the venue, or UNKNOWN (the resolver's from then on)."""
+    cfg = h.config
+    settled.checks += 1
+    reached = next(
+        (x for x in transitions if x.to_state in TERMINAL_ORDER_STATES | RESTING | {S.UNKNOWN}),
+        None,
+    )
+    waited = (_sec(reached.ts_ms) if reached else h.collected_at) - published
+    if waited > cfg.settle_bound_sec:
+        settled.violations.append(
+            Violation(
+                SETTLED_IN_BOUND,
+                f"{intent.client_order_id}: "
+                + (
+                    f"took {waited:.1f}s to reach {reached.to_state.value}"
+                    if reached
+                    else f"still {t.state.value if t.state else '-'} after {waited:.1f}s"
+                ),
+                f"bound {cfg.settle_bound_sec:g}s from publication",
+                t.correlation_id,
+                replay_lines(t),
+            )
+        )
+    state = t.state
+    ok_end = (
+        state in TERMINAL_ORDER_STATES
+        or state in RESTING
+        or (state is S.UNKNOWN and intent.client_order_id in unknown_tracked)
+    )
+    if not ok_end:
+        settled.violations.append(
+            Violation(
+                SETTLED_IN_BOUND,
+                f"{intent.client_order_id}: ends {state.value if state else '-'}"
+                + (" and the router's resolver does not track it" if state is S.UNKNOWN else ""),
+                "after the quiet settle period",
+                t.correlation_id,
+                replay_lines(t),
+            )
+        )
+    elif state is S.UNKNOWN:
+        settled.notes.append(f"{intent.client_order_id} still UNKNOWN, tracked by the resolver")
+
+
+def _venue_disagreement(state: OrderState, orders: list[dict], orders_by_id: dict[int, dict]) -> str:
+    """How the venue's orders for one client id contradict the journal's ``state`` ("" when they agree)."""
+    if not orders:
+        if state in RESTING or state is S.CANCEL_PENDING:
+            return f"journal says {state.value}, the venue has no such order"
+        if state is S.FILLED:
+            return "journal says FILLED, the venue has no such order"
+        return ""
+    if state in NEVER_PLACED:
+        return f"journal says {state.value} (never placed), the venue has {len(orders)} order(s)"
+    is_open, filled = _venue_state_of(orders[-1], orders_by_id)
+    journal_open = state in RESTING or state is S.CANCEL_PENDING
+    if is_open != journal_open:
+        return f"journal says {state.value}, the venue's order is {'open' if is_open else 'closed'}"
+    if filled and state is not S.FILLED:
+        return f"the venue filled it, the journal says {state.value}"
+    if (
+        state is S.FILLED
+        and not filled
+        and orders[-1]["_kind"] == "order"
+        and float(orders[-1].get("executedQty") or 0) <= 0
+    ):
+        return "journal says FILLED, the venue's order never executed"
+    return ""
 
 
 def check_retries(h: History, ix: _Index) -> Result:

@@ -312,14 +312,17 @@ class ConsumerLoop:
                 except nats.js.errors.NotFoundError:
                     # consumer or stream vanished (fresh server): recreate and rebind
                     self._limited("consumer.recreate", durable=self.spec.durable)
-                    sub = await _unsubscribe(sub)
+                    await _unsubscribe(sub)
+                    sub = None
                     await _pause(stop, 0.5)
                 except Exception as e:  # bus down and friends: nats-py reconnects; we keep checking
                     self._limited("consumer.check_failed", error=f"{type(e).__name__}: {e}")
                     if isinstance(e, nats.errors.BadSubscriptionError | nats.errors.ConnectionClosedError):
-                        sub = await _unsubscribe(sub)
+                        await _unsubscribe(sub)
+                    sub = None
                     await _pause(stop, 0.5)
-            sub = await _unsubscribe(sub)  # no new deliveries while we finish
+            await _unsubscribe(sub)  # no new deliveries while we finish
+            sub = None
             # graceful stop: let handlers in flight finish (their messages get acked)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)

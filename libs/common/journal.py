@@ -39,22 +39,6 @@ class EventSink(Protocol):
     async def flush(self, within_sec: float = 10.0) -> None: ...
 
 
-class MemorySink:
-    """Collects events; used by unit tests of the order logic."""
-
-    def __init__(self) -> None:
-        self.events: list[BusMessage] = []
-
-    async def emit(self, msg: BusMessage) -> None:
-        self.events.append(msg)
-
-    async def flush(self, within_sec: float = 10.0) -> None:
-        return None
-
-    def of(self, kind: type[BusMessage]) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
 class Journal:
     def __init__(self, publisher: Publisher, service: str, max_backlog: int = 100_000) -> None:
         self.publisher, self.service = publisher, service

@@ -109,7 +109,7 @@ class MarkCache:
             self.reads += 1
             task = asyncio.ensure_future(self._read_once(symbol))
             self._reads[symbol] = task
-            task.add_done_callback(lambda t, s=symbol: self._reads.pop(s, None))
+            task.add_done_callback(lambda _: self._reads.pop(symbol, None))
         return task
 
     async def _read_once(self, symbol: str) -> float | None:

@@ -40,7 +40,9 @@ def now_ms() -> int:
 class BusMessage(BaseModel):
     """Base of every message on the bus."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # cache_strings="keys": pydantic caches parsed JSON strings process-wide (16,384 of them); our values
+    # are mostly ids seen once, which would only fill that cache (about 1 MB held, evicting useful entries)
+    model_config = ConfigDict(extra="forbid", frozen=True, cache_strings="keys")
 
     # the subject family below the prefix, e.g. "intent.order"; the one place subjects come from
     family: ClassVar[str]

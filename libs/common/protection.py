@@ -19,6 +19,8 @@ asked, in the intent.
 
 from __future__ import annotations
 
+from typing import NotRequired, TypedDict
+
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import OrderIntent, OrderType, Side
 
@@ -33,17 +35,36 @@ def position_side(position_qty: float) -> Side:
     return "buy" if position_qty > 0 else "sell"
 
 
-def default_stop_price(position_side: Side, ref_price: float, pct: float) -> float:
-    """``pct`` away from ``ref_price`` on the losing side of a position opened by ``position_side``."""
-    return ref_price * (1 - pct) if position_side == "buy" else ref_price * (1 + pct)
-
-
 def on_protective_side(position_side: Side, stop_price: float, ref_price: float) -> bool:
     """Whether a stop at ``stop_price`` is still below (long) / above (short) ``ref_price``."""
     return stop_price < ref_price if position_side == "buy" else stop_price > ref_price
 
 
-def _ids(id_scope: str, key: str, bucket: Bucket) -> dict[str, str]:
+def default_stop_price(position_side: Side, ref_price: float, pct: float) -> float:
+    """``pct`` away from ``ref_price`` on the losing side of a position opened by ``position_side``."""
+    return ref_price * (1 - pct) if position_side == "buy" else ref_price * (1 + pct)
+
+
+class _Ids(TypedDict):
+    intent_id: str
+    correlation_id: str
+    client_order_id: str
+
+
+class _Stamp(TypedDict):
+    ts_ms: NotRequired[int]  # absent: the intent is stamped now
+
+
+class _Stage1Common(TypedDict):
+    symbol: str
+    position_side: Side
+    source: str
+    id_scope: str
+    key: str
+    parent_correlation_id: str | None
+
+
+def _ids(id_scope: str, key: str, bucket: Bucket) -> _Ids:
     intent_id = make_intent_id(id_scope, key, bucket)
     return {
         "intent_id": intent_id,
@@ -52,7 +73,7 @@ def _ids(id_scope: str, key: str, bucket: Bucket) -> dict[str, str]:
     }
 
 
-def _stamp(ts_ms: int | None) -> dict[str, int]:
+def _stamp(ts_ms: int | None) -> _Stamp:
     return {} if ts_ms is None else {"ts_ms": ts_ms}
 
 
@@ -222,7 +243,7 @@ def stage1_intents(
 ) -> list[OrderIntent]:
     """Stage-1 protection for a fresh fill: a close-position stop (always, first), a close-position
     take-profit and a trailing stop of ``qty`` (when the signal asked for them)."""
-    common = {
+    common: _Stage1Common = {
         "symbol": symbol,
         "position_side": entry_side,
         "source": "entry.stage1",

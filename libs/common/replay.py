@@ -83,13 +83,14 @@ async def read_journal_batches(
 
     kwargs: dict = {"deliver_policy": DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL}
     if since:
-        kwargs["config"] = ConsumerConfig(opt_start_time=since.isoformat())
+        kwargs["config"] = ConsumerConfig(opt_start_time=since)
     sub = await js.subscribe(subjects[0], stream=stream, ordered_consumer=True, cb=on_msg, **kwargs)
     try:
         info = await sub.consumer_info()
         # nothing to read only if nothing was delivered either: delivered messages may still be in flight
         # to the callback (under load an empty read here would let the router's ledger miss the journal)
-        if info.num_pending == 0 and not info.delivered.consumer_seq and not pending:
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        if info.num_pending == 0 and not delivered and not pending:
             return
         while True:
             if not pending:

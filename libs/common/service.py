@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import signal
 import time
@@ -19,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -93,7 +95,8 @@ class Service:
 
     async def recent_timelines(self, hours: float) -> dict[str, IntentTimeline]:
         """Intent lifecycles journaled in the last ``hours`` (start-up recovery; raises if unreadable)."""
-        assert self.js
+        if self.js is None:
+            raise RuntimeError("the journal is unreadable before the bus is connected")
         prefix = self.nats_settings.subject_prefix
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
         timelines, _ = await replay_timelines(
@@ -183,15 +186,14 @@ class Service:
                 )
             )
 
-    async def _on_ban_message(self, m) -> None:
-        assert self.venue_limits is not None
+    async def _on_ban_message(self, venue_limits: VenueLimits, m: Msg) -> None:
         try:
             ban = decode(self.nats_settings.subject_prefix, m.subject, m.data)
         except DecodeError as e:
             log_event(self.log, "venue.ban_unreadable", logging.WARNING, subject=m.subject, error=str(e))
             return
         if isinstance(ban, VenueBan):
-            self.venue_limits.learn(
+            venue_limits.learn(
                 ban.banned_until_ms / 1000,
                 retry_after_sec=ban.retry_after_sec,
                 message=f"{ban.source_service}: {ban.reason}",
@@ -208,14 +210,15 @@ class Service:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def _connect_bus(self) -> None:
+    async def _connect_until_up(self) -> tuple[NatsClient, JetStreamContext] | None:
+        """Connect (and make sure the journal stream exists), retrying until it works; None if stopped first."""
         limited = RateLimitedLog(self.log, 15.0)
         while not self.stop_event.is_set():
             try:
-                self.nc = await connect_nats(self.nats_settings, self.name)
-                self.js = self.nc.jetstream()
-                await ensure_journal(self.js, self.nats_settings)
-                break
+                self.nc = nc = await connect_nats(self.nats_settings, self.name)
+                self.js = js = nc.jetstream()
+                await ensure_journal(js, self.nats_settings)
+                return nc, js
             except Exception as e:
                 limited("bus.connect_failed", error=f"{type(e).__name__}: {e}")
                 if self.nc is not None:
@@ -224,20 +227,28 @@ class Service:
                     self.nc = None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), 1.0)
-        if self.stop_event.is_set():
-            return
-        self.publisher = Publisher(self.js, self.nats_settings, self.name)
-        self.journal = Journal(self.publisher, self.name)
+        return None
+
+    async def _connect_bus(self) -> Journal | None:
+        """Connect, then prepare; the journal once the service is ready, None if stopped first."""
+        connected = await self._connect_until_up()
+        if connected is None or self.stop_event.is_set():
+            return None
+        nc, js = connected
+        self.publisher = publisher = Publisher(js, self.nats_settings, self.name)
+        self.journal = journal = Journal(publisher, self.name)
         if self.venue_limits is not None:
             # core NATS is enough: a ban matters only while it lasts, and the stream keeps the record
-            await self.nc.subscribe(
-                f"{self.nats_settings.subject_prefix}.venue.ban.>", cb=self._on_ban_message
+            await nc.subscribe(
+                f"{self.nats_settings.subject_prefix}.venue.ban.>",
+                cb=functools.partial(self._on_ban_message, self.venue_limits),
             )
         await self._prepare_until_done()
         if self.stop_event.is_set():
-            return
+            return None
         self._bus_ready.set()
         log_event(self.log, "service.bus_ready", service=self.name)
+        return journal
 
     async def start(self) -> None:
         """Start REST and bus work in the running loop; returns once REST is listening."""
@@ -282,13 +293,13 @@ class Service:
 
     async def _bus_then_tasks(self) -> None:
         try:
-            await self._connect_bus()
+            journal = await self._connect_bus()
         except Exception as e:  # never die silently: say it, and let the supervisor see an unready service
             log_event(self.log, "service.bus_task_failed", logging.CRITICAL, error=f"{type(e).__name__}: {e}")
             raise
-        if self.stop_event.is_set():
+        if journal is None:  # stopped first
             return
-        work = [self.journal.run_flusher(self.stop_event), *await self.run_tasks()]
+        work = [journal.run_flusher(self.stop_event), *await self.run_tasks()]
         results = await asyncio.gather(*work, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):

@@ -266,6 +266,21 @@ OVERLOADED = SimError(
 )
 
 
+async def _request_params(request: Request) -> tuple[str, Params]:
+    """The signed payload (form body or query) and the request's parameters, the signature left out."""
+    method, query = request.method, request.url.query
+    payload = (await request.body()).decode() if method in ("POST", "PUT") else query
+    params: Params = {k: v for k, v in parse_qsl(payload, keep_blank_values=True) if k != "signature"}
+    if method in ("POST", "PUT") and query:
+        params.update({k: v for k, v in parse_qsl(query) if k != "signature"})
+    return payload, params
+
+
+def _error_response(e: SimError) -> tuple[Response, int]:
+    """Binance's JSON error body for ``e`` and its code."""
+    return JSONResponse({"code": e.code, "msg": e.msg}, status_code=e.http_status), e.code
+
+
 def _protective(p: Params) -> bool:
     """Reduce-only and close-position orders: the venue lets them through when it sheds load."""
     return _b(p, "reduceOnly") or _b(p, "closePosition")
@@ -334,12 +349,7 @@ class Simulator:
     async def dispatch(self, request: Request) -> Response:
         method, path = request.method, request.url.path
         ip = request.client.host if request.client else "unknown"
-        query = request.url.query
-        body = (await request.body()).decode() if method in ("POST", "PUT") else ""
-        payload = body if method in ("POST", "PUT") else query
-        params: Params = {k: v for k, v in parse_qsl(payload, keep_blank_values=True) if k != "signature"}
-        if method in ("POST", "PUT") and query:
-            params.update({k: v for k, v in parse_qsl(query) if k != "signature"})
+        payload, params = await _request_params(request)
         entry = {
             "ts": time.time(),
             "method": method,
@@ -355,74 +365,80 @@ class Simulator:
             resp.headers.update(self.rate.headers(ip))
             return resp
 
-        def error(e: SimError) -> Response:
-            return done(JSONResponse({"code": e.code, "msg": e.msg}, status_code=e.http_status), e.code)
-
         symbol = params.get("symbol")
-        pre = PRE_KINDS if not _protective(params) else tuple(k for k in PRE_KINDS if k != "overload")
-        for rule in self.faults.take(pre, method, path, symbol):
-            if rule.kind == "latency":
-                await asyncio.sleep(rule.delay_ms / 1000)
-            elif rule.kind == "http_error":
-                return done(*self._injected_http_error(rule.status, ip))
-            elif rule.kind == "binance_error":
-                return error(SimError(400, rule.code, rule.msg or "Injected error."))
-            elif rule.kind == "overload":
-                return error(OVERLOADED)
-
+        injected = await self._faults_before(method, path, params, ip)
+        if injected is not None:
+            return done(*injected)
         # injected faults above answer in front of the limiter and are not charged
         refused = self.rate.admit(ip, method, path, params)
         if refused is not None:
             return done(refusal_response(refused), refused.code)
         handler = self.routes.get((method, path))
         if handler is None:
-            return error(SimError(404, -5000, f"Path {path}, Method {method} is invalid"))
-        if path in USER_STREAM:
-            try:
-                check_api_key(request.headers.get("X-MBX-APIKEY"), self.settings.api_key)
-            except SimError as e:
-                return error(e)
-        elif path not in PUBLIC:
-            try:
-                check_signed_request(
-                    api_key_header=request.headers.get("X-MBX-APIKEY"),
-                    payload=payload,
-                    timestamp_ms=int(params["timestamp"]) if params.get("timestamp", "").isdigit() else None,
-                    recv_window_ms=int(params["recvWindow"])
-                    if params.get("recvWindow", "").isdigit()
-                    else None,
-                    now_ms=self.engine.now_ms(),
-                    api_key=self.settings.api_key,
-                    api_secret=self.settings.api_secret,
-                    default_recv_window_ms=self.settings.recv_window_ms,
-                )
-            except SimError as e:
-                return error(e)
-
+            return done(*_error_response(SimError(404, -5000, f"Path {path}, Method {method} is invalid")))
         try:
+            if path in USER_STREAM:  # listenKey calls: the API key, no signature
+                check_api_key(request.headers.get("X-MBX-APIKEY"), self.settings.api_key)
+            elif path not in PUBLIC:
+                self._check_signature(request, payload, params)
             if (method, path) in CANCEL_ROUTES:
                 result = self._cancel_with_races(method, path, params, handler)
             else:
                 result = handler(self.engine, params)
         except SimError as e:
-            return error(e)
+            return done(*_error_response(e))
         if (method, path) in CREATE_ROUTES:
             for rule in self.faults.take(ACCEPT_KINDS, method, path, symbol):
                 self.engine.hide(int(result.get("orderId") or result.get("algoId")), rule.delay_ms)
+        lost = await self._faults_after(method, path, symbol)
+        if lost is not None:
+            return done(*_error_response(lost))
+        return done(JSONResponse(result))
 
+    async def _faults_before(
+        self, method: str, path: str, params: Params, ip: str
+    ) -> tuple[Response, int | None] | None:
+        """The "before" faults matching this request: waits, or the answer that replaces the venue's."""
+        pre = PRE_KINDS if not _protective(params) else tuple(k for k in PRE_KINDS if k != "overload")
+        for rule in self.faults.take(pre, method, path, params.get("symbol")):
+            if rule.kind == "latency":
+                await asyncio.sleep(rule.delay_ms / 1000)
+            # the rule's validator makes an http_error carry a status and a binance_error a code
+            elif rule.kind == "http_error" and rule.status is not None:
+                return self._injected_http_error(rule.status, ip)
+            elif rule.kind == "binance_error" and rule.code is not None:
+                return _error_response(SimError(400, rule.code, rule.msg or "Injected error."))
+            elif rule.kind == "overload":
+                return _error_response(OVERLOADED)
+        return None
+
+    async def _faults_after(self, method: str, path: str, symbol: str | None) -> SimError | None:
+        """The "after" faults once the venue has acted: a slow answer, or an answer lost (-1007)."""
         for rule in self.faults.take(POST_KINDS, method, path, symbol):
             if rule.kind == "timeout_after_accept":
                 await asyncio.sleep(rule.delay_ms / 1000)
             elif rule.kind == "unknown_after_accept":
-                return error(
-                    SimError(
-                        503,
-                        -1007,
-                        "Timeout waiting for response from backend server. "
-                        "Send status unknown; execution status unknown.",
-                    )
+                return SimError(
+                    503,
+                    -1007,
+                    "Timeout waiting for response from backend server. "
+                    "Send status unknown; execution status unknown.",
                 )
-        return done(JSONResponse(result))
+        return None
+
+    def _check_signature(self, request: Request, payload: str, params: Params) -> None:
+        """Binance's signed-endpoint checks (key, signature, timestamp within recvWindow); raises SimError."""
+        timestamp, recv_window = params.get("timestamp", ""), params.get("recvWindow", "")
+        check_signed_request(
+            api_key_header=request.headers.get("X-MBX-APIKEY"),
+            payload=payload,
+            timestamp_ms=int(timestamp) if timestamp.isdigit() else None,
+            recv_window_ms=int(recv_window) if recv_window.isdigit() else None,
+            now_ms=self.engine.now_ms(),
+            api_key=self.settings.api_key,
+            api_secret=self.settings.api_secret,
+            default_recv_window_ms=self.settings.recv_window_ms,
+        )
 
     def _cancel_with_races(self, method: str, path: str, params: Params, handler: Handler) -> Any:
         races = self.faults.take(CANCEL_KINDS, method, path, params.get("symbol"))
@@ -486,6 +502,30 @@ class Simulator:
 def create_app(settings: SimulatorSettings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or SimulatorSettings()
     sim = Simulator(settings, engine)
+    app = FastAPI(
+        title="erl exchange simulator (Binance USD-M wire format)", lifespan=_price_walk(settings, sim)
+    )
+    app.state.sim = sim
+    _add_fault_routes(app, sim)
+    _add_control_routes(app, sim, settings)
+
+    @app.api_route("/fapi/{rest:path}", methods=["GET", "POST", "DELETE", "PUT"])
+    async def binance(request: Request) -> Response:
+        return await sim.dispatch(request)
+
+    @app.get("/")
+    async def root() -> PlainTextResponse:
+        return PlainTextResponse(
+            "erl exchange simulator: Binance USD-M REST under /fapi, controls under /_sim\n"
+        )
+
+    return app
+
+
+def _price_walk(
+    settings: SimulatorSettings, sim: Simulator
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: a random price walk every ``tick_ms`` (none when 0)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -504,15 +544,10 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
             task.cancel()
         await sim.stream.stop()
 
-    app = FastAPI(title="erl exchange simulator (Binance USD-M wire format)", lifespan=lifespan)
-    app.state.sim = sim
+    return lifespan
 
-    def control(fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except SimError as e:
-            raise HTTPException(400 if e.http_status < 500 else e.http_status, f"{e.code} {e.msg}") from None
 
+def _add_fault_routes(app: FastAPI, sim: Simulator) -> None:
     @app.post("/_sim/faults")
     async def add_fault(rule: FaultRule) -> dict:
         added = sim.faults.add(rule)
@@ -534,9 +569,21 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
             raise HTTPException(404, f"no fault rule {rule_id}")
         return {"deleted": rule_id}
 
+
+def _control(fn: Callable[[], Any]) -> Any:
+    """Run an operator action; the venue's refusal becomes a 400 (or its own 5xx)."""
+    try:
+        return fn()
+    except SimError as e:
+        raise HTTPException(400 if e.http_status < 500 else e.http_status, f"{e.code} {e.msg}") from None
+
+
+def _add_control_routes(app: FastAPI, sim: Simulator, settings: SimulatorSettings) -> None:
+    """Market, limits, venue state and operator actions (orders, positions), and the request log."""
+
     @app.post("/_sim/price")
     async def set_price(body: PriceBody) -> dict:
-        touched = control(lambda: sim.engine.set_price(body.symbol, body.price))
+        touched = _control(lambda: sim.engine.set_price(body.symbol, body.price))
         return {"symbol": body.symbol, "price": sim.engine.prices[body.symbol], "touched": touched}
 
     @app.post("/_sim/reset")
@@ -563,17 +610,17 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
 
     @app.post("/_sim/orders/cancel")
     async def operator_cancel(body: OrderRef) -> dict:
-        kind = control(lambda: sim.engine.operator_cancel(body.symbol, body.clientOrderId))
+        kind = _control(lambda: sim.engine.operator_cancel(body.symbol, body.clientOrderId))
         return {"canceled": body.clientOrderId, "kind": kind}
 
     @app.post("/_sim/orders/fill")
     async def operator_fill(body: OrderRef) -> dict:
-        o = control(lambda: sim.engine.operator_fill(body.symbol, body.clientOrderId))
+        o = _control(lambda: sim.engine.operator_fill(body.symbol, body.clientOrderId))
         return wire.order(o) if o is not None else {"filled": body.clientOrderId}
 
     @app.post("/_sim/positions")
     async def set_position(body: PositionBody) -> dict:
-        control(lambda: sim.engine.set_position(body.symbol, body.amount, body.entryPrice))
+        _control(lambda: sim.engine.set_position(body.symbol, body.amount, body.entryPrice))
         return wire.position_risk(sim.engine, body.symbol)
 
     @app.get("/_sim/stream")
@@ -589,15 +636,3 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
     async def clear_requests() -> dict:
         sim.requests.clear()
         return {"cleared": True}
-
-    @app.api_route("/fapi/{rest:path}", methods=["GET", "POST", "DELETE", "PUT"])
-    async def binance(request: Request) -> Response:
-        return await sim.dispatch(request)
-
-    @app.get("/")
-    async def root() -> PlainTextResponse:
-        return PlainTextResponse(
-            "erl exchange simulator: Binance USD-M REST under /fapi, controls under /_sim\n"
-        )
-
-    return app

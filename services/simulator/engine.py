@@ -451,7 +451,7 @@ class Engine:
                 self._check_band(m, price)
             client_id = client_id or f"sim{self._next_id + 1}"
             self._check_client_id(client_id)
-            ref = price if type == "LIMIT" else self.prices[symbol]
+            ref = price if type == "LIMIT" and price is not None else self.prices[symbol]
             if reduce_only:
                 qty = self._reduce_qty(symbol, side, qty)
             else:
@@ -513,19 +513,7 @@ class Engine:
                 raise _bad(
                     -1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed."
                 )
-            if close_position:
-                if reduce_only:
-                    raise _bad(-1106, "Parameter 'reduceOnly' sent when not required.")
-                if qty:
-                    raise _bad(-4137, "Quantity must be zero with closePosition equals true")
-                qty = None
-            else:
-                if qty is None:
-                    raise _bad(
-                        -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
-                    )
-                self._check_qty(m, qty)
-                qty = _round(qty, m.step)
+            qty = self._algo_qty(m, qty, reduce_only=reduce_only, close_position=close_position)
             if order_type in ("STOP", "TAKE_PROFIT"):
                 if price is None or price <= 0:
                     raise _bad(
@@ -537,25 +525,9 @@ class Engine:
                 trigger_price = _round(trigger_price, m.tick)
             client_id = client_id or f"simalgo{self._next_id + 1}"
             self._check_client_id(client_id, "clientAlgoId")
-            if close_position and self.pos_qty(symbol) == 0:
-                # Binance also accepts GTE when open orders exist; we demand a position (harsher)
-                raise _bad(
-                    -4509,
-                    "Time in Force (TIF) GTE can only be used with open positions or open orders. "
-                    "Please ensure that positions or open orders are available.",
-                )
-            if reduce_only or close_position:
-                self._reduce_qty(symbol, side, qty)  # -2022 when there is nothing to reduce
-            is_stop = order_type in ("STOP_MARKET", "STOP")
-            if close_position and any(
-                x.open and x.close_position and x.symbol == symbol and x.side == side and x.is_stop == is_stop
-                for x in self.algos.values()
-            ):
-                # one close-position stop (and one take-profit) per direction
-                raise _bad(
-                    -4130,
-                    "An open stop or take profit order with GTE and closePosition in the direction is existing.",
-                )
+            self._check_algo_position(
+                symbol, side, order_type, qty, reduce_only=reduce_only, close_position=close_position
+            )
             if not trailing and self._crossed(symbol, side, order_type, trigger_price):
                 raise _bad(-2021, "Order would immediately trigger.")
             if close_position:
@@ -587,6 +559,52 @@ class Engine:
             self.algos[a.algo_id] = a
             self._changed("algo", a)
             return a
+
+    def _algo_qty(
+        self, m: Market, qty: float | None, *, reduce_only: bool, close_position: bool
+    ) -> float | None:
+        """A conditional order's size on the step grid; None for close-position (it takes no size)."""
+        if close_position:
+            if reduce_only:
+                raise _bad(-1106, "Parameter 'reduceOnly' sent when not required.")
+            if qty:
+                raise _bad(-4137, "Quantity must be zero with closePosition equals true")
+            return None
+        if qty is None:
+            raise _bad(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.")
+        self._check_qty(m, qty)
+        return _round(qty, m.step)
+
+    def _check_algo_position(
+        self,
+        symbol: str,
+        side: str,
+        order_type: str,
+        qty: float | None,
+        *,
+        reduce_only: bool,
+        close_position: bool,
+    ) -> None:
+        """What a reducing conditional order needs of the position and of the other close-position orders."""
+        if close_position and self.pos_qty(symbol) == 0:
+            # Binance also accepts GTE when open orders exist; we demand a position (harsher)
+            raise _bad(
+                -4509,
+                "Time in Force (TIF) GTE can only be used with open positions or open orders. "
+                "Please ensure that positions or open orders are available.",
+            )
+        if reduce_only or close_position:
+            self._reduce_qty(symbol, side, qty)  # -2022 when there is nothing to reduce
+        is_stop = order_type in ("STOP_MARKET", "STOP")
+        if close_position and any(
+            x.open and x.close_position and x.symbol == symbol and x.side == side and x.is_stop == is_stop
+            for x in self.algos.values()
+        ):
+            # one close-position stop (and one take-profit) per direction
+            raise _bad(
+                -4130,
+                "An open stop or take profit order with GTE and closePosition in the direction is existing.",
+            )
 
     def _check_trailing(
         self,

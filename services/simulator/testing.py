@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from services.simulator.engine import Engine
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
-    def capture_signals(self):  # the test process owns its signals
+    def capture_signals(self) -> Iterator[None]:  # the test process owns its signals
         yield
 
 

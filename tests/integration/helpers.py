@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import CancelIntent, OrderIntent, OrderRetry, OrderTransition, ReplaceIntent
 from libs.common.state_machine import OrderState
+
+T = TypeVar("T")
 
 BTC = "BTC/USDT:USDT"
 BTC_ID = "BTCUSDT"
@@ -103,3 +108,19 @@ def settled(tap: Any, intent: OrderIntent, *states: OrderState) -> OrderTransiti
         if t.to_state in wanted:
             return t
     return None
+
+
+async def server_state(
+    read: Callable[[], Awaitable[T]], until: Callable[[T], bool], within: float = 10.0
+) -> T:
+    """Re-read server-side state (consumer or stream info) until ``until`` holds, for at most ``within``
+    seconds. An ack is a fire-and-forget publish: the client has sent it, the server may not have
+    counted it yet (seen on a loaded machine), so state the server reports after an event is polled."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await read()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server's state never got there in {within}s: {value}")
+        await asyncio.sleep(0.05)

@@ -245,17 +245,29 @@ async def test_minus_1021_resyncs_the_clock_then_sends(bus, sim, router_factory)
     assert [r.reason for r in retries(bus.tap, intent, "create")] == ["timestamp_outside_recv_window"]
 
 
+class _ListSink:
+    """A journal that keeps its events in a list (an EventSink)."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    async def emit(self, msg) -> None:
+        self.events.append(msg)
+
+    async def flush(self, within_sec: float = 10.0) -> None:
+        return None
+
+
 async def test_replace_transitions_strict_mode_raises_on_an_invalid_sequence():
-    from libs.common.journal import MemorySink
     from libs.common.state_machine import TransitionError
     from services.router.replace import ReplaceMachine
 
-    m = ReplaceMachine(replace_for(stop_intent("sell", 1.0), stop_intent("sell", 2.0)), MemorySink())
+    m = ReplaceMachine(replace_for(stop_intent("sell", 1.0), stop_intent("sell", 2.0)), _ListSink())
     await m.move(ReplaceState.DONE)
     with pytest.raises(TransitionError):
         await m.move(ReplaceState.REPLACE_RACE)  # nothing leaves DONE
     lax = ReplaceMachine(
-        replace_for(stop_intent("sell", 1.0), stop_intent("sell", 2.0)), MemorySink(), strict=False
+        replace_for(stop_intent("sell", 1.0), stop_intent("sell", 2.0)), _ListSink(), strict=False
     )
     await lax.move(ReplaceState.DONE)
     await lax.move(ReplaceState.REPLACE_RACE)  # logged, not raised

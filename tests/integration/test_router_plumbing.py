@@ -12,7 +12,7 @@ from libs.common.messages import DeadLetter, GuardKnobs, OrderRetry, OrderTransi
 from libs.common.replay import find_by_client_order_id, fold, load_journal, order_subjects, summarize
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import DEAD_LETTERS
-from tests.integration.helpers import BTC_ID, make_intent, path_of, settled, stop_intent
+from tests.integration.helpers import BTC_ID, make_intent, path_of, server_state, settled, stop_intent
 
 pytestmark = pytest.mark.integration
 
@@ -100,9 +100,11 @@ async def test_malformed_messages_are_dead_lettered_and_service_keeps_going(bus,
     await bus.publish(good)
     await bus.tap.wait_for(lambda: settled(bus.tap, good, S.FILLED))
     await router.consumer.wait_handled(4)
-    # terminated, not redelivered: the consumer has nothing pending
-    info = await bus.js.consumer_info(bus.settings.stream, "router")
-    assert info.num_ack_pending == 0 and info.num_pending == 0
+    # terminated, not redelivered: the consumer has nothing pending (once the acks have reached the server)
+    await server_state(
+        lambda: bus.js.consumer_info(bus.settings.stream, "router"),
+        lambda info: info.num_ack_pending == 0 and info.num_pending == 0,
+    )
 
 
 async def test_router_crash_mid_submit_recovers_without_duplicate(bus, sim, router_factory):

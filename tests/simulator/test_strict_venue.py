@@ -97,6 +97,8 @@ async def test_query_lag_hides_an_accepted_order(sim, ex):
     deadline = time.monotonic() + 10
     while not await lookup():
         assert time.monotonic() < deadline
+        # paced: an unpaced poll sends ~2,000 lookups in the 1.5 s lag, near the 2,400 weight/min limit (429)
+        await asyncio.sleep(0.05)
     assert seen[-1]["status"] == "open"
 
 

@@ -12,7 +12,6 @@ from libs.common.protection import (
     default_stop_price,
     exit_side,
     market_exit,
-    on_protective_side,
     position_side,
     stage1_intents,
     stop_loss,
@@ -44,8 +43,6 @@ def test_sides_and_default_distance():
     assert (position_side(0.5), position_side(-0.5)) == ("buy", "sell")
     assert default_stop_price("buy", 100.0, 0.02) == pytest.approx(98.0)
     assert default_stop_price("sell", 100.0, 0.02) == pytest.approx(102.0)
-    assert on_protective_side("buy", 98.0, 100.0) and not on_protective_side("buy", 101.0, 100.0)
-    assert on_protective_side("sell", 102.0, 100.0) and not on_protective_side("sell", 99.0, 100.0)
 
 
 def test_stage1_keeps_the_ids_it_always_had():
