@@ -448,7 +448,7 @@ class OrphanOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     symbol: Symbol
     client_order_id: str
-    side: Side
+    side: Side | None = None  # None: the venue's answer did not say (reported all the same)
     qty: float | None = None
     order_type: str = ""
 

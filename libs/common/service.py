@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -42,6 +43,16 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+@dataclass(frozen=True)
+class Bus:
+    """What a service has once its bus is connected: never None from then on (no Optional, no asserts)."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    publisher: Publisher
+    journal: Journal
+
+
 class Service:
     name: str = "service"
     # set by services that talk to the venue (their exchange client's limits) before Service.__init__:
@@ -54,10 +65,8 @@ class Service:
         self.http_host, self.http_port = http_host, http_port
         self.log = logging.getLogger(f"erl.{self.name}")
         self.stop_event = asyncio.Event()
-        self.nc: NatsClient | None = None
-        self.js: JetStreamContext | None = None
-        self.publisher: Publisher | None = None
-        self.journal: Journal | None = None
+        self.nc: NatsClient | None = None  # the connection while it is being made, kept or closed
+        self._bus: Bus | None = None  # set once connected: handlers read it through ``bus``
         self._not_ready_reason = ""  # why start-up has not finished, when it failed
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
@@ -67,6 +76,32 @@ class Service:
         if self.venue_limits is not None:
             self.venue_limits.listeners.append(self._on_venue_pause)
         self.app = self._make_app()
+
+    # ------------------------------------------------------------------ the connected bus
+
+    @property
+    def connected(self) -> bool:
+        return self._bus is not None
+
+    @property
+    def bus(self) -> Bus:
+        """The connected bus. Handlers, consumers and prepare run only once it is up; anything earlier is a
+        bug of ours and raises rather than passing None along."""
+        if self._bus is None:
+            raise RuntimeError(f"{self.name}: the bus is not connected yet")
+        return self._bus
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.bus.js
+
+    @property
+    def publisher(self) -> Publisher:
+        return self.bus.publisher
+
+    @property
+    def journal(self) -> Journal:
+        return self.bus.journal
 
     # ------------------------------------------------------------------ to override
 
@@ -95,7 +130,7 @@ class Service:
 
     async def recent_timelines(self, hours: float) -> dict[str, IntentTimeline]:
         """Intent lifecycles journaled in the last ``hours`` (start-up recovery; raises if unreadable)."""
-        if self.js is None:
+        if self._bus is None:
             raise RuntimeError("the journal is unreadable before the bus is connected")
         prefix = self.nats_settings.subject_prefix
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
@@ -174,8 +209,8 @@ class Service:
                 reason=pause.message,
             )
             return
-        if self.journal is not None:
-            self.journal.emit_nowait(
+        if self._bus is not None:
+            self._bus.journal.emit_nowait(
                 VenueBan(
                     banned_until_ms=int(pause.until * 1000),
                     retry_after_sec=pause.retry_after_sec,
@@ -216,7 +251,7 @@ class Service:
         while not self.stop_event.is_set():
             try:
                 self.nc = nc = await connect_nats(self.nats_settings, self.name)
-                self.js = js = nc.jetstream()
+                js = nc.jetstream()
                 await ensure_journal(js, self.nats_settings)
                 return nc, js
             except Exception as e:
@@ -235,8 +270,9 @@ class Service:
         if connected is None or self.stop_event.is_set():
             return None
         nc, js = connected
-        self.publisher = publisher = Publisher(js, self.nats_settings, self.name)
-        self.journal = journal = Journal(publisher, self.name)
+        publisher = Publisher(js, self.nats_settings, self.name)
+        journal = Journal(publisher, self.name)
+        self._bus = Bus(nc, js, publisher, journal)
         if self.venue_limits is not None:
             # core NATS is enough: a ban matters only while it lasts, and the stream keeps the record
             await nc.subscribe(
@@ -310,8 +346,8 @@ class Service:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        if self.journal is not None:
-            self.journal.wake()
+        if self._bus is not None:
+            self._bus.journal.wake()
         if self._server is not None:
             self._server.should_exit = True
         _, pending = await asyncio.wait(self._tasks, timeout=10.0)

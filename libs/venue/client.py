@@ -75,8 +75,16 @@ class BinanceUSDMClient(ccxt_async.binanceusdm):
         return super().get_exceptions_by_url(url, exactOrBroad)
 
     def on_rest_response(
-        self, code, reason, url, method, response_headers, response_body, request_headers, request_body
-    ):
+        self,
+        code: int,
+        reason: str,
+        url: str,
+        method: str,
+        response_headers: dict,
+        response_body: str,
+        request_headers: dict,
+        request_body: Any,
+    ) -> Any:
         pause = self.venue_limits.record(code, response_headers, response_body)
         if pause is not None:
             log_event(
@@ -96,7 +104,7 @@ class BinanceUSDMClient(ccxt_async.binanceusdm):
             code, reason, url, method, response_headers, response_body, request_headers, request_body
         )
 
-    async def fetch(self, url, method="GET", headers=None, body=None):
+    async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
         await wait_out_pause(self.venue_limits)
         return await super().fetch(url, method, headers, body)
 

@@ -246,7 +246,7 @@ def classify_order_error_policy(
             return _decision(_BY_CODE[mapped], code if code is not None else mapped, error_class, http_status)
     if error is not None:
         for cls in type(error).__mro__:
-            rule = _BY_CLASS.get(cls)  # type: ignore[arg-type]
+            rule = _BY_CLASS.get(cls)
             if rule is not None:
                 return _decision(rule, code, error_class, http_status)
     return ErrorDecision(Policy.FATAL, "unclassified", code, error_class, http_status=http_status)

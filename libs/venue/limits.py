@@ -175,14 +175,14 @@ class VenueLimits:
     def _apply(self, pause: VenuePause) -> VenuePause | None:
         now = self.clock()
         held = self.ban if pause.kind == "ban" else self.rate_limit
-        live = held is not None and held.until > now
-        if live and pause.until <= held.until:
+        live_until = held.until if held is not None and held.until > now else None
+        if live_until is not None and pause.until <= live_until:
             return None
         if pause.kind == "ban":
             self.ban = pause
         else:
             self.rate_limit = pause
-        if live and pause.until <= held.until + SAME_PAUSE_SLACK_SEC:
+        if live_until is not None and pause.until <= live_until + SAME_PAUSE_SLACK_SEC:
             return None  # the same pause seen again (a concurrent call): a little longer, not news
         for listener in self.listeners:
             listener(pause)

@@ -8,8 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from libs.common.messages import Side
 from libs.common.state_machine import OrderState
 from libs.venue.order_states import order_state
+
+
+def side_of(text: str) -> Side | None:
+    """ccxt's side word as ours; None when the venue's answer did not carry one."""
+    return "buy" if text == "buy" else "sell" if text == "sell" else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,10 +108,9 @@ class EntryService(Service):
                 self._remember(EntryContext(t.intent, None))
 
     async def run_tasks(self) -> list[Awaitable[None]]:
-        assert self.js and self.publisher and self.nc
         prefix = self.nats_settings.subject_prefix
         self.guard = GuardView(
-            self.nc,
+            self.bus.nc,
             self.nats_settings.kv_bucket,
             require_knobs=self.guard_settings.require_knobs,
             stale_after_sec=self.guard_settings.stale_after_sec,
@@ -147,9 +146,10 @@ class EntryService(Service):
 
     async def _signals_when_guard_loaded(self, signals: ConsumerLoop) -> None:
         """Signals before the first knob read would all be refused as 'guard_unavailable': wait a little."""
-        assert self.guard
+        guard = self.guard
+        assert guard is not None
         with contextlib.suppress(TimeoutError):
-            await self.guard.wait_until(lambda k: self.guard.loaded, self.guard_settings.stale_after_sec)
+            await guard.wait_until(lambda k: guard.loaded, self.guard_settings.stale_after_sec)
         await signals.run(self.stop_event)
 
     def _remember(self, ctx: EntryContext) -> None:
@@ -168,7 +168,6 @@ class EntryService(Service):
             await self.on_signal(msg)
 
     async def on_signal(self, signal: Signal) -> None:
-        assert self.publisher and self.journal
         knobs = self.guard.current() if self.guard else None
         intent = entry_intent_from_signal(signal, default_leverage=self.settings.default_leverage)
         if intent.client_order_id in self.entries:

@@ -8,6 +8,7 @@ from libs.common.ids import Bucket, bucket_of_client_order_id
 from libs.common.messages import OrderIntent, OrphanOrder
 from libs.common.replay import IntentTimeline
 from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
+from libs.venue.parsing import side_of
 from services.reconciler.belief import Belief, KnownOrder
 from services.reconciler.snapshot import Snapshot
 
@@ -79,7 +80,7 @@ def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]
                 OrphanOrder(
                     symbol=o.symbol,
                     client_order_id=o.client_order_id,
-                    side=o.side,
+                    side=side_of(o.side),
                     qty=o.qty,
                     order_type=o.order_type,
                 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from libs.common.config import ReconcilerSettings
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_correlation_id, make_intent_id
-from libs.common.messages import CancelIntent, OrderIntent, RepairAction, ReplaceIntent
+from libs.common.messages import CancelIntent, OrderIntent, RepairAction, RepairKind, ReplaceIntent
 from libs.common.protection import (
     default_stop_price,
     market_exit,
@@ -105,7 +105,7 @@ def repair_stop(belief: Belief, st: ReconcileState, check: SymbolCheck, reason: 
                 source="reconciler",
             )
         )
-        action = "move_stop" if old in check.coverage.misplaced else "refresh_stop"
+        action: RepairKind = "move_stop" if old in check.coverage.misplaced else "refresh_stop"
     else:
         work.out.intents.append(new)
         action = "place_stop"

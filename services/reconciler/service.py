@@ -127,7 +127,6 @@ class ReconcilerService(Service):
         )
 
     async def prepare(self) -> None:
-        assert self.js
         # events from now on; everything before is what the venue says right now
         await reset_consumer(self.js, self.nats_settings.stream, self._spec())
         await self.venue.ensure_markets()
@@ -135,7 +134,6 @@ class ReconcilerService(Service):
             await self._rebuild()
 
     async def _rebuild(self) -> None:
-        assert self.js and self.publisher
         try:
             timelines = await self.recent_timelines(self.settings.recovery_hours)
             snap = await read_snapshot(self.venue, with_equity=False)
@@ -173,7 +171,6 @@ class ReconcilerService(Service):
         return f"{int(self.started_at * 1000)}"
 
     async def run_tasks(self) -> list[Awaitable[None]]:
-        assert self.js and self.publisher
         self.consumer = ConsumerLoop(
             self.js, self.publisher, self.nats_settings.stream, self._spec(), self.on_event, service=self.name
         )
@@ -222,7 +219,6 @@ class ReconcilerService(Service):
                 await asyncio.wait_for(self.stop_event.wait(), wait)
 
     async def tick_once(self) -> ReconcileSummary:
-        assert self.publisher and self.journal
         started = time.time()
         with_equity = self.state.tick % self.settings.equity_every_ticks == 0
         try:
@@ -286,14 +282,14 @@ class ReconcilerService(Service):
         for event in result.events():
             if not isinstance(event, ReconcileSummary):
                 await self.journal.emit(event)
-        summary = result.summary
-        assert summary is not None
-        self._metrics(result, summary)
-        changed = self.last_summary is None or self.last_summary.mismatch_streak != summary.mismatch_streak
+        done = result.summary
+        assert done is not None  # reconcile_tick always summarises
+        self._metrics(result, done)
+        changed = self.last_summary is None or self.last_summary.mismatch_streak != done.mismatch_streak
         await self._publish_summary(
-            summary, force=bool(result.mismatches or result.repairs or result.gap_events or changed)
+            done, force=bool(result.mismatches or result.repairs or result.gap_events or changed)
         )
-        return summary
+        return done
 
     async def _report_endings(
         self, gone: list[KnownOrder], answers: dict[str, VenueOrderView | None]
@@ -339,7 +335,7 @@ class ReconcilerService(Service):
             max_sec=s.max_interval_sec,
             tick_cost=average_tick_cost(regular, s.equity_every_ticks),
             burst_cost=ReadPlan(regular.symbols, True).cost,
-            used_1m=self.venue_limits.used_weight_1m,
+            used_1m=self.venue.limits.used_weight_1m,
             budget_1m=s.weight_budget_share * s.venue_weight_limit_1m,
             reserved_1m=sweep_reserve_1m(regular, s.sweep_every_sec),
         )
@@ -405,7 +401,7 @@ class ReconcilerService(Service):
                 else "all",
                 "weight": self.last_plan.cost if self.last_plan else None,
                 "next_tick_sec": round(self.next_delay_sec, 3),
-                "venue_used_weight_1m": self.venue_limits.used_weight_1m,
+                "venue_used_weight_1m": self.venue.limits.used_weight_1m,
             },
         }
 

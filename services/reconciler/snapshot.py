@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class VenueOrderView:
     symbol: str
     client_order_id: str
-    side: str
+    side: str  # "buy" / "sell"; "" when the venue did not say
     qty: float | None
     reduce_only: bool
     close_position: bool

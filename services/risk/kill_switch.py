@@ -87,17 +87,7 @@ class KillSwitch:
             # a persisted copy does not change on every stale evaluation)
             self._trip(Trigger.STALE_DATA, self.active.get(Trigger.STALE_DATA, x.now), newly)
 
-        drawdown = 0.0
-        wiped = False
-        if x.equity is not None and math.isfinite(x.equity):
-            if x.equity > 0:
-                self.peak_equity = max(self.peak_equity or x.equity, x.equity)
-                drawdown = (self.peak_equity - x.equity) / self.peak_equity * 100
-            else:  # nothing left (or less): a drawdown whatever the threshold, even with no peak known
-                wiped = True
-                drawdown = (
-                    (self.peak_equity - x.equity) / self.peak_equity * 100 if self.peak_equity else 100.0
-                )
+        drawdown, wiped = self._drawdown(x.equity)
         conditions[Trigger.DRAWDOWN] = wiped or drawdown >= c.max_drawdown_pct
         if conditions[Trigger.DRAWDOWN]:
             self._trip(Trigger.DRAWDOWN, float("inf"), newly)
@@ -114,15 +104,30 @@ class KillSwitch:
                 if t in self.active:
                     conditions[t] = True
 
-        released = []
-        for t, release_at in list(self.active.items()):
-            if not conditions.get(t, False) and x.now >= release_at:
-                del self.active[t]
-                released.append(t.value)
+        released = self._release(conditions, x.now)
         reasons = tuple(sorted(t.value for t in self.active))
         return KillState(
             bool(self.active), reasons, tuple(newly), tuple(released), round(drawdown, 4), self.peak_equity
         )
+
+    def _drawdown(self, equity: float | None) -> tuple[float, bool]:
+        """Percent below the equity peak (the peak follows equity up), and whether nothing is left."""
+        if equity is None or not math.isfinite(equity):
+            return 0.0, False
+        if equity > 0:
+            self.peak_equity = max(self.peak_equity or equity, equity)
+            return (self.peak_equity - equity) / self.peak_equity * 100, False
+        # nothing left (or less): a drawdown whatever the threshold, even with no peak known
+        return ((self.peak_equity - equity) / self.peak_equity * 100 if self.peak_equity else 100.0), True
+
+    def _release(self, conditions: dict[Trigger, bool], now: float) -> list[str]:
+        """Triggers whose condition has cleared and whose hold has run out."""
+        released = []
+        for t, release_at in list(self.active.items()):
+            if not conditions.get(t, False) and now >= release_at:
+                del self.active[t]
+                released.append(t.value)
+        return released
 
     def reset_latched(self, equity: float | None = None) -> list[str]:
         """Operator ``/resume``: clear latched triggers and re-base the equity peak."""

@@ -155,7 +155,6 @@ class RiskService(Service):
         return ok, why
 
     async def _kv_bucket(self) -> KeyValue:
-        assert self.js
         if self._kv is None:
             self._kv = await self.js.key_value(self.nats_settings.kv_bucket)
         return self._kv
@@ -301,7 +300,6 @@ class RiskService(Service):
         self._adopt(merge(self._state_now(), theirs))
 
     async def run_tasks(self) -> list[Awaitable[None]]:
-        assert self.js and self.publisher
         p = self.nats_settings.subject_prefix
         spec = ConsumerSpec(
             durable="risk",
@@ -367,7 +365,6 @@ class RiskService(Service):
                 knobs = await self.evaluate()
             else:
                 if journal:  # REST commands are journaled here (emit only enqueues); bus commands already are
-                    assert self.journal
                     await self.journal.emit(cmd)
                 self.applied_commands = remember(self.applied_commands, key)
                 self.command_counts["applied"] += 1
@@ -447,7 +444,6 @@ class RiskService(Service):
     async def _publish(self, knobs: GuardKnobs) -> None:
         if not knobs_changed(self.published, knobs):
             return
-        assert self.js and self.journal
         kv = await self._kv_bucket()
         for _ in range(5):
             revision = (self.kv_revision or 0) + 1

@@ -134,7 +134,7 @@ class Budget:
             if on_error is not None:
                 verdict = await on_error(d)
                 if verdict is not RETRY:
-                    return verdict  # type: ignore[return-value]
+                    return verdict
             elif not d.retryable:
                 return GaveUp(d)
             delay = self.next_delay(tries, d)

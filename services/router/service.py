@@ -110,15 +110,13 @@ class RouterService(Service):
     # ------------------------------------------------------------------ wiring
 
     async def prepare(self) -> None:
-        assert self.journal
         self.sink = LedgerSink(self.journal, self.ledger)
         self.submitter = OrderSubmitter(self.venue, self.sink)
         await self._load_ledger()
 
     async def run_tasks(self) -> list[Awaitable[None]]:
-        assert self.js and self.publisher and self.nc
         self.guard = GuardView(
-            self.nc,
+            self.bus.nc,
             self.nats_settings.kv_bucket,
             require_knobs=self.guard_settings.require_knobs,
             stale_after_sec=self.guard_settings.stale_after_sec,
@@ -151,9 +149,10 @@ class RouterService(Service):
         If the knobs cannot be read within the staleness window we consume anyway:
         exits and stop repairs must flow, and entries stay blocked until the view is live.
         """
-        assert self.guard and self.consumer
+        guard = self.guard
+        assert guard is not None and self.consumer is not None
         with contextlib.suppress(TimeoutError):
-            await self.guard.wait_until(lambda k: self.guard.loaded, self.guard_settings.stale_after_sec)
+            await guard.wait_until(lambda k: guard.loaded, self.guard_settings.stale_after_sec)
         await self.consumer.run(self.stop_event)
 
     def budget(self, policy: RetryPolicy | None = None) -> Budget:
@@ -481,14 +480,13 @@ class RouterService(Service):
         (then the journal itself is asked: one direct get of its last transition)."""
         if self.ledger.covers(intent.ts_ms / 1000):
             return None
-        assert self.js
         subject = f"{self.nats_settings.subject_prefix}.order.transition.{intent.correlation_id}"
         try:
             raw = await self.js.get_last_msg(self.nats_settings.stream, subject)
         except nats.js.errors.NotFoundError:
             # no transition on record, and too old for the ledger to vouch for: treat it as maybe sent
             return LedgerEntry(OrderState.SUBMITTING, time.time(), intent.correlation_id)
-        t = decode(self.nats_settings.subject_prefix, raw.subject, raw.data or b"")
+        t = decode(self.nats_settings.subject_prefix, raw.subject or subject, raw.data or b"")
         assert isinstance(t, OrderTransition)
         return LedgerEntry(t.to_state, t.ts_ms / 1000, t.correlation_id)
 

@@ -71,14 +71,22 @@ class OrderSubmitter:
         self.venue, self.sink = venue, sink
         self.leverage = leverage or LeverageSetter(venue)
 
+    async def _ensure_leverage(self, life: Lifecycle, budget: Budget) -> SubmitOutcome | None:
+        """The leverage the entry decision asked for, set before the order; BLOCKED if the venue refuses."""
+        if life.leverage is None:
+            return None
+        refusal = await self.leverage.ensure(self.sink, budget, life.intent, life.leverage)
+        if not refusal:
+            return None
+        await life.move(OrderState.BLOCKED, refusal)
+        return SubmitOutcome(OrderState.BLOCKED, refusal, life)
+
     async def send(self, life: Lifecycle, budget: Budget) -> SubmitOutcome:
         """Drive ``life`` (CREATED, or proven absent by ``resolve_if_sent``) to a settled state: first
         the leverage its entry decision asked for (``life.leverage``), then the order."""
-        if life.leverage is not None:
-            refusal = await self.leverage.ensure(self.sink, budget, life.intent, life.leverage)
-            if refusal:
-                await life.move(OrderState.BLOCKED, refusal)
-                return SubmitOutcome(OrderState.BLOCKED, refusal, life)
+        blocked = await self._ensure_leverage(life, budget)
+        if blocked is not None:
+            return blocked
         intent = life.intent
         qty = intent.qty
 
@@ -239,26 +247,33 @@ class OrderSubmitter:
                 return intent, qty
             resize = True  # a closePosition stop has no size: take it from the position
         if resize:
-            try:
-                position = await self.venue.position_qty(intent.symbol)
-            except VenueError as e:
-                reason = f"{d.reason}:position_unavailable"
-                await life.move(OrderState.FAILED, reason, error_class=e.decision.error_class)
-                return SubmitOutcome(OrderState.FAILED, reason, life)
-            new_qty = reducible_qty(intent.side, position, qty)
-            if new_qty is None or new_qty <= 0:
-                # -2022 / -4118 for a reduce-only order, -4509 / -4129 for a close-position one: the
-                # position it was meant to close is gone (or on the other side)
-                await life.move(OrderState.MOOT, f"{d.reason}:no_position_to_reduce")
-                return SubmitOutcome(OrderState.MOOT, "no_position_to_reduce", life)
-            if intent.close_position:
-                # there is a position to close after all (it opened meanwhile): the same order again; a
-                # close-position order carries no size (the venue refuses one with a quantity, -4137)
-                return intent, None
-            if qty is not None and new_qty >= qty:
-                # the venue refused a size that fits the position: nothing left to modify
-                await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
-                return SubmitOutcome(OrderState.REJECTED, d.reason, life)
-            return intent, new_qty
+            return await self._resize(life, intent, qty, d)
         await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
         return SubmitOutcome(OrderState.REJECTED, d.reason, life)
+
+    async def _resize(
+        self, life: Lifecycle, intent: OrderIntent, qty: float | None, d: ErrorDecision
+    ) -> tuple[OrderIntent, float | None] | SubmitOutcome:
+        """A reduce-only (or close-position) order the venue refused for its size: fit it to the position
+        the venue reports, or end it when there is nothing left to reduce."""
+        try:
+            position = await self.venue.position_qty(intent.symbol)
+        except VenueError as e:
+            reason = f"{d.reason}:position_unavailable"
+            await life.move(OrderState.FAILED, reason, error_class=e.decision.error_class)
+            return SubmitOutcome(OrderState.FAILED, reason, life)
+        new_qty = reducible_qty(intent.side, position, qty)
+        if new_qty is None or new_qty <= 0:
+            # -2022 / -4118 for a reduce-only order, -4509 / -4129 for a close-position one: the
+            # position it was meant to close is gone (or on the other side)
+            await life.move(OrderState.MOOT, f"{d.reason}:no_position_to_reduce")
+            return SubmitOutcome(OrderState.MOOT, "no_position_to_reduce", life)
+        if intent.close_position:
+            # there is a position to close after all (it opened meanwhile): the same order again; a
+            # close-position order carries no size (the venue refuses one with a quantity, -4137)
+            return intent, None
+        if qty is not None and new_qty >= qty:
+            # the venue refused a size that fits the position: nothing left to modify
+            await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
+            return SubmitOutcome(OrderState.REJECTED, d.reason, life)
+        return intent, new_qty
