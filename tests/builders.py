@@ -13,6 +13,26 @@ from services.reconciler.snapshot import PositionView, Snapshot, VenueOrderView
 from services.reconciler.state import ReconcileState, TickResult
 from services.reconciler.tick import reconcile_tick
 
+# ============================================================================= messages
+
+
+def intent(**kw: Any) -> OrderIntent:
+    """A BTC market-buy entry intent with fixed ids; ``kw`` overrides any field."""
+    iid = make_intent_id("t", "1", Bucket.ENTRY)
+    base: dict[str, Any] = dict(
+        intent_id=iid,
+        correlation_id=make_correlation_id(iid),
+        client_order_id=make_client_order_id(iid, Bucket.ENTRY),
+        bucket=Bucket.ENTRY,
+        symbol="BTC/USDT:USDT",
+        side="buy",
+        order_type="market",
+        qty=0.01,
+    )
+    base.update(kw)
+    return OrderIntent(**base)
+
+
 # ============================================================================= reconciler
 
 BTC = "BTC/USDT:USDT"

@@ -251,8 +251,10 @@ class EntryService(Service):
                 correlation_id=entry_correlation_id,
                 reason=msg.reason,
             )
-        elif msg.client_order_id in self.stops and msg.to_state in (OrderState.ACKED, OrderState.MOOT):
-            self.stops.pop(msg.client_order_id, None)
+        elif msg.client_order_id in self.stops and (
+            msg.to_state is OrderState.ACKED or msg.to_state in TERMINAL_ORDER_STATES
+        ):
+            self.stops.pop(msg.client_order_id, None)  # placed, or over without a gap of its own to assert
 
     async def _on_entry_transition(self, t: OrderTransition) -> None:
         if t.to_state in TERMINAL_ORDER_STATES:
@@ -293,6 +295,8 @@ class EntryService(Service):
         for i in intents:
             if i.order_type == "stop_market":  # the stop-loss is the protection; a trailing stop is extra
                 self.stops[i.client_order_id] = (t.correlation_id, t.symbol)
+                while len(self.stops) > REMEMBER:  # a stop never heard of again: the reconciler covers it
+                    self.stops.pop(next(iter(self.stops)))
             try:
                 await self.publisher.publish(i, i.intent_id)
             except BusUnavailable as e:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,17 @@ import httpx
 import nats.errors
 from nats.js import JetStreamContext
 
-from libs.common.bus import connect_nats
+from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings
-from libs.common.messages import BusMessage, DecodeError, OrderTransition, SignalDecision, decode
+from libs.common.ids import Bucket, make_client_order_id, make_intent_id
+from libs.common.messages import BusMessage, DecodeError, OrderTransition, Signal, SignalDecision, decode
 from libs.common.replay import IntentTimeline, load_journal, order_subjects, replay_timelines
 from libs.common.state_machine import OrderState
 from services.simulator.testing import SimControl
 from tools.natsd import NatsCluster, NatsServer
 from tools.stack import SERVICES, SIMULATOR, ChildSpec, LocalStack
+
+BTC = "BTC/USDT:USDT"
 
 ADMIN_TOKEN = "chaos-token"
 # what a bus outage may legitimately cost an entry: refused because the guard knobs could not be read
@@ -259,3 +263,42 @@ class ChaosStack:
                     f"journal condition not met in {within}s; {len(t)} read; last error {last_error!r}"
                 )
             await asyncio.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------- helpers the chaos tests share
+
+
+def entry_cid(signal_id: str) -> str:
+    return make_client_order_id(make_intent_id("signal", signal_id, Bucket.ENTRY), Bucket.ENTRY)
+
+
+async def send_signal(c: ChaosStack, signal_id: str, **kw) -> None:
+    pub = Publisher(c.nc.jetstream(), c.settings, "chaos-test")
+    await pub.publish(
+        Signal(**{"signal_id": signal_id, "symbol": BTC, "side": "buy", "qty": 0.01, **kw}),
+        f"signal.{signal_id}",
+    )
+
+
+def venue_orders_by_client_id(c: ChaosStack) -> Counter:
+    return Counter(o["clientOrderId"] for o in c.sim.state()["orders"])
+
+
+def assert_no_duplicates(c: ChaosStack) -> None:
+    dup = {cid: n for cid, n in venue_orders_by_client_id(c).items() if n > 1}
+    assert dup == {}, f"duplicate orders on the venue: {dup}"
+
+
+async def wait_entry(c: ChaosStack, signal_id: str, state: OrderState = OrderState.FILLED) -> None:
+    """Until the tap sees the entry intent of ``signal_id`` move to ``state``."""
+    cid = entry_cid(signal_id)
+    await c.tap.wait_for(
+        lambda: any(t.to_state is state for t in c.tap.of(OrderTransition, client_order_id=cid))
+    )
+
+
+async def trades_again(c: ChaosStack, signal_id: str, within: float) -> None:
+    """After an outage the stack trades by itself: entries allowed again, and a new signal fills."""
+    await wait_entries_allowed(c, within=within)
+    await send_signal(c, signal_id)
+    await wait_entry(c, signal_id)

@@ -12,65 +12,36 @@ from collections import Counter
 
 import pytest
 
-from libs.common.bus import Publisher
-from libs.common.ids import Bucket, make_client_order_id, make_intent_id
+from libs.common.ids import Bucket
 from libs.common.messages import (
     GuardKnobs,
     KillSwitchEvent,
     OrderTransition,
     ProtectionGap,
     RebuildSummary,
-    Signal,
     SignalDecision,
 )
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
-from tests.chaos.harness import ChaosStack, filled_or_refused_fail_safe, running, wait_entries_allowed
+from tests.chaos.harness import (
+    BTC,
+    ChaosStack,
+    assert_no_duplicates,
+    entry_cid,
+    filled_or_refused_fail_safe,
+    running,
+    send_signal,
+    trades_again,
+    venue_orders_by_client_id,
+    wait_entry,
+)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
-
-BTC = "BTC/USDT:USDT"
 
 
 @pytest.fixture
 async def chaos():
     async with running(ChaosStack()) as c:
         yield c
-
-
-def entry_cid(signal_id: str) -> str:
-    return make_client_order_id(make_intent_id("signal", signal_id, Bucket.ENTRY), Bucket.ENTRY)
-
-
-async def send_signal(c: ChaosStack, signal_id: str, **kw) -> None:
-    pub = Publisher(c.nc.jetstream(), c.settings, "chaos-test")
-    await pub.publish(
-        Signal(**{"signal_id": signal_id, "symbol": BTC, "side": "buy", "qty": 0.01, **kw}),
-        f"signal.{signal_id}",
-    )
-
-
-def venue_orders_by_client_id(c: ChaosStack) -> Counter:
-    return Counter(o["clientOrderId"] for o in c.sim.state()["orders"])
-
-
-def assert_no_duplicates(c: ChaosStack) -> None:
-    dup = {cid: n for cid, n in venue_orders_by_client_id(c).items() if n > 1}
-    assert dup == {}, f"duplicate orders on the venue: {dup}"
-
-
-async def wait_entry(c: ChaosStack, signal_id: str, state: OrderState = OrderState.FILLED) -> None:
-    """Until the tap sees the entry intent of ``signal_id`` move to ``state``."""
-    cid = entry_cid(signal_id)
-    await c.tap.wait_for(
-        lambda: any(t.to_state is state for t in c.tap.of(OrderTransition, client_order_id=cid))
-    )
-
-
-async def trades_again(c: ChaosStack, signal_id: str, within: float) -> None:
-    """After an outage the stack trades by itself: entries allowed again, and a new signal fills."""
-    await wait_entries_allowed(c, within=within)
-    await send_signal(c, signal_id)
-    await wait_entry(c, signal_id)
 
 
 async def test_router_killed_mid_submit_no_duplicate_no_loss(chaos: ChaosStack):

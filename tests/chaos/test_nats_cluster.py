@@ -20,10 +20,13 @@ from libs.common.state_machine import OrderState
 from tests.chaos.harness import (
     FAIL_SAFE,
     ChaosStack,
+    assert_no_duplicates,
     filled_or_refused_fail_safe,
     running,
+    send_signal,
+    trades_again,
+    wait_entry,
 )
-from tests.chaos.test_chaos import assert_no_duplicates, send_signal, trades_again, wait_entry
 from tools.nats_config import USERS, env_var
 from tools.natsd import NatsCluster
 

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from libs.common.state_machine import OrderState
-from tests.chaos.harness import ChaosStack, running
-from tests.chaos.test_chaos import send_signal, wait_entry
+from tests.chaos.harness import ChaosStack, running, send_signal, wait_entry
 from tools.stack import SERVICES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]

@@ -1,9 +1,8 @@
 import pytest
 
-from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
+from libs.common.ids import Bucket
 from libs.common.messages import (
     DecodeError,
-    OrderIntent,
     OrderRetry,
     Signal,
     decode,
@@ -11,22 +10,7 @@ from libs.common.messages import (
     model_for_subject,
     subject_for,
 )
-
-
-def intent(**kw):
-    iid = make_intent_id("t", "1", Bucket.ENTRY)
-    base = dict(
-        intent_id=iid,
-        correlation_id=make_correlation_id(iid),
-        client_order_id=make_client_order_id(iid, Bucket.ENTRY),
-        bucket=Bucket.ENTRY,
-        symbol="BTC/USDT:USDT",
-        side="buy",
-        order_type="market",
-        qty=0.01,
-    )
-    base.update(kw)
-    return OrderIntent(**base)
+from tests.builders import intent
 
 
 def test_round_trip_through_subject():

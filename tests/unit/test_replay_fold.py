@@ -1,7 +1,7 @@
 from libs.common.messages import CancelResult, OrderRetry, OrderTransition
 from libs.common.replay import JournalEntry, describe, find_by_client_order_id, fold, summarize
 from libs.common.state_machine import OrderState as S
-from tests.unit.test_messages import intent
+from tests.builders import intent
 
 
 def tr(i, src, dst, **kw):

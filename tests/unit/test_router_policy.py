@@ -1,7 +1,7 @@
 from libs.common.ids import Bucket
 from libs.common.messages import GuardKnobs
 from services.router.policy import entry_policy
-from tests.unit.test_messages import intent
+from tests.builders import intent
 
 NOW = 1_700_000_000_000
 DEFAULT_GUARD = GuardKnobs()

@@ -5,7 +5,7 @@ from libs.common.state_machine import OrderState
 from libs.venue.parsing import order_state_from_ccxt, venue_order_from_ccxt
 from libs.venue.requests import create_order_args
 from services.router.submit import as_market_exit, reducible_qty
-from tests.unit.test_messages import intent
+from tests.builders import intent
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from libs.venue.parsing import position_from_ccxt, venue_order_from_ccxt
 from libs.venue.requests import order_ref
 from services.reconciler.belief import KnownOrder
 from services.reconciler.venue_reader import lookups, order_view
-from tests.unit.test_messages import intent
+from tests.builders import intent
 
 BTC = "BTC/USDT:USDT"
 
