@@ -11,6 +11,7 @@ that history; every violation carries the replay of the intent it is about.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import sys
@@ -971,11 +972,28 @@ def check_bad_signals(h: History) -> Result:
     return res
 
 
+REFUSALS = frozenset({418, 429, 500, 502, 503, 504})  # the venue said no to everyone, not to a request
+
+
+def refusal_times(h: History) -> list[float]:
+    """When the venue refused requests wholesale (rate limits, bans, 5xx): sorted unix seconds."""
+    return sorted(float(r["ts"]) for r in h.requests if r.get("status") in REFUSALS)
+
+
+def _venue_refusing(refusals: list[float], ts: float, within: float = 5.0) -> bool:
+    i = bisect.bisect_right(refusals, ts)
+    return i > 0 and ts - refusals[i - 1] <= within
+
+
 def check_ready(h: History) -> Result:
     """A service whose process runs but which never gets ready (its start-up failed and nobody retries)
-    repairs nothing: every stretch of not-ready samples of a live process must end within the bound."""
+    repairs nothing: every stretch of not-ready samples of a live process must end within the bound.
+    A start-up the venue keeps refusing (its reason a venue error while the venue refused requests in
+    the seconds before) is waiting on the venue, not stuck: the bound counts from when that ends."""
     bound = h.config.ready_bound_sec
     res = Result(SERVICES_READY)
+    refusals = refusal_times(h)
+    waited = 0
     by_service: dict[str, list[dict]] = defaultdict(list)
     for s in sorted(h.ready_samples, key=lambda x: x["ts"]):
         by_service[s["service"]].append(s)
@@ -985,6 +1003,10 @@ def check_ready(h: History) -> Result:
         stretches: list[tuple[dict, dict]] = []
         for s in samples:
             if s["alive"] and not s["ready"]:
+                if "VenueError" in (s.get("reason") or "") and _venue_refusing(refusals, s["ts"]):
+                    waited += 1
+                    since = None
+                    continue
                 since = since or s
                 continue
             if since is not None:
@@ -1002,6 +1024,8 @@ def check_ready(h: History) -> Result:
                         f"/readyz said: {first.get('reason')!r} .. {last.get('reason')!r}",
                     )
                 )
+    if waited:
+        res.notes.append(f"{waited} not-ready samples of start-ups the venue was refusing (not counted)")
     return res
 
 

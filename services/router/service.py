@@ -473,7 +473,23 @@ class RouterService(Service):
                 recovered += 1
             elif t.state in OPEN_ORDER_STATES:
                 self._remember(Lifecycle(t.intent, self.sink, state=t.state))
-        log_event(self.log, "router.recovered", unknown=recovered, intents=len(timelines))
+            elif t.state is OrderState.CANCELED and at > boot - self._verify_window_sec():
+                # a cancel acknowledged shortly before a predecessor died: its check for a fill that
+                # raced the cancel died with it, so this process makes it
+                life = Lifecycle(t.intent, self.sink, state=t.state)
+                self._remember(life)
+                self.verify[cid] = (life, at + self.settings.cancel_verify_after_sec)
+        log_event(
+            self.log,
+            "router.recovered",
+            unknown=recovered,
+            to_verify=len(self.verify),
+            intents=len(timelines),
+        )
+
+    def _verify_window_sec(self) -> float:
+        """How long after its ack a cancel is still checked for a racing fill."""
+        return self.settings.cancel_verify_after_sec + VERIFY_GIVE_UP_SEC
 
     async def _journaled(self, intent: OrderIntent) -> LedgerEntry | None:
         """An intent the ledger does not know: never handled, unless it predates what the ledger covers

@@ -463,3 +463,22 @@ async def test_a_stop_the_venue_does_not_list_yet_is_not_forgotten_and_its_endin
     assert venue_orders(sim, stop.client_order_id)[0]["algoStatus"] == "EXPIRED"
     t = await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.EXPIRED))
     assert t.to_state is S.EXPIRED
+
+
+async def test_a_router_restarted_right_after_a_cancel_ack_still_finds_the_fill_that_raced_it(
+    bus, sim, router_factory
+):
+    """Soak seed 13: the router died 0.2 s after a cancel ack whose order the venue had filled; the check
+    for a racing fill lived only in its memory, so the journal kept the entry CANCELED for good."""
+    first = await router_factory(cancel_verify_after_sec=30.0, resolve_every_sec=0.2)
+    intent = make_intent(order_type="limit", price=48_000.0)
+    await bus.publish(intent)
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.ACKED))
+    sim.add_fault(kind="fill_after_cancel_ack", method="DELETE", path="/fapi/v1/order", count=1)
+    await bus.publish(cancel_for(intent))
+    await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.CANCELED))
+    await first.crash()  # before its check was due
+    await router_factory(cancel_verify_after_sec=0.2, resolve_every_sec=0.2)
+    late = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
+    assert path_of(bus.tap, intent)[-2:] == ["CANCELED", "FILLED"]
+    assert late.filled_qty == pytest.approx(0.01)

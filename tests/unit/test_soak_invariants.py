@@ -370,6 +370,21 @@ def test_a_running_service_that_never_gets_ready_is_a_violation():
     stuck = [sample(t, True, True), *(sample(t + k, True, False) for k in range(1, 41))]
     r = by_name(history([], ready_samples=stuck))[SERVICES_READY]
     assert len(r.violations) == 1 and "reconciler running but not ready for 39s" in r.violations[0].what
+    # a start-up the venue keeps refusing (429s to everyone) is waiting on the venue, not stuck ...
+    refused = "start-up failed: VenueError: DDoSProtection: binanceusdm 429 Too Many Requests"
+    waiting = [
+        sample(t, True, True),
+        *({**sample(t + k, True, False), "reason": refused} for k in range(1, 41)),
+    ]
+    limited = [
+        {"ts": t + k - 0.5, "method": "GET", "path": "/fapi/v2/positionRisk", "status": 429}
+        for k in range(1, 41)
+    ]
+    r = by_name(history([], requests=limited, ready_samples=waiting))[SERVICES_READY]
+    assert not r.violations and "40 not-ready samples" in r.notes[0]
+    # ... but the same answer while the venue refuses nobody is a service stuck on its own
+    r = by_name(history([], ready_samples=waiting))[SERVICES_READY]
+    assert len(r.violations) == 1
 
 
 def stop_sample(ts: float, qty: float, *stops: tuple[float, bool]) -> dict:
