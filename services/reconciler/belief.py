@@ -53,10 +53,15 @@ class Belief:
     # ------------------------------------------------------------------ from the journal
 
     def apply_intent(self, intent: OrderIntent, now: float) -> None:
-        self.intents[intent.client_order_id] = intent
+        self.remember_intent(intent)
         self.last_activity[intent.symbol] = now
         if intent.bucket is Bucket.SL and intent.stop_price:
             self.last_stop_price[intent.symbol] = intent.stop_price
+
+    def remember_intent(self, intent: OrderIntent) -> None:
+        """What its order is (a conditional order is looked up where the venue keeps those): the order's
+        transitions may come long after, and may be all we see of it."""
+        self.intents[intent.client_order_id] = intent
         self._bound_intents()
 
     def _bound_intents(self) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from libs.common.ids import Bucket, bucket_of_client_order_id
 from libs.common.messages import OrderIntent, OrphanOrder
 from libs.common.replay import IntentTimeline
-from libs.common.state_machine import OPEN_ORDER_STATES, OrderState
+from libs.common.state_machine import OPEN_ORDER_STATES, TERMINAL_ORDER_STATES, OrderState
 from libs.venue.parsing import side_of
 from services.reconciler.belief import Belief, KnownOrder
 from services.reconciler.snapshot import Snapshot
@@ -30,31 +30,7 @@ def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]
     left over from a crash, another process, or a human.
     """
     plan = RebuildPlan()
-    journal_open: dict[str, OrderIntent] = {}
-    asked_at: dict[str, int] = {}  # symbol -> ts of the newest stop asked for (the one a stop must match)
-    for t in timelines.values():
-        if t.intent is None or t.state is None:
-            continue
-        if t.state in OPEN_ORDER_STATES:
-            journal_open[t.intent.client_order_id] = t.intent
-        elif t.state is OrderState.UNKNOWN:
-            # the router's resolver owns these; they are debt until resolved
-            belief.adopt_order(
-                KnownOrder(
-                    t.intent.client_order_id,
-                    t.intent.symbol,
-                    t.intent.bucket,
-                    t.intent.side,
-                    OrderState.UNKNOWN,
-                    is_trigger=t.intent.is_trigger,
-                    stop_price=t.intent.stop_price,
-                )
-            )
-            plan.unknown_from_journal += 1
-        i = t.intent
-        if i.bucket is Bucket.SL and i.stop_price and i.ts_ms >= asked_at.get(i.symbol, 0):
-            asked_at[i.symbol] = i.ts_ms
-            belief.last_stop_price[i.symbol] = i.stop_price
+    journal_open = _fold_journal(belief, timelines, plan)
 
     for symbol, pos in snap.positions.items():
         belief.adopt_position(symbol, pos.qty)
@@ -91,16 +67,44 @@ def rebuild(belief: Belief, snap: Snapshot, timelines: dict[str, IntentTimeline]
     listed = {o.client_order_id for o in snap.orders}
     for cid, i in journal_open.items():
         if cid not in listed:
-            belief.adopt_order(
-                KnownOrder(
-                    cid,
-                    i.symbol,
-                    i.bucket,
-                    i.side,
-                    OrderState.ACKED,
-                    is_trigger=i.is_trigger,
-                    stop_price=i.stop_price,
-                )
-            )
+            belief.adopt_order(_known(i, OrderState.ACKED))
             plan.ended_unseen += 1
     return plan
+
+
+def _fold_journal(
+    belief: Belief, timelines: dict[str, IntentTimeline], plan: RebuildPlan
+) -> dict[str, OrderIntent]:
+    """What the journal knows: intents still under way, UNKNOWN orders (the router's resolver owns them),
+    the newest stop price asked for per symbol. Returns the intents whose orders it has open."""
+    journal_open: dict[str, OrderIntent] = {}
+    asked_at: dict[str, int] = {}  # symbol -> ts of the newest stop asked for (the one a stop must match)
+    for t in timelines.values():
+        if t.intent is None:
+            continue
+        if t.state is None or t.state not in TERMINAL_ORDER_STATES:
+            # still under way: its next transitions reach us live (the consumer starts at the reset just
+            # before this read), and without its intent a stop would be looked up as a plain order and
+            # never found (soak seed 13)
+            belief.remember_intent(t.intent)
+        if t.state in OPEN_ORDER_STATES:
+            journal_open[t.intent.client_order_id] = t.intent
+        elif t.state is OrderState.UNKNOWN:
+            belief.adopt_order(_known(t.intent, OrderState.UNKNOWN))
+            plan.unknown_from_journal += 1
+        i = t.intent
+        if (
+            t.state is not None
+            and i.bucket is Bucket.SL
+            and i.stop_price
+            and i.ts_ms >= asked_at.get(i.symbol, 0)
+        ):
+            asked_at[i.symbol] = i.ts_ms
+            belief.last_stop_price[i.symbol] = i.stop_price
+    return journal_open
+
+
+def _known(i: OrderIntent, state: OrderState) -> KnownOrder:
+    return KnownOrder(
+        i.client_order_id, i.symbol, i.bucket, i.side, state, is_trigger=i.is_trigger, stop_price=i.stop_price
+    )

@@ -8,7 +8,7 @@ from libs.common.state_machine import OrderState
 from services.reconciler.belief import Belief
 from services.reconciler.rebuild import rebuild
 from services.reconciler.snapshot import Snapshot, VenueOrderView
-from tests.builders import BTC, journal_intent, long, order, ours
+from tests.builders import BTC, journal_intent, long, order, ours, transition
 
 S = OrderState
 
@@ -94,3 +94,17 @@ def test_timelines_without_an_intent_or_a_state_are_skipped():
     partial = {"x": IntentTimeline("x"), i.correlation_id: IntentTimeline(i.correlation_id, intent=i)}
     plan = rebuild(b, Snapshot({}, []), partial)
     assert b.orders == {} and plan.ended_unseen == 0 and plan.unknown_from_journal == 0
+
+
+def test_an_intent_still_under_way_is_remembered_so_its_live_transitions_know_what_its_order_is():
+    # soak seed 13: a stop intent journaled just before the reconciler restarted, its transitions seen
+    # live afterwards: without the intent the stop was believed a plain order, looked up where plain
+    # orders are, never found, and its expiry never reported
+    b = Belief()
+    fresh, sent = journal_intent(Bucket.SL, key="fresh"), journal_intent(Bucket.SL, key="sent")
+    done = journal_intent(Bucket.SL, key="done")
+    rebuild(b, Snapshot(long(), []), timelines((fresh, None), (sent, S.SUBMITTING), (done, S.CANCELED)))
+    assert set(b.intents) == {fresh.client_order_id, sent.client_order_id}
+    for i in (fresh, sent):
+        b.apply_transition(transition(i, S.SUBMITTING, S.ACKED), 100.0)
+        assert b.orders[i.client_order_id].is_trigger
