@@ -76,6 +76,7 @@ _ORDER_EDGES: dict[OrderState, frozenset[OrderState]] = {
             OrderState.FAILED,
             OrderState.REJECTED,
             OrderState.BLOCKED,  # confirmed absent after a restart, and policy now refuses the entry
+            OrderState.MOOT,  # confirmed absent, and no longer wanted (a replace whose old order filled)
         }
     ),
     OrderState.ACKED: frozenset(

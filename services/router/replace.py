@@ -81,11 +81,14 @@ async def cancel_replace_order(
     max_attempts: int,
     strict: bool = True,
     old_may_exist: bool = True,
+    new_life: Lifecycle | None = None,
 ) -> ReplaceOutcome:
+    """Cancel the old order, verify it is gone, then place the new one (once). ``new_life``: the new
+    order's lifecycle when it was journaled before (UNKNOWN, proven never placed)."""
     m = ReplaceMachine(intent, sink, strict=strict)
     symbol = intent.new_order.symbol
     reason = ""
-    new_life: Lifecycle | None = None
+    resumed, new_life = new_life, None
     while m.attempt < max_attempts:
         m.attempt += 1
         report = await cancel_order(
@@ -130,7 +133,7 @@ async def cancel_replace_order(
             reason = "old order open on confirmation"
             await m.move(ReplaceState.REPLACE_RACE, reason)
             continue
-        life = Lifecycle(intent.new_order, sink)
+        life = resumed or Lifecycle(intent.new_order, sink)
         placed = await submitter.send(life, budget)
         if placed.state in PLACED_STATES:
             await m.move(ReplaceState.DONE, f"replacement {placed.state.value}")

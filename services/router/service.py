@@ -296,13 +296,14 @@ class RouterService(Service):
         INTENTS.labels(self.name, "replace", msg.new_order.bucket.value).inc()
         submitter = self.submitter
         new = self.ledger.get(msg.new_order.client_order_id) or await self._journaled(msg.new_order)
+        absent: Lifecycle | None = None  # the replacement, journaled UNKNOWN and then proven never placed
         if new is not None and admit(new.state) is Admission.RESOLVE:
             # maybe sent before (by a predecessor that died, or journaled without a transition): find out
             life = Lifecycle(msg.new_order, self.sink, state=new.state)
             life.absent_after = self.venue.absent_after(new.at)
             found = await submitter.resolve_if_sent(life, self.budget())
             if found is None:
-                new = None  # proven absent: the replace was never carried out; carry it out now
+                new, absent = None, life  # proven absent: the replace was never carried out; carry it out now
             else:
                 self._remember(life)
                 if found.state is OrderState.UNKNOWN:
@@ -330,8 +331,14 @@ class RouterService(Service):
             max_attempts=self.settings.cancel_replace_max_attempts,
             strict=self.settings.replace_strict_transitions,
             old_may_exist=old is None or old.state in MAY_EXIST,
+            new_life=absent,
         )
         self._count(f"replace_{outcome.state.value}")
+        if absent is not None and absent.state is OrderState.UNKNOWN:
+            # journaled UNKNOWN, proven absent, and not sent after all (the old order filled, or the
+            # cancel could not be verified): it ends here, or it would hold the reconciler's repairs off
+            # as a stop still in flight (soak seed 13)
+            await absent.move(OrderState.MOOT, f"not replaced: {outcome.reason}")
         if outcome.new_lifecycle is not None:
             self._remember(outcome.new_lifecycle)
             if outcome.new_lifecycle.state is OrderState.UNKNOWN:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from libs.common.ids import Bucket
-from libs.common.messages import CancelReplaceGiveup, CancelResult
+from libs.common.messages import CancelReplaceGiveup, CancelResult, OrderTransition
 from libs.common.state_machine import OrderState, ReplaceState
 from tests.integration.helpers import (
     BTC_ID,
@@ -482,3 +482,40 @@ async def test_a_router_restarted_right_after_a_cancel_ack_still_finds_the_fill_
     late = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
     assert path_of(bus.tap, intent)[-2:] == ["CANCELED", "FILLED"]
     assert late.filled_qty == pytest.approx(0.01)
+
+
+async def test_a_replacement_proven_never_placed_and_not_needed_ends_moot_not_unknown(
+    bus, sim, router_factory
+):
+    """Soak seed 13: a router died while carrying out a replace (its new stop journaled SUBMITTING). Its
+    successor proved the new stop never placed and did not place it (the old stop had filled), yet left
+    it UNKNOWN in the journal, and the reconciler held its repairs off for a stop 'still in flight' while
+    the position went unprotected."""
+    sim.set_position(BTC_ID, 0.02)
+    first = await router_factory()
+    old = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(old)
+    await bus.tap.wait_for(lambda: settled(bus.tap, old, S.ACKED))
+    await first.stop()
+    sim.set_price(BTC_ID, 44_900.0)  # the old stop triggers and closes the position meanwhile
+    new = stop_intent("sell", 44_000.0, qty=None)
+    # as the reconciler builds it: the replace carries its new order's correlation id
+    await bus.publish(replace_for(old, new).model_copy(update={"correlation_id": new.correlation_id}))
+    # what the dead predecessor journaled just before it died: the new stop on its way out
+    await bus.publish(
+        OrderTransition(
+            correlation_id=new.correlation_id,
+            intent_id=new.intent_id,
+            client_order_id=new.client_order_id,
+            symbol=new.symbol,
+            bucket=new.bucket,
+            from_state=S.CREATED,
+            to_state=S.SUBMITTING,
+            reason="attempt 1",
+        )
+    )
+    await router_factory()
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, new, S.MOOT, S.ACKED, S.FAILED, S.REJECTED))
+    assert t.to_state is S.MOOT and t.reason == "not replaced: filled_after_cancel"
+    assert path_of(bus.tap, new)[-2:] == ["UNKNOWN", "MOOT"]
+    assert creates(sim, new.client_order_id, "/fapi/v1/algoOrder") == []
