@@ -829,10 +829,12 @@ def _venue_disagreement(state: OrderState, orders: list[dict], orders_by_id: dic
 def check_retries(h: History, ix: _Index) -> Result:
     cfg = h.config
     res = Result(RETRIES_BOUNDED)
-    window = (cfg.recv_window_ms + cfg.ambiguity_margin_ms) / 1000
     per_intent: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     flagged: set[tuple[str, str]] = set()
+    # a router that starts counts every intent it finds in flight as sent at its start at the latest (its
+    # predecessor may have sent it just before dying): the deadline runs from there
+    router_starts = sorted(ev["ts"] for ev in h.process_events if ev["process"] == "router" and ev["up"])
     for t in ix.timelines.values():
         ref: OrderTransition | None = None  # the last send, or the moment the intent became undecided
         prev_ms = 0  # the intent's previous journal event: the lookup behind a retry started after it
@@ -843,29 +845,15 @@ def check_retries(h: History, ix: _Index) -> Result:
             if not isinstance(m, OrderRetry):
                 prev_ms = getattr(m, "ts_ms", prev_ms)
                 continue
-            lookup_started_ms, prev_ms = prev_ms, m.ts_ms
+            lookup_started_ms = prev_ms
+            if m.operation != "fetch" or m.reason == "not_found_yet":
+                # a new lookup starts after this wait; a fetch retried for a timeout, a 5xx or a venue
+                # pause is the same lookup going on (the router judges it by when it began)
+                prev_ms = m.ts_ms
             res.checks += 1
             per_intent[t.correlation_id] += 1
             by_reason[f"{m.operation}/{m.reason}"] += 1
-            problem = ""
-            if m.elapsed_sec + m.delay_sec > cfg.max_elapsed_sec + 0.05:
-                problem = (
-                    f"{m.operation} retry waits to {m.elapsed_sec + m.delay_sec:.2f}s, past the "
-                    f"{cfg.max_elapsed_sec:g}s elapsed cap"
-                )
-            elif m.reason == "not_found_yet":
-                # only a lookup that *started* after the deadline decides: one that began inside it (and
-                # took long, through timeouts and venue pauses) rightly says "not found yet"
-                started = _sec(lookup_started_ms)
-                if ref is not None and started > _sec(ref.ts_ms) + window + cfg.timing_slack_sec:
-                    problem = (
-                        f"'not found yet' from a lookup started {started - _sec(ref.ts_ms):.2f}s after the "
-                        f"send ({ref.to_state.value}), past recvWindow + margin ({window:g}s)"
-                    )
-            elif m.reason not in VENUE_PAUSE_REASONS and m.attempt > cfg.max_attempts:
-                problem = (
-                    f"{m.operation} attempt {m.attempt} beyond ROUTER_RETRY_MAX_ATTEMPTS={cfg.max_attempts}"
-                )
+            problem = _retry_problem(m, ref, _sec(lookup_started_ms), router_starts, cfg)
             if problem and (t.correlation_id, problem.split(" ")[0]) not in flagged:
                 flagged.add((t.correlation_id, problem.split(" ")[0]))
                 res.violations.append(
@@ -884,6 +872,37 @@ def check_retries(h: History, ix: _Index) -> Result:
             "retries by operation/reason: " + ", ".join(f"{k} {n}" for k, n in by_reason.most_common())
         )
     return res
+
+
+def _retry_problem(
+    m: OrderRetry, ref: OrderTransition | None, started: float, router_starts: list[float], cfg: CheckConfig
+) -> str:
+    """What is wrong with one retry ("" if nothing): past the elapsed cap, past the attempts, or a
+    "not found yet" from a lookup that began after the send could no longer land (``started``: when
+    the lookup behind it began; only a lookup that *started* after the deadline decides: one that began
+    inside it and took long, through timeouts and venue pauses, rightly says "not found yet")."""
+    if m.elapsed_sec + m.delay_sec > cfg.max_elapsed_sec + 0.05:
+        return (
+            f"{m.operation} retry waits to {m.elapsed_sec + m.delay_sec:.2f}s, past the "
+            f"{cfg.max_elapsed_sec:g}s elapsed cap"
+        )
+    if m.reason == "not_found_yet":
+        if ref is None:
+            return ""
+        window = (cfg.recv_window_ms + cfg.ambiguity_margin_ms) / 1000
+        sent = _sec(ref.ts_ms)
+        restart = bisect.bisect_right(router_starts, started)
+        if restart and router_starts[restart - 1] > sent:
+            sent = router_starts[restart - 1]
+        if started > sent + window + cfg.timing_slack_sec:
+            return (
+                f"'not found yet' from a lookup started {started - sent:.2f}s after the send "
+                f"({ref.to_state.value}) or the router's restart, past recvWindow + margin ({window:g}s)"
+            )
+        return ""
+    if m.reason not in VENUE_PAUSE_REASONS and m.attempt > cfg.max_attempts:
+        return f"{m.operation} attempt {m.attempt} beyond ROUTER_RETRY_MAX_ATTEMPTS={cfg.max_attempts}"
+    return ""
 
 
 def check_weight(h: History) -> Result:

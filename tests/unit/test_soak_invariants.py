@@ -324,6 +324,26 @@ def test_retries_beyond_attempts_or_the_elapsed_cap_or_the_recv_window():
         tr(i, S.UNKNOWN, S.FILLED, T0 + 10_000),
     ]
     assert len(by_name(history(bad))[RETRIES_BOUNDED].violations) == 3
+    # one lookup retried through timeouts and a ban is one lookup: it began inside the window (soak seed 21)
+    slow = [
+        i,
+        tr(i, S.SUBMITTING, S.UNKNOWN, T0),
+        retry(i, T0 + 3_000, operation="fetch", reason="request_timeout", attempt=2),
+        retry(i, T0 + 9_000, operation="fetch", reason="ip_banned", attempt=2),
+        retry(i, T0 + 12_000, operation="fetch", reason="not_found_yet", attempt=1),
+        tr(i, S.UNKNOWN, S.FILLED, T0 + 13_000),
+    ]
+    assert not by_name(history(slow))[RETRIES_BOUNDED].violations
+    # a router that starts counts an intent in flight as sent at its start: the window runs from there
+    late = [
+        i,
+        tr(i, S.SUBMITTING, S.UNKNOWN, T0),
+        retry(i, T0 + 8_000, operation="fetch", reason="not_found_yet"),
+        retry(i, T0 + 9_000, operation="fetch", reason="not_found_yet"),  # its lookup began at +8 s
+    ]
+    restarted = [{"ts": (T0 + 5_000) / 1000, "process": "router", "up": True}]
+    assert len(by_name(history(late))[RETRIES_BOUNDED].violations) == 1
+    assert not by_name(history(late, process_events=restarted))[RETRIES_BOUNDED].violations
 
 
 def test_weight_samples_and_429s_nobody_injected():
