@@ -76,6 +76,10 @@ USERS: dict[str, dict[str, list[str]]] = {
         ["reconciler"],
         venue=True,
     ),
+    # the venue's pushed order updates (the router settles them) and the stream's up/down status
+    "venue_stream": service(
+        "venue_stream", [f"{PREFIX}.venue.order.>", f"{PREFIX}.venue.stream.venue_stream"], [], venue=True
+    ),
     # the guard knobs, and its own restart state (kill-switch holds, equity peak, halt) beside them
     "risk": service(
         "risk", [f"{PREFIX}.risk.>", f"$KV.{BUCKET}.knobs", f"$KV.{BUCKET}.risk.state"], ["risk"]
