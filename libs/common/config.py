@@ -281,6 +281,17 @@ class ReconcilerSettings(_Base):
         "for this long before it is forgotten as missing: a venue lists an order it took only after a lag",
     )
     summary_heartbeat_sec: float = Field(5.0, gt=0, description="reconcile.summary at least this often")
+    stream_up_interval_sec: float = Field(
+        10.0,
+        gt=0,
+        description="While the venue stream is up (fills and cancels are pushed), ticks are at least this far "
+        "apart: REST is the backstop (the stream's every reconnect still triggers a tick at once)",
+    )
+    stream_status_stale_sec: float = Field(
+        15.0,
+        gt=0,
+        description="A venue stream status older than this counts as down (the stream service is gone)",
+    )
     equity_every_ticks: int = Field(5, ge=1, description="Read the balance (equity) every N ticks")
     recovery_hours: float = Field(24.0, gt=0, description="Journal window read at boot")
 

@@ -16,7 +16,7 @@ from libs.common.messages import (
     VenueStreamStatus,
 )
 from libs.common.state_machine import OrderState
-from tests.integration.helpers import BTC, BTC_ID, make_intent, path_of, settled, stop_intent
+from tests.integration.helpers import BTC, BTC_ID, make_intent, path_of, server_state, settled, stop_intent
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +191,22 @@ async def test_a_replayed_update_is_journaled_once_and_applied_once(
     await bus.tap.wait_for(lambda: settled(bus.tap, marker, S.ACKED))
     assert path_of(bus.tap, rest) == ["CREATED", "SUBMITTING", "ACKED", "FILLED"]
     assert router.counts.get("venue_fact_stale") and router.counts.get("venue_fact_same")
+
+
+async def test_the_reconciler_polls_slowly_while_the_stream_is_up_and_reads_at_once_on_a_resume(
+    bus, sim, reconciler_factory, venue_stream_factory
+):
+    rec = await reconciler_factory(stream_up_interval_sec=60.0)  # 0.2 s ticks otherwise
+    await stream_up(bus, venue_stream_factory)
+
+    async def up() -> bool:
+        return rec.stream_up()
+
+    await server_state(up, bool)
+    with pytest.raises(TimeoutError):  # five ticks at the fast cadence; one at most (the resume's) now
+        await rec.wait_ticks(2, within_sec=1.0)
+
+    sim.add_fault(kind="stream_drop")  # down (faster cadence), then resumed: a tick at once
+    await rec.wait_ticks(1, within_sec=5.0)
+    await bus.tap.wait_for(lambda: len(resumed(bus.tap)) == 2)
+    await rec.wait_ticks(1, within_sec=5.0)
