@@ -364,6 +364,12 @@ class KillSettings(_Base):
     )
     api_error_window_sec: float = Field(60.0, gt=0, description="API error counting window")
     stale_data_sec: float = Field(30.0, gt=0, description="No reconcile data for this long trips")
+    stream_down_sec: float = Field(
+        60.0,
+        gt=0,
+        description="The venue stream down (or its status silent) this long trips as stale data; never "
+        "when no stream service has reported",
+    )
     max_drawdown_pct: float = Field(10.0, gt=0, description="Equity drawdown from peak that trips (latches)")
     reconcile_mismatch_streak_max: int = Field(6, ge=1, description="Mismatch streak that trips")
     reconcile_mismatch_halt_sec: float = Field(300.0, ge=0, description="Minimum halt after a mismatch storm")

@@ -139,3 +139,27 @@ def test_backoff_is_bounded_and_reasons_are_named():
     assert end_reason(ccxt.NetworkError("closed")) == "connection_lost"
     assert end_reason(SessionEnded("silent")) == "silent"
     assert end_reason(RuntimeError("bug")) == "internal_error:RuntimeError"
+
+
+def test_a_long_stream_outage_is_stale_data_and_no_stream_is_not():
+    from libs.common.config import KillSettings
+    from libs.common.messages import VenueStreamStatus
+    from services.risk.kill_switch import KillInputs, KillSwitch
+    from services.risk.posture import stream_down_for
+
+    def status(state: str, since: float, at: float) -> VenueStreamStatus:
+        return VenueStreamStatus(
+            state=state, since_ms=int(since * 1000), ts_ms=int(at * 1000), source_service="venue_stream"
+        )
+
+    assert stream_down_for(None, 1_000.0, 30) is None  # no stream service: nothing to judge
+    assert stream_down_for(status("up", 900, 990), 1_000.0, 30) is None
+    assert stream_down_for(status("up", 900, 950), 1_000.0, 30) == 50  # its heartbeat stopped
+    assert stream_down_for(status("down", 940, 999), 1_000.0, 30) == 60
+
+    ks = KillSwitch(KillSettings(stream_down_sec=60), started_at=0)
+    fresh = dict(now=1_000.0, data_age_sec=1.0)
+    assert not ks.evaluate(KillInputs(**fresh, stream_down_sec=59)).tripped
+    tripped = ks.evaluate(KillInputs(**fresh, stream_down_sec=61))
+    assert tripped.tripped and "stale_data" in tripped.reasons
+    assert not ks.evaluate(KillInputs(**fresh, stream_down_sec=None)).tripped  # up again: released
