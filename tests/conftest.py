@@ -28,6 +28,7 @@ from libs.common.config import (
     ReconcilerSettings,
     RiskSettings,
     RouterSettings,
+    VenueStreamSettings,
 )
 from libs.common.messages import BusMessage, DecodeError, decode
 from tools.natsd import NatsServer
@@ -165,7 +166,7 @@ def sim(sim_server: Any) -> Iterator[Any]:
 
 def exchange_settings(sim: Any, timeout_ms: int = 1500, **overrides: Any) -> ExchangeSettings:
     # a short recvWindow: an ambiguous create is decided (found, or void and absent) within 1.5 s
-    args: dict[str, Any] = dict(recv_window_ms=1000, ambiguity_margin_ms=500)
+    args: dict[str, Any] = dict(recv_window_ms=1000, ambiguity_margin_ms=500, ws_url=sim.ws_url)
     args.update(overrides)
     return ExchangeSettings(
         api_url=sim.base_url, api_key="sim-key", api_secret="sim-secret", timeout_ms=timeout_ms, **args
@@ -269,6 +270,27 @@ def reconciler_factory(nats_settings: NatsSettings, sim: Any, started: Started) 
                 nats_settings, exchange_settings(sim), fast_reconciler_settings(**overrides), boot
             )
         )
+
+    return make
+
+
+@pytest.fixture
+def venue_stream_factory(nats_settings: NatsSettings, sim: Any, started: Started) -> Callable:
+    """The venue stream service on the simulator's user data stream; ready = its bus is; ``wait_up`` for
+    its first connection."""
+    from services.venue_stream.service import VenueStreamService
+
+    async def make(**overrides: Any) -> VenueStreamService:
+        settings = VenueStreamSettings(
+            **{
+                "http_port": 0,
+                "backoff_base_sec": 0.05,
+                "backoff_max_sec": 0.5,
+                "status_every_sec": 1.0,
+                **overrides,
+            }
+        )
+        return await started(VenueStreamService(nats_settings, exchange_settings(sim), settings))
 
     return make
 

@@ -38,15 +38,19 @@ JOURNAL_READ = [
 ]
 
 
+STREAM_STATUS = f"{PREFIX}.venue.stream.>"  # the venue stream's up/down status
+
+
 def durable(name: str) -> tuple[list[str], list[str]]:
     """(publish, subscribe) a service needs for one of its durable push consumers."""
     return [f"$JS.ACK.{STREAM}.{name}.>"], [f"_ERL.deliver.{STREAM}.{name}"]
 
 
 def service(
-    name: str, writes: list[str], durables: list[str], *, venue: bool = False
+    name: str, writes: list[str], durables: list[str], *, venue: bool = False, hears: list[str] | None = None
 ) -> dict[str, list[str]]:
-    pub, sub = list(JOURNAL_READ) + writes + [f"{PREFIX}.dlq.{name}"], [f"_INBOX.{name}.>"]
+    """``hears``: core-NATS subjects it subscribes to outside its durable consumers."""
+    pub, sub = list(JOURNAL_READ) + writes + [f"{PREFIX}.dlq.{name}"], [f"_INBOX.{name}.>", *(hears or [])]
     if venue:  # talks to the venue: states the IP bans it gets, hears everyone's
         pub.append(f"{PREFIX}.venue.ban.{name}")
         sub.append(f"{PREFIX}.venue.ban.>")
@@ -75,6 +79,11 @@ USERS: dict[str, dict[str, list[str]]] = {
         ],
         ["reconciler"],
         venue=True,
+        hears=[STREAM_STATUS],  # a resumed stream: reconcile at once
+    ),
+    # the venue's pushed order updates (the router settles them) and the stream's up/down status
+    "venue_stream": service(
+        "venue_stream", [f"{PREFIX}.venue.order.>", f"{PREFIX}.venue.stream.venue_stream"], [], venue=True
     ),
     # the guard knobs, and its own restart state (kill-switch holds, equity peak, halt) beside them
     "risk": service(

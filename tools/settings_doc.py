@@ -16,6 +16,7 @@ from libs.common.config import (
     ReconcilerSettings,
     RiskSettings,
     RouterSettings,
+    VenueStreamSettings,
     describe_settings,
 )
 from services.simulator.config import SimulatorSettings
@@ -30,6 +31,7 @@ ALL_SETTINGS = (
     BootSettings,
     RiskSettings,
     KillSettings,
+    VenueStreamSettings,
     SimulatorSettings,
 )
 

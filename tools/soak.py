@@ -3,7 +3,7 @@
     python -m tools.soak --seed 1 --seconds 120         # make soak SEED=1 SECONDS=120
     python -m tools.soak --seed 1 --seconds 120 --schedule-only
 
-Starts the stack as ``make run`` does (nats-server, simulator, risk, router, reconciler, entry as
+Starts the stack as ``make run`` does (nats-server, simulator, risk, router, reconciler, entry, venue_stream as
 processes; free ports, a temp run dir; the simulator with its rate limits on and prices that move
 only when the schedule moves them). One ``random.Random(seed)`` generates the whole schedule up
 front (time offset, action, parameters: printed, saved as ``schedule.json``): a strategy's entry
@@ -68,7 +68,7 @@ from tools.soak_invariants import (
 from tools.stack import SERVICES, SIMULATOR, LocalStack
 
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT")
-SERVICE_NAMES = tuple(s.name for s in SERVICES)  # risk, router, reconciler, entry
+SERVICE_NAMES = tuple(s.name for s in SERVICES)  # risk, router, reconciler, entry, venue_stream
 NATS = "nats"
 ADMIN_TOKEN = "soak-admin-token"
 SIM_KEY, SIM_SECRET = "sim-key", "sim-secret"  # the simulator's dev credentials (SIM_API_KEY/SECRET)

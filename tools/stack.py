@@ -35,8 +35,9 @@ ROUTER = ChildSpec("router", "services.router", "ROUTER_HTTP_PORT", 8101)
 RECONCILER = ChildSpec("reconciler", "services.reconciler", "RECONCILE_HTTP_PORT", 8102)
 RISK = ChildSpec("risk", "services.risk", "RISK_HTTP_PORT", 8103)
 ENTRY = ChildSpec("entry", "services.entry", "ENTRY_HTTP_PORT", 8104)
+VENUE_STREAM = ChildSpec("venue_stream", "services.venue_stream", "VENUE_STREAM_HTTP_PORT", 8105)
 # risk first: router and entry refuse entries until it has published the guard knobs
-SERVICES = (RISK, ROUTER, RECONCILER, ENTRY)
+SERVICES = (RISK, ROUTER, RECONCILER, ENTRY, VENUE_STREAM)
 
 
 def port_free(port: int) -> bool:
@@ -138,12 +139,16 @@ class LocalStack:
         sim = self.children.get("simulator")
         if sim is not None:
             env["EXCHANGE_API_URL"] = sim.url
+            env["EXCHANGE_WS_URL"] = f"ws://127.0.0.1:{sim.env['SIM_WS_PORT']}/ws"  # its user data stream
         env.update(self.extra_env)
         return env
 
     def add(self, spec: ChildSpec, env: dict[str, str] | None = None, start: bool = True) -> Child:
         port = self._port(spec.port_env, spec.default_port)
         child_env = {**self.base_env(), spec.port_env: str(port), **(env or {})}
+        if spec is SIMULATOR and not child_env.get("SIM_WS_PORT"):
+            # a known port: the services are told the stream's URL before the simulator is up
+            child_env["SIM_WS_PORT"] = str(self._port("SIM_WS_PORT", 8091))
         child = Child(spec, port, child_env, self.run_dir / "logs" / f"{spec.name}.log")
         self.children[spec.name] = child
         if start:

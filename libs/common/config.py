@@ -84,11 +84,18 @@ class ExchangeSettings(_Base):
     rate_limit_default_pause_sec: float = Field(
         limits.RATE_LIMIT_DEFAULT_SEC, gt=0, description="Pause after a 429 without a usable Retry-After"
     )
+    ws_url: str | None = Field(
+        "ws://127.0.0.1:8091/ws",
+        description="User data stream WebSocket base (ccxt's urls.api.ws.linear); ignored (Binance's own) "
+        "when EXCHANGE_API_URL is empty",
+    )
 
     @model_validator(mode="after")
     def _normalise(self) -> ExchangeSettings:
         if self.api_url is not None and not self.api_url.strip():
             object.__setattr__(self, "api_url", None)  # empty = the real Binance fapi hosts
+        if self.api_url is None or (self.ws_url is not None and not self.ws_url.strip()):
+            object.__setattr__(self, "ws_url", None)  # the real venue: its stream host comes with it
         for field, path in (("api_key", self.api_key_file), ("api_secret", self.api_secret_file)):
             if path:
                 try:
@@ -274,8 +281,50 @@ class ReconcilerSettings(_Base):
         "for this long before it is forgotten as missing: a venue lists an order it took only after a lag",
     )
     summary_heartbeat_sec: float = Field(5.0, gt=0, description="reconcile.summary at least this often")
+    stream_up_interval_sec: float = Field(
+        10.0,
+        gt=0,
+        description="While the venue stream is up (fills and cancels are pushed), ticks are at least this far "
+        "apart: REST is the backstop (the stream's every reconnect still triggers a tick at once)",
+    )
+    stream_status_stale_sec: float = Field(
+        15.0,
+        gt=0,
+        description="A venue stream status older than this counts as down (the stream service is gone)",
+    )
     equity_every_ticks: int = Field(5, ge=1, description="Read the balance (equity) every N ticks")
     recovery_hours: float = Field(24.0, gt=0, description="Journal window read at boot")
+
+
+class VenueStreamSettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="VENUE_STREAM_", extra="ignore", frozen=True)
+
+    http_host: str = Field("127.0.0.1", description="REST bind address")
+    http_port: int = Field(8105, ge=0, le=65535, description="REST port")
+    keepalive_sec: float = Field(
+        1800.0,
+        gt=0,
+        description="Send our own listenKey keepalive (PUT) this often (the venue expires a key after 60 min; "
+        "ccxt sends only one)",
+    )
+    silence_sec: float = Field(
+        120.0,
+        gt=0,
+        description="No stream event for this long: the stream may be stalled (pings still answered), so "
+        "reconnect, and the reconciler re-reads the venue",
+    )
+    connect_timeout_sec: float = Field(10.0, gt=0, description="Give up on one connection attempt after this")
+    backoff_base_sec: float = Field(0.5, gt=0, description="First reconnect delay; doubles per failure")
+    backoff_max_sec: float = Field(30.0, gt=0, description="Reconnect delay ceiling")
+    status_every_sec: float = Field(
+        5.0, gt=0, description="Publish the stream's state (up / down) at least this often"
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> VenueStreamSettings:
+        if self.backoff_max_sec < self.backoff_base_sec:
+            raise ValueError("VENUE_STREAM_BACKOFF_MAX_SEC must be >= VENUE_STREAM_BACKOFF_BASE_SEC")
+        return self
 
 
 class BootSettings(_Base):
@@ -315,6 +364,12 @@ class KillSettings(_Base):
     )
     api_error_window_sec: float = Field(60.0, gt=0, description="API error counting window")
     stale_data_sec: float = Field(30.0, gt=0, description="No reconcile data for this long trips")
+    stream_down_sec: float = Field(
+        60.0,
+        gt=0,
+        description="The venue stream down (or its status silent) this long trips as stale data; never "
+        "when no stream service has reported",
+    )
     max_drawdown_pct: float = Field(10.0, gt=0, description="Equity drawdown from peak that trips (latches)")
     reconcile_mismatch_streak_max: int = Field(6, ge=1, description="Mismatch streak that trips")
     reconcile_mismatch_halt_sec: float = Field(300.0, ge=0, description="Minimum halt after a mismatch storm")

@@ -517,23 +517,57 @@ class VenueBan(BusMessage):
 
 
 class VenueOrderFact(BusMessage):
-    """A venue fact about one of our orders that the router did not see happen: the reconciler found it
-    gone from the open orders (a stop that triggered, an order cancelled or expired behind our back).
+    """A venue fact about one of our orders that the router did not see happen.
 
-    The router, the only writer of order transitions, looks the order up itself and journals the truth
-    (e.g. ACKED -> FILLED with the fill of the order a stop created, CANCELED -> FILLED).
+    Two reporters: the reconciler found the order gone from the open orders (a stop that triggered, an
+    order cancelled or expired behind our back): a partial fact, ``state`` unset, and the router looks the
+    order up itself; the venue stream (``source`` venue_stream) pushed an order update: a full fact with
+    ``state``, the filled quantity and the average price, which the router settles from directly.
+
+    The router, the only writer of order transitions, journals the truth (e.g. ACKED -> FILLED with the
+    fill of the order a stop created, CANCELED -> FILLED); it never moves an order back to an older state.
     """
 
     family: ClassVar[str] = "venue.order"
     kind: Literal["venue.order"] = "venue.order"
     client_order_id: Annotated[str, Field(min_length=1, max_length=36)]
     symbol: Symbol
-    is_trigger: bool = False
+    is_trigger: bool = Field(False, description="about the conditional (algo) order itself")
     status: str = Field("", max_length=32, description="what the reporter saw (e.g. filled, expired)")
     source: str = Field("", max_length=64)
+    state: OrderState | None = Field(None, description="set: the fact says how the order stands (no lookup)")
+    filled_qty: float | None = Field(None, ge=0, allow_inf_nan=False)
+    avg_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    exchange_order_id: str | None = Field(None, max_length=64)
+    actual_order_id: str | None = Field(
+        None, max_length=64, description="a triggered conditional order: the id of the order it placed"
+    )
+    event_ms: int | None = Field(None, ge=0, description="the venue's time of the update (orders updates)")
 
     def subject_token(self) -> str:
         return self.client_order_id
+
+
+VenueStreamState = Literal["up", "down"]
+
+
+class VenueStreamStatus(BusMessage):
+    """The venue stream's state. ``resumed``: a (re)connection just opened, so what happened while it was
+    down is only on the venue: the reconciler reads it at once. Published on every change and as a
+    heartbeat (``status_every_sec``): no status for a while means nobody is watching the venue's pushes.
+    """
+
+    family: ClassVar[str] = "venue.stream"
+    kind: Literal["venue.stream"] = "venue.stream"
+    state: VenueStreamState
+    resumed: bool = False
+    reason: str = Field("", max_length=300)
+    since_ms: int = Field(ge=0, description="the state holds since then")
+    connects: int = Field(0, ge=0, description="connections opened since the service started")
+    source_service: Token
+
+    def subject_token(self) -> str:
+        return self.source_service
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -578,6 +612,7 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
     SignalDecision,
     VenueBan,
     VenueOrderFact,
+    VenueStreamStatus,
     DeadLetter,
 )
 _BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}

@@ -118,6 +118,24 @@ GUARD_MIN_CONF = Gauge("erl_guard_min_entry_conf", "Published guard knob")
 GUARD_MODE = Gauge("erl_guard_mode", "Published guard mode (1 for the active one)", ["mode"])
 BELIEF_DEBT = Gauge("erl_belief_debt", "Belief debt driving the controller")
 
+# venue user data stream (services/venue_stream) and the router's use of its facts
+STREAM_UP = Gauge("erl_venue_stream_up", "1 while the venue's user data stream is connected")
+STREAM_SESSIONS = Counter(
+    "erl_venue_stream_session_ends_total", "Stream sessions ended, by reason (then reconnected)", ["reason"]
+)
+STREAM_EVENTS = Counter(
+    "erl_venue_stream_events_total",
+    "Order updates from the stream: published, duplicate (already journaled), malformed (ignored)",
+    ["outcome"],
+)
+VENUE_FACTS = Counter(
+    "erl_router_venue_facts_total",
+    "Venue facts by what the router did: settled, same, stale (older than what it knows: refused), "
+    "lookup, orphan (a client id it does not know), ignored",
+    ["outcome"],
+)
+VENUE_FACT_OUTCOMES = ("settled", "same", "stale", "lookup", "orphan", "ignored")
+
 
 # Known label values are created at zero when a service starts, so dashboards and alerts see "none
 # yet" as 0 instead of as a missing series (which looks the same as a misspelt metric).
@@ -137,6 +155,7 @@ _KNOWN: dict[str, _Known] = {
         *_venue("router"),
         (CANCEL_REPLACE_GIVEUPS, (("INTENT_CREATED",), ("CANCEL_SENT_UNKNOWN",), ("REPLACE_RACE",))),
         (NOT_RESENT, (("open",), ("settled",), ("resolve",))),
+        (VENUE_FACTS, tuple((o,) for o in VENUE_FACT_OUTCOMES)),
         (
             CANCELS,
             tuple((o,) for o in get_args(CancelOutcome)),
@@ -189,6 +208,14 @@ _KNOWN: dict[str, _Known] = {
             tuple((k,) for k in get_args(MismatchKind)),
         ),
         (RECONCILE_REPAIRS, tuple((a,) for a in get_args(RepairKind) if a != "skip")),
+    ],
+    "venue_stream": [
+        *_venue("venue_stream"),
+        (STREAM_EVENTS, (("published",), ("duplicate",), ("malformed",))),
+        (
+            STREAM_SESSIONS,
+            (("connection_lost",), ("listen_key_gone",), ("listen_key_expired",), ("silent",)),
+        ),
     ],
     "risk": [
         (KILL_TRIPS, (("api_errors",), ("stale_data",), ("equity_drawdown",), ("reconcile_mismatch_storm",))),

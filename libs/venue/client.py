@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import ccxt
 import ccxt.async_support as ccxt_async
+import ccxt.pro
 
 from libs.common.config import ExchangeSettings
 from libs.common.logs import RateLimitedLog, log_event, redact
@@ -47,8 +49,9 @@ class VenuePaused(ccxt.RateLimitExceeded):
         self.pause = pause
 
 
-class BinanceUSDMClient(ccxt_async.binanceusdm):
-    """binanceusdm with our venue boundary: request limits for every host, the linear error table for any host.
+class VenueBoundary:
+    """Our venue boundary on a ccxt binanceusdm client (REST, or ccxt.pro's with the same REST methods):
+    request limits for every host, the linear error table for any host.
 
     Limits: every HTTP response goes through ``on_rest_response`` into ``self.venue_limits`` (used weight,
     order counts, a 418 ban or a 429 Retry-After) before ccxt raises anything, and ``fetch`` holds every
@@ -63,16 +66,20 @@ class BinanceUSDMClient(ccxt_async.binanceusdm):
 
     # not ``limits``: ccxt's own attribute of that name holds market limits
     venue_limits: VenueLimits
+    options: dict[str, Any]
+    exceptions: dict[str, Any]
+    urls: dict[str, Any]
 
     def __init__(self, config: dict[str, Any] | None = None, venue_limits: VenueLimits | None = None) -> None:
         self.venue_limits = venue_limits or VenueLimits()
-        super().__init__(config or {})
+        super().__init__(config or {})  # type: ignore[call-arg]  # the ccxt class after us in the MRO
 
     def get_exceptions_by_url(self, url: str | None, exactOrBroad: str) -> dict:
         linear_base = self.options.get("linearErrorBaseUrl")
         if url is not None and linear_base and url.startswith(linear_base):
-            return self.safe_dict(self.safe_dict(self.exceptions, "linear", {}), exactOrBroad, {})
-        return super().get_exceptions_by_url(url, exactOrBroad)
+            linear = self.exceptions.get("linear") or {}
+            return linear.get(exactOrBroad) or {}
+        return super().get_exceptions_by_url(url, exactOrBroad)  # type: ignore[misc]
 
     def on_rest_response(
         self,
@@ -100,13 +107,31 @@ class BinanceUSDMClient(ccxt_async.binanceusdm):
                 capped=pause.capped,
                 body=pause.message,
             )
-        return super().on_rest_response(
+        return super().on_rest_response(  # type: ignore[misc]
             code, reason, url, method, response_headers, response_body, request_headers, request_body
         )
 
     async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
         await wait_out_pause(self.venue_limits)
-        return await super().fetch(url, method, headers, body)
+        return await super().fetch(url, method, headers, body)  # type: ignore[misc]
+
+
+class BinanceUSDMClient(VenueBoundary, ccxt_async.binanceusdm):
+    """The REST client every venue-facing service uses."""
+
+
+class BinanceUSDMStreamClient(VenueBoundary, ccxt.pro.binanceusdm):
+    """ccxt.pro's binanceusdm (the user data stream; the same REST methods) behind the same boundary.
+
+    ``connected_cb``: told when a WebSocket connection opens (ccxt's own hook, ``on_connected``).
+    """
+
+    connected_cb: Callable[[str], None] | None = None
+
+    def on_connected(self, client: Any, message: Any = None) -> None:
+        super().on_connected(client, message)
+        if self.connected_cb is not None:
+            self.connected_cb(client.url)
 
 
 _waiting_log = RateLimitedLog(log, 10.0)
@@ -150,6 +175,26 @@ def exchange_from_settings(settings: ExchangeSettings) -> BinanceUSDMClient:
     )
 
 
+def stream_client_from_settings(
+    settings: ExchangeSettings, venue_limits: VenueLimits | None = None
+) -> BinanceUSDMStreamClient:
+    """The user data stream's client: the same configuration, plus the stream's WebSocket base
+    (``venue_limits``: share another client's, so a ban holds both)."""
+    config, api_url = _config(
+        api_url=settings.api_url,
+        api_key=settings.api_key.get_secret_value(),
+        api_secret=settings.api_secret.get_secret_value(),
+        timeout_ms=settings.timeout_ms,
+        recv_window_ms=settings.recv_window_ms,
+    )
+    ex = BinanceUSDMStreamClient(config, venue_limits or limits_from_settings(settings))
+    _point_at(ex, api_url)
+    if api_url and settings.ws_url:
+        # ccxt dials <base without /ws>/private/ws?listenKey=... (Binance's /private split)
+        ex.urls["api"] = {**ex.urls["api"], "ws": {**ex.urls["api"]["ws"], "linear": settings.ws_url}}
+    return ex
+
+
 def make_exchange(
     *,
     api_url: str | None,
@@ -165,6 +210,29 @@ def make_exchange(
     ``venue_limits`` (default: a fresh ``VenueLimits``) is exposed as ``ex.venue_limits``: its pauses hold every
     call of this client, and services read the used weight from it.
     """
+    config, base = _config(
+        api_url=api_url,
+        api_key=api_key,
+        api_secret=api_secret,
+        timeout_ms=timeout_ms,
+        recv_window_ms=recv_window_ms,
+        extra_options=extra_options,
+    )
+    ex = BinanceUSDMClient(config, venue_limits)
+    _point_at(ex, base)
+    return ex
+
+
+def _config(
+    *,
+    api_url: str | None,
+    api_key: str,
+    api_secret: str,
+    timeout_ms: int,
+    recv_window_ms: int,
+    extra_options: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], str | None]:
+    """ccxt's config for our clients, and the custom REST base (None: Binance's own hosts)."""
     redact(api_key, api_secret)
     options: dict[str, Any] = {
         # load_markets then only calls GET /fapi/v1/exchangeInfo
@@ -181,6 +249,9 @@ def make_exchange(
     }
     if extra_options:
         options.update(extra_options)
+    base = api_url.rstrip("/") if api_url else None
+    if base:
+        options["linearErrorBaseUrl"] = base
     config: dict[str, Any] = {
         "apiKey": api_key,
         "secret": api_secret,
@@ -188,12 +259,13 @@ def make_exchange(
         "enableRateLimit": False,
         "options": options,
     }
-    if api_url:
-        options["linearErrorBaseUrl"] = api_url.rstrip("/")
-    ex = BinanceUSDMClient(config, venue_limits)
-    if api_url:
+    return config, base
+
+
+def _point_at(ex: VenueBoundary, base: str | None) -> None:
+    """Every fapi endpoint family at a custom REST base."""
+    if base:
         api = dict(ex.urls["api"])
         for key, path in FAPI_URL_KEYS.items():
-            api[key] = options["linearErrorBaseUrl"] + path
+            api[key] = base + path
         ex.urls["api"] = api
-    return ex

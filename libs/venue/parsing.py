@@ -5,7 +5,7 @@ Parsing raises on an answer it cannot read (that is not a venue refusal: it prop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from libs.common.messages import Side
@@ -102,3 +102,54 @@ def position_from_ccxt(p: dict[str, Any]) -> VenuePosition:
     contracts = float(p.get("contracts") or 0)
     qty = -contracts if p.get("side") == "short" else contracts
     return VenuePosition(p["symbol"], qty, float(p.get("entryPrice") or 0), float(p.get("markPrice") or 0))
+
+
+# a conditional order's stream states while its trigger is working: the order it placed reports the fill
+_ALGO_WORKING = frozenset({"TRIGGERING", "TRIGGERED"})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOrderUpdate:
+    """One order update pushed on the user data stream (ccxt's ``watch_orders``), in our types.
+
+    ``complete``: it says how the order stands (state, filled quantity and average price) as fully as a
+    REST lookup would; when False only a lookup can tell (e.g. an algo order finished without its fill).
+    """
+
+    order: VenueOrder
+    event_ms: int | None  # the venue's transaction time: orders the updates of one order
+    complete: bool
+
+
+def stream_update_from_ccxt(order: dict[str, Any]) -> StreamOrderUpdate:
+    """ccxt's parse of an ``ORDER_TRADE_UPDATE`` or ``ALGO_UPDATE``; raises ValueError on one we cannot
+    read (no client id, symbol or status), which the caller counts as malformed.
+
+    An algo update is the conditional order itself (ccxt's id is the algo id): TRIGGERING / TRIGGERED
+    keep it working (the order it placed follows as its own update, with the same client id, and carries
+    the fill); FINISHED carries the fill in ``aq`` / ``ap`` (ccxt leaves them in ``info``).
+    """
+    info = order.get("info") or {}
+    raw = str(info.get("X") or "")
+    if not order.get("clientOrderId") or not order.get("symbol") or not raw:
+        raise ValueError(f"stream order update without client id, symbol or status: {info!r}"[:300])
+    is_algo = "aid" in info or "caid" in info
+    parsed = venue_order_from_ccxt(order, is_trigger=is_algo)
+    state, filled, average = parsed.state, parsed.filled, parsed.average
+    if is_algo and raw in _ALGO_WORKING:
+        state = OrderState.ACKED
+    elif is_algo and raw == "FINISHED":
+        filled = float(info.get("aq") or 0)
+        average = float(info["ap"]) if info.get("ap") and float(info["ap"]) else None
+    actual = info.get("ai") if is_algo else None
+    update = replace(
+        parsed,
+        state=state,
+        venue_status=raw,
+        filled=filled,
+        average=average,
+        actual_order_id=str(actual) if actual else None,
+    )
+    event_ms = info.get("T") or order.get("lastUpdateTimestamp") or order.get("timestamp")
+    complete = state is not OrderState.UNKNOWN and not (state is OrderState.FILLED and filled <= 0)
+    return StreamOrderUpdate(update, int(event_ms) if event_ms else None, complete)

@@ -8,13 +8,13 @@ stop intents sent through the router, which never policy-blocks them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
 
 from fastapi import FastAPI
+from nats.aio.msg import Msg
 
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
@@ -22,6 +22,7 @@ from libs.common.logs import log_event
 from libs.common.messages import (
     BusMessage,
     CancelIntent,
+    DecodeError,
     HaltCommand,
     OrderIntent,
     OrderTransition,
@@ -31,6 +32,8 @@ from libs.common.messages import (
     ReplaceIntent,
     Stage1GapAssertion,
     VenueOrderFact,
+    VenueStreamStatus,
+    decode,
 )
 from libs.common.service import Service
 from libs.common.telemetry import (
@@ -107,6 +110,9 @@ class ReconcilerService(Service):
         self.last_plan: ReadPlan | None = None
         self.next_delay_sec = settings.interval_sec
         self._tick_done = asyncio.Condition()
+        self._wake = asyncio.Event()  # tick now (the venue stream resumed)
+        self.stream_status: VenueStreamStatus | None = None  # the venue stream's last word, if it runs
+        self._stream_status_at = 0.0
         self.consumer: ConsumerLoop | None = None
         super().__init__(nats_settings, settings.http_host, settings.http_port)
 
@@ -174,7 +180,32 @@ class ReconcilerService(Service):
         self.consumer = ConsumerLoop(
             self.js, self.publisher, self.nats_settings.stream, self._spec(), self.on_event, service=self.name
         )
+        await self.bus.nc.subscribe(f"{self.nats_settings.subject_prefix}.venue.stream.>", cb=self._on_stream)
         return [self.consumer.run(self.stop_event), self._tick_loop()]
+
+    async def _on_stream(self, m: Msg) -> None:
+        """The venue stream's status (core NATS: only the latest matters). A resume means events may have
+        been missed while it was down: read the venue now, every symbol's open orders included."""
+        try:
+            status = decode(self.nats_settings.subject_prefix, m.subject, m.data)
+        except DecodeError as e:
+            log_event(self.log, "reconcile.stream_status_unreadable", logging.WARNING, error=str(e))
+            return
+        if not isinstance(status, VenueStreamStatus):
+            return
+        was_up = self.stream_up()
+        self.stream_status, self._stream_status_at = status, time.time()
+        if status.resumed:
+            self._last_sweep = 0.0
+            self._wake.set()
+        elif was_up and status.state == "down":
+            self._wake.set()  # back to the faster cadence now, not after the slow wait
+
+    def stream_up(self) -> bool:
+        """The venue stream pushes order updates right now (its status is recent and says up)."""
+        st = self.stream_status
+        fresh = time.time() - self._stream_status_at < self.settings.stream_status_stale_sec
+        return st is not None and st.state == "up" and fresh
 
     # ------------------------------------------------------------------ journal events -> belief
 
@@ -214,9 +245,15 @@ class ReconcilerService(Service):
                     error=f"{type(e).__name__}: {e}",
                     exc_info=True,
                 )
-            wait = max(self.next_delay_sec - (time.monotonic() - t0), 0.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), wait)
+            delay = self.next_delay_sec
+            if self.stream_up():  # fills and cancels are pushed: REST is the slower backstop
+                delay = max(delay, self.settings.stream_up_interval_sec)
+            wait = max(delay - (time.monotonic() - t0), 0.0)
+            self._wake.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.stop_event, self._wake)]
+            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
 
     async def tick_once(self) -> ReconcileSummary:
         started = time.time()
@@ -402,6 +439,13 @@ class ReconcilerService(Service):
                 "weight": self.last_plan.cost if self.last_plan else None,
                 "next_tick_sec": round(self.next_delay_sec, 3),
                 "venue_used_weight_1m": self.venue.limits.used_weight_1m,
+            },
+            "venue_stream": {
+                "up": self.stream_up(),
+                "state": self.stream_status.state if self.stream_status else None,
+                "status_age_sec": round(time.time() - self._stream_status_at, 3)
+                if self.stream_status
+                else None,
             },
         }
 

@@ -39,6 +39,7 @@ class KillInputs:
     data_age_sec: float | None = None  # None: no data yet (not stale until the grace period passes)
     equity: float | None = None
     mismatch_streak: int = 0
+    stream_down_sec: float | None = None  # how long the venue stream has been down; None: up, or no stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,9 @@ class KillSwitch:
             self._trip(Trigger.API_ERRORS, x.now + self.api_error_hold_sec, newly)
 
         age = x.data_age_sec if x.data_age_sec is not None else x.now - self.started_at
-        conditions[Trigger.STALE_DATA] = age > c.stale_data_sec
+        # a long venue-stream outage is stale data too: pushed fills go unseen until a REST pass
+        stream_down = x.stream_down_sec is not None and x.stream_down_sec > c.stream_down_sec
+        conditions[Trigger.STALE_DATA] = age > c.stale_data_sec or stream_down
         if conditions[Trigger.STALE_DATA]:
             # releases as soon as data is fresh again: the trip time is all it needs (a fixed value, so
             # a persisted copy does not change on every stale evaluation)

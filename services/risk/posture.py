@@ -24,6 +24,7 @@ from libs.common.messages import (
     OrderTransition,
     ReconcileSummary,
     VenueBan,
+    VenueStreamStatus,
 )
 from libs.common.state_machine import OrderState
 from services.risk.belief_controller import MODES, ControllerTrace, DebtInputs, knobs_for
@@ -141,7 +142,9 @@ class ApiErrorWindow:
         return sum(1 for t in self.times if t >= horizon)
 
 
-def kill_inputs(now: float, evidence: Evidence, api_errors_in_window: int) -> KillInputs:
+def kill_inputs(
+    now: float, evidence: Evidence, api_errors_in_window: int, stream_down_sec: float | None = None
+) -> KillInputs:
     s = evidence.summary
     return KillInputs(
         now=now,
@@ -149,7 +152,19 @@ def kill_inputs(now: float, evidence: Evidence, api_errors_in_window: int) -> Ki
         data_age_sec=evidence.data_age(now),
         equity=s.equity if s else None,
         mismatch_streak=s.mismatch_streak if s else 0,
+        stream_down_sec=stream_down_sec,
     )
+
+
+def stream_down_for(status: VenueStreamStatus | None, now: float, silent_after_sec: float) -> float | None:
+    """How long the venue stream has been down: since its status said so, or since its last status when
+    none came for ``silent_after_sec`` (the stream service itself is gone). None: up, or no stream."""
+    if status is None:
+        return None
+    if status.state == "down":
+        return max(now - status.since_ms / 1000, 0.0)
+    silent = now - status.ts_ms / 1000
+    return silent if silent > silent_after_sec else None
 
 
 def kill_switch_event(ks: KillState, x: KillInputs) -> KillSwitchEvent | None:

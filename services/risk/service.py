@@ -40,6 +40,7 @@ from libs.common.messages import (
     HaltCommand,
     RebuildSummary,
     ReconcileSummary,
+    VenueStreamStatus,
     encode,
 )
 from libs.common.service import Service
@@ -72,6 +73,7 @@ from services.risk.posture import (
     kill_switch_event,
     knobs_changed,
     previous_posture,
+    stream_down_for,
     stricter,
     summary_use,
 )
@@ -112,6 +114,7 @@ class RiskService(Service):
         self.operator = OperatorHalt()
         self.api_errors = ApiErrorWindow(kill.api_error_window_sec)
         self.evidence = Evidence()
+        self.stream_status: VenueStreamStatus | None = None  # the venue stream's last word, if it runs
         self.orphans_at_boot = 0
         self.trace: BeliefTrace | None = None  # None until the first fresh summary
         self.kill_state = KillState(False, ())
@@ -310,6 +313,7 @@ class RiskService(Service):
                 f"{p}.order.retry.>",
                 f"{p}.order.transition.>",
                 f"{p}.venue.ban.>",
+                f"{p}.venue.stream.>",
             ],
             max_deliver=3,
             max_ack_pending=1024,
@@ -337,6 +341,9 @@ class RiskService(Service):
                 self.trace = belief_trace(self.controller.step(self.evidence.debt_inputs), self.trace)
                 BELIEF_DEBT.set(self.trace.debt)
             await self.evaluate()
+        elif isinstance(msg, VenueStreamStatus):
+            if self.stream_status is None or msg.ts_ms >= self.stream_status.ts_ms:
+                self.stream_status = msg
         elif isinstance(msg, RebuildSummary):
             self.orphans_at_boot = len(msg.orphans)
         elif isinstance(msg, HaltCommand):
@@ -408,7 +415,8 @@ class RiskService(Service):
     async def evaluate(self) -> GuardKnobs:
         async with self._lock:
             now = time.time()
-            x = kill_inputs(now, self.evidence, self.api_errors.count(now))
+            down = stream_down_for(self.stream_status, now, self.kill_cfg.stale_data_sec)
+            x = kill_inputs(now, self.evidence, self.api_errors.count(now), down)
             self.kill_state = ks = self.kill.evaluate(x)
             KILL_SWITCH.set(1 if ks.tripped else 0)
             event = kill_switch_event(ks, x)

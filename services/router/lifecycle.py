@@ -25,6 +25,8 @@ class Lifecycle:
         self.leverage: int | None = None
         # unix time from which "not found" means absent: the last send can no longer be accepted
         self.absent_after: float | None = None
+        # the venue's time of the last stream update settled from: an older one is refused
+        self.venue_event_ms: int | None = None
 
     async def move(
         self,

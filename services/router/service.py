@@ -48,10 +48,13 @@ from libs.common.telemetry import (
     ORDERS,
     POLICY_BLOCKS,
     UNKNOWN_ORDERS,
+    VENUE_FACTS,
 )
 from libs.venue.binance_usdm import venue_from_settings
 from libs.venue.error_policy import VenueError
+from libs.venue.parsing import VenueOrder
 from services.router.cancel import cancel_order
+from services.router.facts import FactAction, Known, fact_action
 from services.router.ledger import MAY_EXIST, Admission, IntentLedger, LedgerEntry, LedgerSink, admit
 from services.router.lifecycle import Lifecycle
 from services.router.lookup import lookup_intent
@@ -124,7 +127,8 @@ class RouterService(Service):
         prefix = self.nats_settings.subject_prefix
         spec = ConsumerSpec(
             durable="router",
-            # venue facts: orders the reconciler found gone from the venue's open orders
+            # venue facts: the venue stream's order updates, and orders the reconciler found gone from
+            # the venue's open orders
             filter_subjects=[f"{prefix}.intent.>", f"{prefix}.venue.order.>"],
             ack_wait_sec=self.settings.ack_wait_sec,
             max_deliver=self.settings.max_deliver,
@@ -402,15 +406,43 @@ class RouterService(Service):
             )
 
     async def on_venue_fact(self, fact: VenueOrderFact) -> None:
-        """The reconciler saw one of our orders leave the venue's open orders: journal how it ended."""
+        """A venue fact about one of our orders the router did not see happen: a stream update (settled
+        from directly) or the reconciler's "gone from open orders" (looked up). Never adopted: a client id
+        the router does not know is an orphan, reported."""
         life = self.orders.get(fact.client_order_id)
-        if life is None or life.state not in OPEN_ORDER_STATES | {OrderState.CANCELED}:
-            self._count("venue_fact_ignored")
+        if life is None:
+            known_id = self.ledger.get(fact.client_order_id) is not None
+            self._fact_outcome(FactAction.IGNORED.value if known_id else "orphan", fact)
             return
-        if not await self.late_truth(
+        last = life.last_order
+        known = Known(life.state, last.filled if last else 0.0, life.venue_event_ms)
+        action = fact_action(known, fact)
+        self._fact_outcome(action.value, fact)
+        if action is FactAction.SETTLE:
+            assert fact.state is not None
+            await life.move(fact.state, f"venue: {fact.status} ({fact.source})", order=_order_of(fact))
+            life.venue_event_ms = fact.event_ms or life.venue_event_ms
+        elif action is FactAction.SAME:
+            life.venue_event_ms = fact.event_ms or life.venue_event_ms
+        elif action is FactAction.LOOKUP and not await self.late_truth(
             life, f"venue: {fact.status or 'gone from open orders'} ({fact.source})"
         ):
             self.verify[fact.client_order_id] = (life, time.time())  # the resolver keeps asking
+
+    def _fact_outcome(self, outcome: str, fact: VenueOrderFact) -> None:
+        VENUE_FACTS.labels(outcome).inc()
+        self._count(f"venue_fact_{outcome}")
+        if outcome in ("orphan", "stale"):
+            log_event(
+                self.log,
+                f"order.venue_fact_{outcome}",
+                logging.WARNING if outcome == "orphan" else logging.DEBUG,
+                client_order_id=fact.client_order_id,
+                symbol=fact.symbol,
+                status=fact.status,
+                source=fact.source,
+                event_ms=fact.event_ms,
+            )
 
     async def late_truth(self, life: Lifecycle, reason: str) -> bool:
         """Look ``life``'s order up and journal the venue's final word (a triggered stop ends FILLED
@@ -546,6 +578,23 @@ class RouterService(Service):
     async def on_stop(self) -> None:
         await self.marks.close()
         await self.venue.close()
+
+
+def _order_of(fact: VenueOrderFact) -> VenueOrder:
+    """A full venue fact as the venue order it describes (what a lookup would have answered)."""
+    assert fact.state is not None
+    return VenueOrder(
+        client_order_id=fact.client_order_id,
+        exchange_order_id=fact.exchange_order_id,
+        state=fact.state,
+        venue_status=fact.status,
+        filled=fact.filled_qty or 0.0,
+        amount=None,
+        average=fact.avg_price,
+        actual_order_id=fact.actual_order_id,
+        symbol=fact.symbol,
+        is_trigger=fact.is_trigger,
+    )
 
 
 def _symbol_of(msg: BusMessage) -> str:

@@ -14,9 +14,25 @@ import nats.errors
 import pytest
 
 from libs.common.bus import BusUnavailable, Publisher, connect_nats, ensure_journal
-from libs.common.config import EntrySettings, GuardSettings, KillSettings, NatsSettings, RiskSettings
+from libs.common.config import (
+    EntrySettings,
+    GuardSettings,
+    KillSettings,
+    NatsSettings,
+    RiskSettings,
+    VenueStreamSettings,
+)
 from libs.common.guard import GUARD_KEY
-from libs.common.messages import GuardKnobs, OrderTransition, Signal, SignalDecision, VenueBan, encode
+from libs.common.messages import (
+    GuardKnobs,
+    OrderTransition,
+    Signal,
+    SignalDecision,
+    VenueBan,
+    VenueOrderFact,
+    VenueStreamStatus,
+    encode,
+)
 from libs.common.state_machine import OrderState
 from services.risk.state import STATE_KEY, RiskState
 from tools.nats_config import USERS, env_var, render
@@ -117,6 +133,7 @@ async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):
     from services.reconciler.service import ReconcilerService
     from services.risk.service import RiskService
     from services.router.service import RouterService
+    from services.venue_stream.service import VenueStreamService
     from tests.conftest import Bus, exchange_settings, fast_reconciler_settings, fast_router_settings
 
     guard = GuardSettings(require_knobs=True)
@@ -140,6 +157,12 @@ async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):
     )
     tap = await Bus(creds(secured_nats, "ops")).start()
     try:
+        await started(
+            VenueStreamService(
+                creds(secured_nats, "venue_stream"), exchange_settings(sim), VenueStreamSettings(http_port=0)
+            )
+        )
+        await tap.tap.wait_for(lambda: [s for s in tap.tap.of(VenueStreamStatus) if s.resumed])
         await entry.guard.wait_until(lambda k: k is not None and k.allow_entries)
         strategy, pub = await as_user(secured_nats, "strategy")
         s = signal()
@@ -155,6 +178,8 @@ async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):
                 ]
             )
         )
+        # the stream's facts, under its own user
+        await tap.tap.wait_for(lambda: [f for f in tap.tap.of(VenueOrderFact) if f.source == "venue_stream"])
         assert tap.tap.undecodable == []
         await risk.command("halt", "permission drill", "test", journal=True)
         await entry.guard.wait_until(lambda k: k is not None and not k.allow_entries)
