@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
+from libs.common.ids import Bucket
 from libs.common.logs import log_event
 from libs.common.messages import (
     BusMessage,
@@ -36,6 +37,7 @@ from libs.common.messages import (
     decode,
 )
 from libs.common.service import Service
+from libs.common.state_machine import TERMINAL_ORDER_STATES
 from libs.common.telemetry import (
     EMERGENCY_EXITS,
     LEFTOVER_CANCELS,
@@ -213,6 +215,8 @@ class ReconcilerService(Service):
         now = time.time()
         if isinstance(msg, OrderTransition):
             self.belief.apply_transition(msg, now)
+            if msg.bucket is Bucket.SL and msg.to_state in TERMINAL_ORDER_STATES:
+                self._wake.set()  # a stop ended (triggered, cancelled, expired): check its position now
         elif isinstance(msg, OrderIntent):
             self.belief.apply_intent(msg, now)
         elif isinstance(msg, ReplaceIntent):
@@ -246,7 +250,9 @@ class ReconcilerService(Service):
                     exc_info=True,
                 )
             delay = self.next_delay_sec
-            if self.stream_up():  # fills and cancels are pushed: REST is the slower backstop
+            if self.stream_up() and not self.state.gaps.gaps:
+                # fills and cancels are pushed: REST is the slower backstop, but never while a position
+                # waits for its stop (an open gap is repaired at the fast cadence)
                 delay = max(delay, self.settings.stream_up_interval_sec)
             wait = max(delay - (time.monotonic() - t0), 0.0)
             self._wake.clear()

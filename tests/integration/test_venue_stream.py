@@ -10,6 +10,7 @@ from libs.common.ids import Bucket
 from libs.common.messages import (
     OrderIntent,
     OrderTransition,
+    RepairAction,
     Signal,
     SignalDecision,
     VenueOrderFact,
@@ -210,3 +211,31 @@ async def test_the_reconciler_polls_slowly_while_the_stream_is_up_and_reads_at_o
     await rec.wait_ticks(1, within_sec=5.0)
     await bus.tap.wait_for(lambda: len(resumed(bus.tap)) == 2)
     await rec.wait_ticks(1, within_sec=5.0)
+
+
+async def test_with_the_stream_up_a_stop_that_ends_is_repaired_at_once_not_after_the_slow_cadence(
+    bus, sim, router_factory, reconciler_factory, venue_stream_factory
+):
+    """CI's commit seed: with the stream up the reconciler ticked every 10 s even with a gap open, and a
+    position went 34 s without its stop. A stop that ends wakes it, and an open gap keeps it fast."""
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory()
+    rec = await reconciler_factory(stream_up_interval_sec=60.0, repair_cooldown_sec=0.2)
+    await stream_up(bus, venue_stream_factory)
+
+    async def up() -> bool:
+        return rec.stream_up()
+
+    await server_state(up, bool)
+    stop = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(stop)
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.ACKED))
+    sim.cancel_behind_back(BTC_ID, stop.client_order_id)  # pushed by the stream; no REST tick for 60 s
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.CANCELED))
+    repair = await bus.tap.wait_for(
+        lambda: [r for r in bus.tap.of(RepairAction) if r.action == "place_stop"], within=10.0
+    )
+    assert repair[0].symbol == BTC
+    live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
+    await bus.tap.wait_for(lambda: not rec.state.gaps.gaps, within=10.0)
+    assert len(live) <= 1
