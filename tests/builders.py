@@ -7,6 +7,7 @@ from typing import Any
 from libs.common.config import ReconcilerSettings
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import OrderIntent, OrderTransition
+from libs.common.protection import stage1_intents
 from libs.common.state_machine import OrderState
 from services.reconciler.belief import Belief, KnownOrder
 from services.reconciler.snapshot import PositionView, Snapshot, VenueOrderView
@@ -31,6 +32,23 @@ def intent(**kw: Any) -> OrderIntent:
     )
     base.update(kw)
     return OrderIntent(**base)
+
+
+def stage1(**kw: Any) -> list[OrderIntent]:
+    """Stage-1 protection for a BTC buy of 0.02 filled at 50,000 (default stop distance 2 %)."""
+    args: dict[str, Any] = dict(
+        entry_intent_id="ientry",
+        entry_correlation_id="centry",
+        symbol="BTC/USDT:USDT",
+        entry_side="buy",
+        fill_price=50_000.0,
+        qty=0.02,
+        stop_loss_price=None,
+        take_profit_price=None,
+        default_stop_pct=0.02,
+    )
+    args.update(kw)
+    return stage1_intents(**args)
 
 
 # ============================================================================= reconciler

@@ -7,8 +7,8 @@ import pytest
 
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import Signal, encode
-from libs.common.protection import stage1_intents
 from services.entry.intents import entry_intent_from_signal
+from tests.builders import stage1
 
 BTC = "BTC/USDT:USDT"
 
@@ -44,22 +44,6 @@ def test_entry_intent_leverage_and_price():
         entry_signal(order_type="limit", price=48_000.0, side="sell"), default_leverage=5
     )
     assert (limit.order_type, limit.price, limit.side) == ("limit", 48_000.0, "sell")
-
-
-def stage1(**kw):
-    args = dict(
-        entry_intent_id="ientry",
-        entry_correlation_id="centry",
-        symbol=BTC,
-        entry_side="buy",
-        fill_price=50_000.0,
-        qty=0.02,
-        stop_loss_price=None,
-        take_profit_price=None,
-        default_stop_pct=0.02,
-    )
-    args.update(kw)
-    return stage1_intents(**args)
 
 
 def test_stage1_stop_first_at_the_signals_price_else_the_default_distance():

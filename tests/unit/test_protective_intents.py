@@ -13,29 +13,13 @@ from libs.common.protection import (
     exit_side,
     market_exit,
     position_side,
-    stage1_intents,
     stop_loss,
     trailing_activation,
 )
 from libs.venue.requests import create_order_args
+from tests.builders import stage1
 
 BTC = "BTC/USDT:USDT"
-
-
-def stage1(**kw):
-    args = dict(
-        entry_intent_id="ientry",
-        entry_correlation_id="centry",
-        symbol=BTC,
-        entry_side="buy",
-        fill_price=50_000.0,
-        qty=0.02,
-        stop_loss_price=None,
-        take_profit_price=None,
-        default_stop_pct=0.02,
-    )
-    args.update(kw)
-    return stage1_intents(**args)
 
 
 def test_sides_and_default_distance():
