@@ -40,6 +40,7 @@ bench: install
 	$(PY) -m bench.replay_throughput
 	$(PY) -m bench.halt_propagation
 	$(PY) -m bench.reconcile_tick
+	$(PY) -m bench.resting_fill
 
 # seeded fault soak with an invariant checker (not part of make test): make soak SEED=1 SECONDS=120
 soak: install
