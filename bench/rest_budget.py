@@ -11,7 +11,10 @@ Phase 1: idle. Phase 2: 50 positions opened behind the stack's back; the
 reconciler adopts them and the router places 50 stops; the window is measured
 from the moment every position has its stop.
 
-    python -m bench.rest_budget [--seconds 70] [--positions 50]
+With ``--stream`` the venue-stream service runs too: fills and cancels are pushed, the reconciler's
+REST pass is the slower backstop, and the target is 10% of the limit (issue 10).
+
+    python -m bench.rest_budget [--seconds 70] [--positions 50] [--stream]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from bench.common import dist, jetstream_baseline, machine
 from services.simulator.testing import SimControl
-from tools.stack import ENTRY, RECONCILER, RISK, ROUTER, SIMULATOR, LocalStack
+from tools.stack import ENTRY, RECONCILER, RISK, ROUTER, SIMULATOR, VENUE_STREAM, LocalStack
 
 WINDOW_SEC = 60.0  # the venue's rolling window
 
@@ -61,7 +64,10 @@ def main() -> None:
         "--seconds", type=float, default=70.0, help="sampling time per phase, after a full window"
     )
     ap.add_argument("--positions", type=int, default=50)
+    ap.add_argument("--stream", action="store_true", help="with the venue stream (target: 10%% of the limit)")
     a = ap.parse_args()
+    services = (RISK, ROUTER, RECONCILER, ENTRY, *((VENUE_STREAM,) if a.stream else ()))
+    share = 0.10 if a.stream else 0.25
     run_dir = Path(tempfile.mkdtemp(prefix="erl-bench-"))
     stack = LocalStack(
         run_dir,
@@ -78,13 +84,13 @@ def main() -> None:
         result["baseline_js_acked_publish_ms"] = asyncio.run(jetstream_baseline(nats.url))
         sim_child = stack.add(SIMULATOR)
         assert sim_child.wait_ready(), "simulator not ready"
-        for spec in (RISK, ROUTER, RECONCILER, ENTRY):
+        for spec in services:
             stack.add(spec)
-        for spec in (RISK, ROUTER, RECONCILER, ENTRY):
+        for spec in services:
             assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
         sim = SimControl(sim_child.url)
         limit = sim.limits()["weight_limit_1m"]
-        target = 0.25 * limit
+        target = share * limit
         idle = sample(sim, a.seconds)
         symbols = [s for s in sim.state()["prices"]][: a.positions]
         for s in symbols:
@@ -98,7 +104,8 @@ def main() -> None:
         result.update(
             {
                 "venue_weight_limit_1m": limit,
-                "target_share": 0.25,
+                "venue_stream": a.stream,
+                "target_share": share,
                 "target_weight_1m": target,
                 "idle_used_weight_1m": dist(idle),
                 f"{a.positions}_positions_used_weight_1m": dist(loaded),
