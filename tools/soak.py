@@ -44,6 +44,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from libs.common.aio import wait_event
 from libs.common.bus import MSG_ID_HEADER, Publisher, connect_nats
 from libs.common.config import ExchangeSettings, NatsSettings, ReconcilerSettings, RouterSettings
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_correlation_id, make_intent_id
@@ -864,8 +865,7 @@ class Soak:
                         ],
                     }
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+            await wait_event(stop, 1.0)
 
     async def sample(self, stop: asyncio.Event) -> None:
         """Every 2 s: the venue's rate limiter and every service's readiness."""
@@ -874,8 +874,7 @@ class Soak:
                 self.limit_samples.append({"ts": time.time(), "limits": await self.call(self.sim.limits)})
             with contextlib.suppress(Exception):
                 await self.sample_ready()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
+            await wait_event(stop, 2.0)
 
     # ------------------------------------------------------------------ phases
 

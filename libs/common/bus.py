@@ -34,6 +34,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from libs.common.aio import wait_event
 from libs.common.config import NatsSettings
 from libs.common.logs import RateLimitedLog, log_event, redact
 from libs.common.messages import BusMessage, DeadLetter, DecodeError, decode, encode, family_of, subject_for
@@ -438,8 +439,8 @@ class ConsumerLoop:
 
     async def wait_until(self, predicate: Callable[[], bool], within_sec: float = 15.0) -> None:
         """Wait until ``predicate()`` holds, re-checked after every handled message."""
-        async with self._handled_cond:
-            await asyncio.wait_for(self._handled_cond.wait_for(predicate), within_sec)
+        async with asyncio.timeout(within_sec), self._handled_cond:
+            await self._handled_cond.wait_for(predicate)
 
     async def _heartbeat(self, m: Msg, interval: float) -> None:
         """Long handlers (retries with backoff) must not be redelivered while still running."""
@@ -509,5 +510,4 @@ async def _unsubscribe(sub: Any) -> None:
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await wait_event(stop, seconds)

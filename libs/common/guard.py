@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
+from libs.common.aio import wait_event
 from libs.common.logs import RateLimitedLog, log_event
 from libs.common.messages import GuardKnobs
 
@@ -143,8 +144,7 @@ class GuardView:
                 raise
             except Exception as e:
                 self._limited("guard.watch_failed", error=f"{type(e).__name__}: {e}")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_sec)
+                await wait_event(stop, self.poll_sec)
             finally:
                 if watcher is not None:
                     with contextlib.suppress(Exception):

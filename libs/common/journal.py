@@ -14,7 +14,6 @@ lifecycle in the journal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections import deque
@@ -22,6 +21,7 @@ from typing import Protocol
 
 from prometheus_client import Gauge
 
+from libs.common.aio import wait_event
 from libs.common.bus import BusUnavailable, Publisher
 from libs.common.logs import RateLimitedLog
 from libs.common.messages import BusMessage
@@ -81,8 +81,8 @@ class Journal:
         if self._stored >= target:
             return
         try:
-            async with self._progress:
-                await asyncio.wait_for(self._progress.wait_for(lambda: self._stored >= target), within_sec)
+            async with asyncio.timeout(within_sec), self._progress:
+                await self._progress.wait_for(lambda: self._stored >= target)
         except TimeoutError:
             raise JournalNotFlushed(
                 f"{target - self._stored} event(s) not stored after {within_sec}s"
@@ -95,8 +95,7 @@ class Journal:
                 if stop.is_set():
                     return
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                await wait_event(self._wake, 1.0)
                 continue
             seq, msg, msg_id = self._queue[0]
             try:
@@ -105,8 +104,7 @@ class Journal:
                 self._limited("journal.backlogging", error=str(e), backlog=len(self._queue))
                 if stop.is_set():
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
+                await wait_event(stop, 0.5)
                 continue
             self._queue.popleft()
             self._stored = seq

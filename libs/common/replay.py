@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from libs.common.aio import wait_event
 from libs.common.messages import (
     BusMessage,
     CancelIntent,
@@ -95,10 +96,8 @@ async def read_journal_batches(
         while True:
             if not pending:
                 arrived.clear()
-                try:
-                    await asyncio.wait_for(arrived.wait(), idle_timeout)
-                except TimeoutError:
-                    raise TimeoutError(f"journal read stalled for {idle_timeout}s on {subjects}") from None
+                if not await wait_event(arrived, idle_timeout):
+                    raise TimeoutError(f"journal read stalled for {idle_timeout}s on {subjects}")
             raw = pending[:]
             del pending[:]  # in place: the callback holds this list
             out: list[JournalEntry] = []

@@ -30,6 +30,7 @@ from typing import Any
 
 import ccxt
 
+from libs.common.aio import wait_event
 from libs.common.logs import log_event
 from libs.venue.client import BinanceUSDMStreamClient
 from libs.venue.parsing import StreamOrderUpdate, stream_update_from_ccxt
@@ -157,8 +158,7 @@ class UserStream:
             else:
                 self.failures += 1
             await self.on_down(reason)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.timing.backoff(self.failures))
+            await wait_event(stop, self.timing.backoff(self.failures))
 
     async def _session(self, stop: asyncio.Event) -> None:
         ex = self.make_client()

@@ -30,6 +30,7 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from libs.common.aio import wait_event
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import KillSettings, NatsSettings, RiskSettings
 from libs.common.guard import GUARD_KEY
@@ -403,8 +404,7 @@ class RiskService(Service):
 
     async def _eval_loop(self) -> None:
         while not self.stop_event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), self.settings.eval_interval_sec)
+            await wait_event(self.stop_event, self.settings.eval_interval_sec)
             try:
                 if not self.state_known:
                     await self._restore()
@@ -493,12 +493,9 @@ class RiskService(Service):
 
     async def wait_published(self, predicate, within_sec: float = 15.0) -> GuardKnobs:
         """Tests: wait until the published knobs satisfy ``predicate``."""
-        async with self._published_cond:
-            await asyncio.wait_for(
-                self._published_cond.wait_for(
-                    lambda: self.published is not None and predicate(self.published)
-                ),
-                within_sec,
+        async with asyncio.timeout(within_sec), self._published_cond:
+            await self._published_cond.wait_for(
+                lambda: self.published is not None and predicate(self.published)
             )
         assert self.published is not None
         return self.published

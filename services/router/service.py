@@ -10,7 +10,6 @@ venue about orders whose outcome is still unknown.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -22,6 +21,7 @@ from collections.abc import Awaitable, Iterator
 import nats.js.errors
 from fastapi import FastAPI, HTTPException
 
+from libs.common.aio import wait_event
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
 from libs.common.guard import GuardView
@@ -369,8 +369,7 @@ class RouterService(Service):
         """Keep asking the venue about orders we could not resolve; never forget them. Also look again
         at orders whose cancel was acknowledged a while ago, and keep the ledger to its horizon."""
         while not self.stop_event.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), self.settings.resolve_every_sec)
+            await wait_event(self.stop_event, self.settings.resolve_every_sec)
             for cid, life in list(self.unknown.items()):
                 with self._logged_internal_error(cid):
                     await self.resolve_once(life)

@@ -9,13 +9,12 @@ at once: what happened while the stream was down is only there); while down, the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
 
+from libs.common.aio import wait_event
 from libs.common.config import ExchangeSettings, NatsSettings, VenueStreamSettings
 from libs.common.logs import RateLimitedLog, log_event
 from libs.common.messages import VenueOrderFact, VenueStreamState, VenueStreamStatus
@@ -133,8 +132,7 @@ class VenueStreamService(Service):
 
     async def _heartbeat(self) -> None:
         while not self.stop_event.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), self.settings.status_every_sec)
+            await wait_event(self.stop_event, self.settings.status_every_sec)
             if not self.stop_event.is_set():
                 await self._publish_status()
 

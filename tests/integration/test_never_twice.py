@@ -477,7 +477,7 @@ async def test_a_router_restarted_right_after_a_cancel_ack_still_finds_the_fill_
     sim.add_fault(kind="fill_after_cancel_ack", method="DELETE", path="/fapi/v1/order", count=1)
     await bus.publish(cancel_for(intent))
     await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.CANCELED))
-    await first.stop()  # before its check was due: the check dies with the process
+    await first.crash()  # before its check was due: the check dies with the process
     await router_factory(cancel_verify_after_sec=0.2, resolve_every_sec=0.2)
     late = await bus.tap.wait_for(lambda: settled(bus.tap, intent, S.FILLED))
     assert path_of(bus.tap, intent)[-2:] == ["CANCELED", "FILLED"]
