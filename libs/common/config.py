@@ -238,7 +238,10 @@ class ReconcilerSettings(_Base):
         2400, ge=1, description="The venue's request weight per IP per minute (Binance: 2400)"
     )
     sweep_every_sec: float = Field(
-        30.0, gt=0, description="Read every symbol's open orders at least this often (orders behind our back)"
+        30.0,
+        gt=0,
+        description="Read every symbol's open orders at least this often (orders behind our back; with the "
+        "venue stream up, ticks read only symbols with news, so this bounds what a stalled stream can hide)",
     )
     repair_cooldown_sec: float = Field(
         10.0, ge=0, description="Minimum time between stop repairs of a symbol"
@@ -286,6 +289,12 @@ class ReconcilerSettings(_Base):
         gt=0,
         description="While the venue stream is up (fills and cancels are pushed), ticks are at least this far "
         "apart: REST is the backstop (the stream's every reconnect still triggers a tick at once)",
+    )
+    stream_confirm_sec: float = Field(
+        5.0,
+        gt=0,
+        description="With the venue stream up, an order the router placed must show up on it within this "
+        "long; one that does not means the stream may be stalled: every symbol is read until it proves itself",
     )
     stream_status_stale_sec: float = Field(
         15.0,

@@ -134,6 +134,15 @@ VENUE_FACTS = Counter(
     "lookup, orphan (a client id it does not know), ignored",
     ["outcome"],
 )
+STREAM_UNCONFIRMED = Counter(
+    "erl_reconcile_stream_unconfirmed_total",
+    "Orders the router placed that the venue stream never pushed (a stalled stream): the reconciler "
+    "then reads every symbol until the stream proves itself again",
+)
+STREAM_TRUSTED = Gauge(
+    "erl_reconcile_stream_trusted",
+    "1 while the reconciler lets the venue stream stand in for reading every watched symbol each tick",
+)
 VENUE_FACT_OUTCOMES = ("settled", "same", "stale", "lookup", "orphan", "ignored")
 
 

@@ -7,6 +7,10 @@ twice the limit. So each tick picks the cheaper query shape for the symbols it m
 watch, and the time to the next tick follows from the tick's cost and the share of
 the limit the reconciler may use, stretched further when the venue's own count
 (``X-MBX-USED-WEIGHT-1M``, every service on this IP) is over that share.
+
+While the venue's user data stream is up and has been since a full read, every change to our orders
+is pushed (and journaled): a tick then reads only the symbols something happened on, and the sweep
+is the backstop for what a stream that looks healthy may have lost.
 """
 
 from __future__ import annotations
@@ -45,6 +49,26 @@ def plan_reads(watched: Iterable[str], *, sweep: bool, with_equity: bool) -> Rea
 
 
 SWEEP = ReadPlan(None, False)
+
+
+def symbols_to_read(
+    watched: set[str],
+    *,
+    trusted: bool,
+    changed: Iterable[str],
+    positions: dict[str, float],
+    last_positions: dict[str, float] | None,
+) -> set[str]:
+    """The symbols whose open orders a tick reads: every watched one, unless the stream is ``trusted``;
+    then those with journal or stream activity since their last read (``changed``: intents,
+    transitions, order facts, gaps, last tick's findings) and those whose position moved since the
+    last read (a change the stream may not have told us about as an order event)."""
+    if not trusted or last_positions is None:
+        return set(watched)
+    moved = {
+        s for s in set(positions) | set(last_positions) if positions.get(s, 0.0) != last_positions.get(s, 0.0)
+    }
+    return set(changed) | moved
 
 
 def average_tick_cost(regular: ReadPlan, equity_every_ticks: int) -> float:

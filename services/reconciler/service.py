@@ -25,11 +25,13 @@ from libs.common.messages import (
     CancelIntent,
     DecodeError,
     HaltCommand,
+    MismatchEvent,
     OrderIntent,
     OrderTransition,
     ProtectionGap,
     RebuildSummary,
     ReconcileSummary,
+    RepairAction,
     ReplaceIntent,
     Stage1GapAssertion,
     VenueOrderFact,
@@ -52,6 +54,8 @@ from libs.common.telemetry import (
     RECONCILE_REPAIR_SKIPPED,
     RECONCILE_REPAIRS,
     RECONCILE_TICKS,
+    STREAM_TRUSTED,
+    STREAM_UNCONFIRMED,
     UNPROTECTED_TIME,
 )
 from libs.venue.binance_usdm import venue_from_settings
@@ -64,10 +68,12 @@ from services.reconciler.read_budget import (
     next_delay,
     plan_reads,
     sweep_reserve_1m,
+    symbols_to_read,
 )
 from services.reconciler.rebuild import rebuild
 from services.reconciler.snapshot import Snapshot, VenueOrderView
 from services.reconciler.state import ReconcileState
+from services.reconciler.stream_trust import StreamTrust
 from services.reconciler.tick import reconcile_tick
 from services.reconciler.venue_reader import lookups, read_orders, read_positions, read_snapshot
 
@@ -109,6 +115,12 @@ class ReconcilerService(Service):
         self._equity: float | None = None
         self._last_sweep = 0.0  # monotonic time of the last every-symbol read
         self._latest_orders: list[VenueOrderView] = []  # each symbol's open orders as last read
+        # symbols something happened on since their orders were last read (read next tick while the
+        # stream is trusted), and each symbol's position as last read
+        self._changed: dict[str, int] = {}  # symbol -> the number of its latest event
+        self._events_seen = 0
+        self._last_positions: dict[str, float] | None = None
+        self.trust = StreamTrust(settings.stream_confirm_sec)
         self.last_plan: ReadPlan | None = None
         self.next_delay_sec = settings.interval_sec
         self._tick_done = asyncio.Condition()
@@ -129,6 +141,7 @@ class ReconcilerService(Service):
                 f"{p}.intent.order.>",
                 f"{p}.intent.replace.>",
                 f"{p}.entry.stage1_gap.>",
+                f"{p}.venue.order.>",  # pushed facts (foreign orders too): which symbols to read again
             ],
             deliver_new=True,
             max_deliver=3,
@@ -197,6 +210,7 @@ class ReconcilerService(Service):
             return
         was_up = self.stream_up()
         self.stream_status, self._stream_status_at = status, time.time()
+        self.trust.on_status(up=status.state == "up", resumed=status.resumed)
         if status.resumed:
             self._last_sweep = 0.0
             self._wake.set()
@@ -209,11 +223,24 @@ class ReconcilerService(Service):
         fresh = time.time() - self._stream_status_at < self.settings.stream_status_stale_sec
         return st is not None and st.state == "up" and fresh
 
+    @property
+    def stream_trusted(self) -> bool:
+        """Up, and every symbol was read since it (re)connected: ticks may read only what changed."""
+        return self.trust.trusted(self.stream_up())
+
     # ------------------------------------------------------------------ journal events -> belief
 
     async def on_event(self, msg: BusMessage, delivery: Delivery) -> None:
         now = time.time()
+        symbol = getattr(msg, "symbol", None)
+        if isinstance(symbol, str):
+            self._mark_changed({symbol})
+        if isinstance(msg, VenueOrderFact) and msg.source != self.name:
+            self.trust.on_fact(msg.client_order_id, now)
         if isinstance(msg, OrderTransition):
+            self.trust.on_transition(
+                msg.client_order_id, msg.from_state, msg.to_state, now, up=self.stream_up()
+            )
             self.belief.apply_transition(msg, now)
             if msg.bucket is Bucket.SL and msg.to_state in TERMINAL_ORDER_STATES:
                 self._wake.set()  # a stop ended (triggered, cancelled, expired): check its position now
@@ -265,18 +292,33 @@ class ReconcilerService(Service):
         started = time.time()
         with_equity = self.state.tick % self.settings.equity_every_ticks == 0
         try:
+            self._check_stream_confirms(started)
+            trusted = self.stream_trusted
+            STREAM_TRUSTED.set(1 if trusted else 0)
             positions = await read_positions(self.venue)
-            watched = self._watched(positions)
-            regular = plan_reads(watched, sweep=False, with_equity=with_equity)
+            qty = {s: p.qty for s, p in positions.items()}
+            to_read = symbols_to_read(
+                self._watched(positions),
+                trusted=trusted,
+                changed=self._changed,
+                positions=qty,
+                last_positions=self._last_positions,
+            )
+            regular = plan_reads(to_read, sweep=False, with_equity=with_equity)
             sweep = time.monotonic() - self._last_sweep >= self.settings.sweep_every_sec
-            plan = plan_reads(watched, sweep=True, with_equity=with_equity) if sweep else regular
+            plan = plan_reads(to_read, sweep=True, with_equity=with_equity) if sweep else regular
+            up_before_read = self.stream_up()
+            marks = dict(self._changed)  # a symbol marked again during the read is read again next tick
             orders, equity = await read_orders(self.venue, plan)
-            if sweep:
+            self._unmark({s: n for s, n in marks.items() if plan.symbols is None or s in plan.symbols})
+            if plan.symbols is None:
                 self._last_sweep = time.monotonic()
+                self.trust.on_sweep(up_throughout=up_before_read and self.stream_up())
             else:
-                # unwatched symbols: their latest read (orphans stay counted between sweeps)
-                orders = orders + [o for o in self._latest_orders if o.symbol not in watched]
+                # the rest: their latest read (orphans stay counted between sweeps)
+                orders = orders + [o for o in self._latest_orders if o.symbol not in plan.symbols]
             self._latest_orders = orders
+            self._last_positions = qty
             self._pace(plan, regular)
             snap = Snapshot(positions, orders, equity)
             if snap.equity is None:
@@ -325,6 +367,11 @@ class ReconcilerService(Service):
         for event in result.events():
             if not isinstance(event, ReconcileSummary):
                 await self.journal.emit(event)
+        # what this tick found or did is read again next tick
+        found = [*result.mismatches, *result.repairs, *result.gap_events]
+        self._mark_changed(
+            {e.symbol for e in found if isinstance(e, MismatchEvent | RepairAction | ProtectionGap)}
+        )
         done = result.summary
         assert done is not None  # reconcile_tick always summarises
         self._metrics(result, done)
@@ -358,6 +405,34 @@ class ReconcilerService(Service):
                 unreported.add(o.client_order_id)
                 log_event(self.log, "reconcile.fact_not_sent", logging.WARNING, error=str(e))
         return unreported
+
+    def _check_stream_confirms(self, now: float) -> None:
+        """An order the router placed that the stream never told us about: the stream may be stalled while
+        it looks up, so read every symbol now and each tick until a full read under a stream that works."""
+        late = self.trust.overdue(now)
+        if not late:
+            return
+        STREAM_UNCONFIRMED.inc(len(late))
+        self._last_sweep = 0.0
+        log_event(
+            self.log,
+            "reconcile.stream_unconfirmed",
+            logging.WARNING,
+            orders=len(late),
+            client_order_id=late[0],
+            within_sec=self.settings.stream_confirm_sec,
+        )
+
+    def _mark_changed(self, symbols: set[str]) -> None:
+        for symbol in symbols:
+            self._events_seen += 1
+            self._changed[symbol] = self._events_seen
+
+    def _unmark(self, read: dict[str, int]) -> None:
+        """Forget the marks a read covered (not those set again while it ran)."""
+        for symbol, n in read.items():
+            if self._changed.get(symbol) == n:
+                del self._changed[symbol]
 
     def _watched(self, positions: dict) -> set[str]:
         """Symbols whose orders a per-symbol tick must read: anything with a position, an order we
@@ -448,6 +523,8 @@ class ReconcilerService(Service):
             },
             "venue_stream": {
                 "up": self.stream_up(),
+                "trusted": self.stream_trusted,
+                "unconfirmed_orders": self.trust.unconfirmed,
                 "state": self.stream_status.state if self.stream_status else None,
                 "status_age_sec": round(time.time() - self._stream_status_at, 3)
                 if self.stream_status

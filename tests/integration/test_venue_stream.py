@@ -239,3 +239,85 @@ async def test_with_the_stream_up_a_stop_that_ends_is_repaired_at_once_not_after
     live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW"]
     await bus.tap.wait_for(lambda: not rec.state.gaps.gaps, within=10.0)
     assert len(live) <= 1
+
+
+def order_reads(sim) -> list[str]:
+    """The symbol of every open-orders read since the log was cleared ("" = every symbol at once)."""
+    paths = ("/fapi/v1/openOrders", "/fapi/v1/openAlgoOrders")
+    return [r["params"].get("symbol", "") for r in sim.requests_log() if r["path"] in paths]
+
+
+async def test_with_the_stream_trusted_ticks_read_only_the_symbols_something_happened_on(
+    bus, sim, router_factory, reconciler_factory, venue_stream_factory
+):
+    """Issue 10's REST budget: with 50 positions the 10 s backstop read every symbol's orders (22% of the
+    venue's weight). Pushed changes say which symbols to read; every symbol waits for the slow sweep."""
+    eth, eth_id = "ETH/USDT:USDT", "ETHUSDT"
+    sim.set_position(BTC_ID, 0.02)
+    sim.set_position(eth_id, 0.5)
+    await router_factory()
+    stops = [
+        stop_intent("sell", 45_000.0, qty=None),
+        stop_intent("sell", sim.price(eth_id) * 0.95, qty=None, symbol=eth),
+    ]
+    for stop in stops:
+        await bus.publish(stop)
+    for stop in stops:
+        await bus.tap.wait_for(lambda stop=stop: settled(bus.tap, stop, S.ACKED))
+    rec = await reconciler_factory(stream_up_interval_sec=0.2, sweep_every_sec=600.0)
+    await stream_up(bus, venue_stream_factory)
+
+    async def trusted() -> bool:
+        return rec.stream_trusted
+
+    await server_state(trusted, bool)
+    await rec.wait_ticks(2)  # the ticks that read what settled while trust was being established
+    sim.clear_requests()
+    await rec.wait_ticks(3)
+    assert order_reads(sim) == []  # nothing happened: positions only
+
+    sim.cancel_behind_back(eth_id, stops[1].client_order_id)  # pushed: read ETH, and repair it
+    repair = await bus.tap.wait_for(
+        lambda: [r for r in bus.tap.of(RepairAction) if r.action == "place_stop"], within=10.0
+    )
+    assert repair[0].symbol == eth
+    await bus.tap.wait_for(lambda: not rec.state.gaps.gaps, within=10.0)
+    reads = order_reads(sim)
+    assert eth_id in reads and BTC_ID not in reads and "" not in reads
+
+    sim.add_fault(kind="stream_drop")  # not trusted until a full read after the resume
+    await bus.tap.wait_for(lambda: len(resumed(bus.tap)) == 2)
+    await server_state(trusted, bool)
+    assert "" in order_reads(sim)
+
+
+async def test_a_stream_that_stalls_while_it_looks_up_loses_the_reconcilers_trust(
+    bus, sim, router_factory, reconciler_factory, venue_stream_factory
+):
+    """A stalled stream still answers pings: only an order of ours it never pushes gives it away. The
+    reconciler then reads every symbol (at once, and each tick) until the stream pushes again."""
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory()
+    rec = await reconciler_factory(stream_up_interval_sec=0.2, sweep_every_sec=600.0, stream_confirm_sec=0.5)
+    await stream_up(bus, venue_stream_factory)  # its silence check (120 s) stays out of this test
+
+    async def trusted() -> bool:
+        return rec.stream_trusted
+
+    await server_state(trusted, bool)
+    sim.add_fault(kind="stream_stall")  # for good: events from now on are lost
+    sim.clear_requests()
+    stop = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(stop)
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.ACKED))
+
+    async def distrusted() -> int:
+        return rec.trust.unconfirmed
+
+    assert await server_state(distrusted, lambda n: n == 1) == 1
+    await rec.wait_ticks(2)
+    assert not rec.stream_trusted and rec.stream_up()
+    reads = order_reads(sim)
+    assert "" in reads  # every symbol at once when it happened
+    assert reads.count(BTC_ID) >= 2  # and the watched ones each tick while it stays silent
+    assert not facts(bus.tap, stop.client_order_id)

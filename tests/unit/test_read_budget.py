@@ -9,6 +9,7 @@ from services.reconciler.read_budget import (
     next_delay,
     plan_reads,
     sweep_reserve_1m,
+    symbols_to_read,
 )
 
 
@@ -69,3 +70,22 @@ def test_balance_reads_are_amortised_and_the_dearest_tick_held_back():
         base_sec=1.0, max_sec=60.0, tick_cost=avg, burst_cost=every.cost, used_1m=None, budget_1m=600
     )
     assert (int(60 / d) + 1) * every.cost <= 600  # even if every tick in a window read the balance
+
+
+def test_untrusted_stream_reads_every_watched_symbol():
+    watched = {"BTCUSDT", "ETHUSDT"}
+    assert symbols_to_read(watched, trusted=False, changed=set(), positions={}, last_positions={}) == watched
+    # trusted, but no earlier read to compare positions with: everything
+    assert symbols_to_read(watched, trusted=True, changed=set(), positions={}, last_positions=None) == watched
+
+
+def test_trusted_stream_reads_only_what_changed_or_moved():
+    watched = {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+    kw = {"trusted": True, "positions": {"BTCUSDT": 1.0, "ETHUSDT": 2.0}}
+    quiet = symbols_to_read(watched, changed=set(), last_positions={"BTCUSDT": 1.0, "ETHUSDT": 2.0}, **kw)
+    assert quiet == set()
+    # journal or stream activity, even on a symbol nobody watches (a foreign order)
+    assert symbols_to_read(watched, changed={"XRPUSDT"}, last_positions=kw["positions"], **kw) == {"XRPUSDT"}
+    # a position that moved, opened or closed without an order event
+    moved = symbols_to_read(watched, changed=set(), last_positions={"BTCUSDT": 0.5, "SOLUSDT": 1.0}, **kw)
+    assert moved == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
