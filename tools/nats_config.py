@@ -83,7 +83,14 @@ USERS: dict[str, dict[str, list[str]]] = {
     ),
     # the venue's pushed order updates (the router settles them) and the stream's up/down status
     "venue_stream": service(
-        "venue_stream", [f"{PREFIX}.venue.order.>", f"{PREFIX}.venue.stream.venue_stream"], [], venue=True
+        "venue_stream",
+        [
+            f"{PREFIX}.venue.order.>",
+            f"{PREFIX}.venue.position.venue_stream",
+            f"{PREFIX}.venue.stream.venue_stream",
+        ],
+        [],
+        venue=True,
     ),
     # the guard knobs, and its own restart state (kill-switch holds, equity peak, halt) beside them
     "risk": service(

@@ -548,6 +548,23 @@ class VenueOrderFact(BusMessage):
         return self.client_order_id
 
 
+class VenuePositionFact(BusMessage):
+    """A symbol's position as the venue pushed it (``ACCOUNT_UPDATE`` on the user data stream). The
+    reconciler reads that symbol at once: a position opened, resized or closed behind our back is seen
+    without waiting for a tick. Informative only: positions are still read over REST before any repair."""
+
+    family: ClassVar[str] = "venue.position"
+    kind: Literal["venue.position"] = "venue.position"
+    symbol: Symbol
+    qty: float = Field(allow_inf_nan=False, description="signed: long > 0, short < 0, flat 0")
+    reason: str = Field("", max_length=32, description="the venue's reason (ORDER, FUNDING_FEE, ...)")
+    event_ms: int | None = Field(None, ge=0)
+    source_service: Token
+
+    def subject_token(self) -> str:
+        return self.source_service
+
+
 VenueStreamState = Literal["up", "down"]
 
 
@@ -612,6 +629,7 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
     SignalDecision,
     VenueBan,
     VenueOrderFact,
+    VenuePositionFact,
     VenueStreamStatus,
     DeadLetter,
 )

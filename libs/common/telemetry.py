@@ -125,7 +125,8 @@ STREAM_SESSIONS = Counter(
 )
 STREAM_EVENTS = Counter(
     "erl_venue_stream_events_total",
-    "Order updates from the stream: published, duplicate (already journaled), malformed (ignored)",
+    "Order and position updates from the stream: published, duplicate (already journaled), malformed "
+    "(ignored)",
     ["outcome"],
 )
 VENUE_FACTS = Counter(

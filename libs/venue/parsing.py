@@ -5,6 +5,7 @@ Parsing raises on an answer it cannot read (that is not a venue refusal: it prop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -153,3 +154,41 @@ def stream_update_from_ccxt(order: dict[str, Any]) -> StreamOrderUpdate:
     event_ms = info.get("T") or order.get("lastUpdateTimestamp") or order.get("timestamp")
     complete = state is not OrderState.UNKNOWN and not (state is OrderState.FILLED and filled <= 0)
     return StreamOrderUpdate(update, int(event_ms) if event_ms else None, complete)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPositionUpdate:
+    """One symbol's position as an ``ACCOUNT_UPDATE`` on the user data stream states it."""
+
+    symbol: str  # unified (BTC/USDT:USDT)
+    qty: float  # signed, as VenuePosition
+    event_ms: int | None
+    reason: str  # the venue's ``m``: ORDER, FUNDING_FEE, ... (a change behind our back reads ORDER too)
+
+
+def position_updates_from_account_event(
+    msg: dict[str, Any], symbol_of: Callable[[str], str | None]
+) -> list[StreamPositionUpdate]:
+    """The positions of a raw ``ACCOUNT_UPDATE`` (ccxt keeps them only for ``watch_positions`` callers);
+    ``symbol_of`` maps the venue's id to our symbol (None: not a market we know, skipped). One-way mode
+    only: a hedge-mode leg (``ps`` LONG / SHORT) is not ours to read. Raises ValueError on one we cannot
+    read, which the caller counts as malformed."""
+    account = msg.get("a")
+    if not isinstance(account, dict) or not isinstance(account.get("P", []), list):
+        raise ValueError(f"ACCOUNT_UPDATE without an account part: {msg!r}"[:300])
+    event_ms = msg.get("T") or msg.get("E")
+    out = []
+    for p in account.get("P", []):
+        if not isinstance(p, dict) or "s" not in p or "pa" not in p:
+            raise ValueError(f"ACCOUNT_UPDATE position without symbol or amount: {p!r}"[:300])
+        if p.get("ps", "BOTH") != "BOTH":
+            continue
+        symbol = symbol_of(str(p["s"]))
+        if symbol is None:
+            continue
+        out.append(
+            StreamPositionUpdate(
+                symbol, float(p["pa"]), int(event_ms) if event_ms else None, str(account.get("m", ""))
+            )
+        )
+    return out

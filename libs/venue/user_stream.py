@@ -33,7 +33,12 @@ import ccxt
 from libs.common.aio import wait_event
 from libs.common.logs import log_event
 from libs.venue.client import BinanceUSDMStreamClient
-from libs.venue.parsing import StreamOrderUpdate, stream_update_from_ccxt
+from libs.venue.parsing import (
+    StreamOrderUpdate,
+    StreamPositionUpdate,
+    position_updates_from_account_event,
+    stream_update_from_ccxt,
+)
 
 log = logging.getLogger("erl.venue.stream")
 
@@ -80,6 +85,7 @@ def end_reason(e: BaseException) -> str:
 
 
 OnOrder = Callable[[StreamOrderUpdate], Awaitable[None]]
+OnPosition = Callable[[StreamPositionUpdate], Awaitable[None]]
 OnMalformed = Callable[[dict[str, Any], str], None]
 
 
@@ -95,11 +101,13 @@ class UserStream:
         on_up: Callable[[], Awaitable[None]],
         on_down: Callable[[str], Awaitable[None]],
         on_malformed: OnMalformed,
+        on_position: OnPosition | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.make_client = make_client
         self.timing = timing
         self.on_order, self.on_up, self.on_down, self.on_malformed = on_order, on_up, on_down, on_malformed
+        self.on_position = on_position
         self.clock = clock
         self.up = False
         self.sessions = 0  # sessions that connected
@@ -108,7 +116,7 @@ class UserStream:
         self.last_reason = ""
         self._markets: Any = None  # reused across sessions: one exchangeInfo per process
         # parsed updates on their way to ``on_order``: the watch loop never waits for the caller (see _watch)
-        self._updates: asyncio.Queue[StreamOrderUpdate] = asyncio.Queue()
+        self._updates: asyncio.Queue[StreamOrderUpdate | StreamPositionUpdate] = asyncio.Queue()
         self._lost = asyncio.Event()  # an update could not be handed over: end the session (a resume follows)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,13 +132,19 @@ class UserStream:
         while True:
             update = await self._updates.get()
             try:
-                await self.on_order(update)
+                if isinstance(update, StreamPositionUpdate):
+                    if self.on_position is not None:
+                        await self.on_position(update)
+                else:
+                    await self.on_order(update)
             except Exception as e:
                 log_event(
                     log,
                     "stream.update_lost",
                     logging.ERROR,
-                    client_order_id=update.order.client_order_id,
+                    what=update.symbol
+                    if isinstance(update, StreamPositionUpdate)
+                    else update.order.client_order_id,
                     error=f"{type(e).__name__}: {e}"[:300],
                 )
                 self._lost.set()
@@ -171,6 +185,8 @@ class UserStream:
             self.last_message = self.clock()
             if isinstance(message, dict) and message.get("e") == "listenKeyExpired":
                 gone.set()  # ccxt drops it without a trace
+            elif isinstance(message, dict) and message.get("e") == "ACCOUNT_UPDATE":
+                self._positions(ex, message)
             return handle(client, message)
 
         ex.handle_message = tap  # before the first connection: the client captures the bound method
@@ -198,6 +214,22 @@ class UserStream:
                     await watch
             with contextlib.suppress(Exception):
                 await ex.close()
+
+    def _positions(self, ex: BinanceUSDMStreamClient, message: dict[str, Any]) -> None:
+        """Position changes, read from the raw event before ccxt sees it (it keeps them only for a
+        ``watch_positions`` caller): a position moved behind our back is then known at once."""
+
+        def symbol_of(venue_id: str) -> str | None:
+            found = (ex.markets_by_id or {}).get(venue_id)
+            return str(found[0]["symbol"]) if found else None
+
+        try:
+            updates = position_updates_from_account_event(message, symbol_of)
+        except (ValueError, TypeError) as e:
+            self.on_malformed(message, str(e))
+            return
+        for u in updates:
+            self._updates.put_nowait(u)
 
     async def _hold(
         self, ex: BinanceUSDMStreamClient, watch: asyncio.Future, gone: asyncio.Event, stop: asyncio.Event

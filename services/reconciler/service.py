@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 
+from libs.common.aio import wait_event
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
 from libs.common.ids import Bucket
@@ -35,6 +36,7 @@ from libs.common.messages import (
     ReplaceIntent,
     Stage1GapAssertion,
     VenueOrderFact,
+    VenuePositionFact,
     VenueStreamStatus,
     decode,
 )
@@ -142,6 +144,7 @@ class ReconcilerService(Service):
                 f"{p}.intent.replace.>",
                 f"{p}.entry.stage1_gap.>",
                 f"{p}.venue.order.>",  # pushed facts (foreign orders too): which symbols to read again
+                f"{p}.venue.position.>",  # pushed positions: one moved behind our back is checked at once
             ],
             deliver_new=True,
             max_deliver=3,
@@ -237,6 +240,10 @@ class ReconcilerService(Service):
             self._mark_changed({symbol})
         if isinstance(msg, VenueOrderFact) and msg.source != self.name:
             self.trust.on_fact(msg.client_order_id, now)
+        elif isinstance(msg, VenuePositionFact):
+            last = self._last_positions
+            if last is not None and last.get(msg.symbol, 0.0) != msg.qty:
+                self._wake.set()  # not what the last read said: read and check it now, not next tick
         if isinstance(msg, OrderTransition):
             self.trust.on_transition(
                 msg.client_order_id, msg.from_state, msg.to_state, now, up=self.stream_up()
@@ -266,6 +273,7 @@ class ReconcilerService(Service):
     async def _tick_loop(self) -> None:
         while not self.stop_event.is_set():
             t0 = time.monotonic()
+            self._wake.clear()  # a wake from here on (even during this tick) asks for the next one
             try:
                 await self.tick_once()
             except Exception as e:  # a bug or the bus down: log, keep ticking; risk sees the silence
@@ -281,12 +289,15 @@ class ReconcilerService(Service):
                 # fills and cancels are pushed: REST is the slower backstop, but never while a position
                 # waits for its stop (an open gap is repaired at the fast cadence)
                 delay = max(delay, self.settings.stream_up_interval_sec)
-            wait = max(delay - (time.monotonic() - t0), 0.0)
-            self._wake.clear()
             waits = [asyncio.ensure_future(e.wait()) for e in (self.stop_event, self._wake)]
-            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits, timeout=max(delay - (time.monotonic() - t0), 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
             for w in waits:
                 w.cancel()
+            # woken early: still no faster than the shortest interval (a burst of pushes, fills one after
+            # the other, must not spend the venue's weight a tick per push)
+            await wait_event(self.stop_event, self.settings.interval_sec - (time.monotonic() - t0))
 
     async def tick_once(self) -> ReconcileSummary:
         started = time.time()

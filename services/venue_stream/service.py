@@ -17,11 +17,11 @@ from typing import Any
 from libs.common.aio import wait_event
 from libs.common.config import ExchangeSettings, NatsSettings, VenueStreamSettings
 from libs.common.logs import RateLimitedLog, log_event
-from libs.common.messages import VenueOrderFact, VenueStreamState, VenueStreamStatus
+from libs.common.messages import VenueOrderFact, VenuePositionFact, VenueStreamState, VenueStreamStatus
 from libs.common.service import Service
 from libs.common.telemetry import STREAM_EVENTS, STREAM_SESSIONS, STREAM_UP
 from libs.venue.client import limits_from_settings, stream_client_from_settings
-from libs.venue.parsing import StreamOrderUpdate
+from libs.venue.parsing import StreamOrderUpdate, StreamPositionUpdate
 from libs.venue.user_stream import StreamTiming, UserStream
 
 
@@ -73,6 +73,7 @@ class VenueStreamService(Service):
             on_up=self.on_up,
             on_down=self.on_down,
             on_malformed=self.on_malformed,
+            on_position=self.on_position,
         )
         self.state: VenueStreamState = "down"
         self.since_ms = int(time.time() * 1000)
@@ -96,6 +97,19 @@ class VenueStreamService(Service):
         outcome = "duplicate" if ack.duplicate else "published"
         STREAM_EVENTS.labels(outcome).inc()
         self._count(outcome)
+
+    async def on_position(self, update: StreamPositionUpdate) -> None:
+        fact = VenuePositionFact(
+            symbol=update.symbol,
+            qty=update.qty,
+            reason=update.reason[:32],
+            event_ms=update.event_ms,
+            source_service=self.name,
+        )
+        ack = await self.publisher.publish(fact, f"position.{fact.symbol}.{fact.qty}.{fact.event_ms}")
+        outcome = "duplicate" if ack.duplicate else "published"
+        STREAM_EVENTS.labels(outcome).inc()
+        self._count(f"position_{outcome}")
 
     def on_malformed(self, info: dict[str, Any], error: str) -> None:
         STREAM_EVENTS.labels("malformed").inc()

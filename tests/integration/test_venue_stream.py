@@ -14,6 +14,7 @@ from libs.common.messages import (
     Signal,
     SignalDecision,
     VenueOrderFact,
+    VenuePositionFact,
     VenueStreamStatus,
 )
 from libs.common.state_machine import OrderState
@@ -321,3 +322,28 @@ async def test_a_stream_that_stalls_while_it_looks_up_loses_the_reconcilers_trus
     assert "" in reads  # every symbol at once when it happened
     assert reads.count(BTC_ID) >= 2  # and the watched ones each tick while it stays silent
     assert not facts(bus.tap, stop.client_order_id)
+
+
+async def test_a_position_opened_behind_our_back_is_protected_at_once_from_its_pushed_update(
+    bus, sim, router_factory, reconciler_factory, venue_stream_factory
+):
+    """ACCOUNT_UPDATE: a position opened without an order of ours (a manual trade) is pushed; the
+    reconciler checks it at once instead of at its slow cadence (60 s here)."""
+    await router_factory()
+    rec = await reconciler_factory(stream_up_interval_sec=60.0, repair_cooldown_sec=0.2)
+    await stream_up(bus, venue_stream_factory)
+
+    async def trusted() -> bool:
+        return rec.stream_trusted
+
+    await server_state(trusted, bool)
+    sim.set_position(BTC_ID, 0.02)
+    pushed = await bus.tap.wait_for(lambda: bus.tap.of(VenuePositionFact, symbol=BTC))
+    assert pushed[-1].qty == pytest.approx(0.02) and pushed[-1].source_service == "venue_stream"
+    repair = await bus.tap.wait_for(
+        lambda: [r for r in bus.tap.of(RepairAction) if r.action == "place_stop"], within=10.0
+    )
+    assert repair[0].symbol == BTC
+    await bus.tap.wait_for(lambda: not rec.state.gaps.gaps, within=10.0)
+    live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW" and a["symbol"] == BTC_ID]
+    assert len(live) == 1

@@ -8,7 +8,7 @@ import pytest
 
 from libs.common.messages import VenueOrderFact, decode, encode
 from libs.common.state_machine import OrderState
-from libs.venue.parsing import stream_update_from_ccxt
+from libs.venue.parsing import position_updates_from_account_event, stream_update_from_ccxt
 from libs.venue.user_stream import SessionEnded, StreamTiming, end_reason, key_gone
 from services.router.facts import FactAction, Known, fact_action
 from services.venue_stream.service import fact_msg_id, fact_of
@@ -163,3 +163,35 @@ def test_a_long_stream_outage_is_stale_data_and_no_stream_is_not():
     tripped = ks.evaluate(KillInputs(**fresh, stream_down_sec=61))
     assert tripped.tripped and "stale_data" in tripped.reasons
     assert not ks.evaluate(KillInputs(**fresh, stream_down_sec=None)).tripped  # up again: released
+
+
+def _account(positions, **extra):
+    return {"e": "ACCOUNT_UPDATE", "E": 2, "T": 1, "a": {"m": "ORDER", "B": [], "P": positions}, **extra}
+
+
+def test_positions_of_an_account_update():
+    symbols = {"BTCUSDT": "BTC/USDT:USDT"}
+    msg = _account(
+        [
+            {"s": "BTCUSDT", "pa": "-0.020", "ps": "BOTH"},
+            {"s": "BTCUSDT", "pa": "1", "ps": "LONG"},  # hedge mode: not ours
+            {"s": "NEWUSDT", "pa": "3", "ps": "BOTH"},  # a market we do not know
+        ]
+    )
+    [u] = position_updates_from_account_event(msg, symbols.get)
+    assert (u.symbol, u.qty, u.event_ms, u.reason) == ("BTC/USDT:USDT", -0.02, 1, "ORDER")
+    assert position_updates_from_account_event(_account([]), symbols.get) == []  # a balance-only update
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"e": "ACCOUNT_UPDATE"},
+        _account([{"s": "BTCUSDT"}]),
+        _account([{"s": "BTCUSDT", "pa": "lots"}]),
+        _account("nope"),
+    ],
+)
+def test_an_unreadable_account_update_is_refused_not_guessed(bad):
+    with pytest.raises(ValueError):
+        position_updates_from_account_event(bad, {"BTCUSDT": "BTC/USDT:USDT"}.get)
