@@ -240,8 +240,7 @@ class ReconcilerSettings(_Base):
     sweep_every_sec: float = Field(
         30.0,
         gt=0,
-        description="Read every symbol's open orders at least this often (orders behind our back; with the "
-        "venue stream up, ticks read only symbols with news, so this bounds what a stalled stream can hide)",
+        description="Read every symbol's open orders at least this often (orders behind our back)",
     )
     repair_cooldown_sec: float = Field(
         10.0, ge=0, description="Minimum time between stop repairs of a symbol"
@@ -289,6 +288,14 @@ class ReconcilerSettings(_Base):
         gt=0,
         description="While the venue stream is up (fills and cancels are pushed), ticks are at least this far "
         "apart: REST is the backstop (the stream's every reconnect still triggers a tick at once)",
+    )
+    stream_up_sweep_sec: float = Field(
+        60.0,
+        gt=0,
+        description="While the venue stream is trusted (up, proven, read in full since it connected), every "
+        "symbol's open orders are read this often instead of RECONCILE_SWEEP_EVERY_SEC: the bound on what a "
+        "stream that stalls unnoticed can hide. 60 s keeps a reconnect's extra full read inside 10% of the "
+        "venue's weight with 50 positions",
     )
     stream_confirm_sec: float = Field(
         5.0,

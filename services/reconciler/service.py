@@ -316,7 +316,8 @@ class ReconcilerService(Service):
                 last_positions=self._last_positions,
             )
             regular = plan_reads(to_read, sweep=False, with_equity=with_equity)
-            sweep = time.monotonic() - self._last_sweep >= self.settings.sweep_every_sec
+            sweep_every = self.settings.stream_up_sweep_sec if trusted else self.settings.sweep_every_sec
+            sweep = time.monotonic() - self._last_sweep >= sweep_every
             plan = plan_reads(to_read, sweep=True, with_equity=with_equity) if sweep else regular
             up_before_read = self.stream_up()
             marks = dict(self._changed)  # a symbol marked again during the read is read again next tick
@@ -466,7 +467,9 @@ class ReconcilerService(Service):
             burst_cost=ReadPlan(regular.symbols, True).cost,
             used_1m=self.venue.limits.used_weight_1m,
             budget_1m=s.weight_budget_share * s.venue_weight_limit_1m,
-            reserved_1m=sweep_reserve_1m(regular, s.sweep_every_sec),
+            reserved_1m=sweep_reserve_1m(
+                regular, s.stream_up_sweep_sec if self.stream_trusted else s.sweep_every_sec
+            ),
         )
         RECONCILE_INTERVAL.set(self.next_delay_sec)
 

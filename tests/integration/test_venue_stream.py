@@ -265,7 +265,7 @@ async def test_with_the_stream_trusted_ticks_read_only_the_symbols_something_hap
         await bus.publish(stop)
     for stop in stops:
         await bus.tap.wait_for(lambda stop=stop: settled(bus.tap, stop, S.ACKED))
-    rec = await reconciler_factory(stream_up_interval_sec=0.2, sweep_every_sec=600.0)
+    rec = await reconciler_factory(stream_up_interval_sec=0.2, stream_up_sweep_sec=600.0)
     await stream_up(bus, venue_stream_factory)
 
     async def trusted() -> bool:
@@ -299,7 +299,9 @@ async def test_a_stream_that_stalls_while_it_looks_up_loses_the_reconcilers_trus
     reconciler then reads every symbol (at once, and each tick) until the stream pushes again."""
     sim.set_position(BTC_ID, 0.02)
     await router_factory()
-    rec = await reconciler_factory(stream_up_interval_sec=0.2, sweep_every_sec=600.0, stream_confirm_sec=0.5)
+    rec = await reconciler_factory(
+        stream_up_interval_sec=0.2, stream_up_sweep_sec=600.0, stream_confirm_sec=0.5
+    )
     await stream_up(bus, venue_stream_factory)  # its silence check (120 s) stays out of this test
 
     async def trusted() -> bool:
