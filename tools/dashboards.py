@@ -228,10 +228,55 @@ DASHBOARDS = [
             ),
             Panel("Max notional per entry", (q("max(erl_guard_max_notional_usdt)", "USDT"),), "currencyUSD"),
             Panel("NATS connection", (q("min by (service) (erl_nats_connected)", "{{service}}"),)),
-            Panel("Services up", (q('up{job=~"router|reconciler|risk|entry"}', "{{job}}"),)),
+            Panel("Services up", (q('up{job=~"router|reconciler|risk|entry|venue_stream"}', "{{job}}"),)),
             Panel(
                 "REST latency p99",
                 (q(p99("erl_http_request_duration_seconds", "service"), "{{service}}"),),
+                "s",
+            ),
+        ],
+    ),
+    Dashboard(
+        "erl-venue-stream",
+        "erl / Venue stream",
+        [
+            Panel("Stream connected", (q("max(erl_venue_stream_up)", "up"),), "short", "stat"),
+            Panel(
+                "Reconciler trusts the stream",
+                (q("max(erl_reconcile_stream_trusted)", "trusted"),),
+                "short",
+                "stat",
+            ),
+            Panel(
+                "Sessions ended by reason",
+                (
+                    q(
+                        "sum by (reason) (increase(erl_venue_stream_session_ends_total[$__range]))",
+                        "{{reason}}",
+                    ),
+                ),
+            ),
+            Panel(
+                "Pushed updates by outcome",
+                (
+                    q(
+                        "sum by (outcome) (rate(erl_venue_stream_events_total[$__rate_interval]))",
+                        "{{outcome}}",
+                    ),
+                ),
+                "ops",
+            ),
+            Panel(
+                "Router use of venue facts",
+                (q("sum by (outcome) (increase(erl_router_venue_facts_total[$__range]))", "{{outcome}}"),),
+            ),
+            Panel(
+                "Orders the stream never pushed",
+                (q("sum(increase(erl_reconcile_stream_unconfirmed_total[$__range]))", "unconfirmed"),),
+            ),
+            Panel(
+                "Reconcile interval (slower while the stream is trusted)",
+                (q("max(erl_reconcile_interval_seconds)", "interval"),),
                 "s",
             ),
         ],

@@ -289,6 +289,7 @@ class ReconcilerService(Service):
                 # fills and cancels are pushed: REST is the slower backstop, but never while a position
                 # waits for its stop (an open gap is repaired at the fast cadence)
                 delay = max(delay, self.settings.stream_up_interval_sec)
+            RECONCILE_INTERVAL.set(delay)
             waits = [asyncio.ensure_future(e.wait()) for e in (self.stop_event, self._wake)]
             await asyncio.wait(
                 waits, timeout=max(delay - (time.monotonic() - t0), 0.0), return_when=asyncio.FIRST_COMPLETED

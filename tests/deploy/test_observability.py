@@ -32,7 +32,7 @@ from tools.natsd import die_with_parent, free_port, stop_process
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-JOBS = ("router", "reconciler", "risk", "entry")
+JOBS = ("router", "reconciler", "risk", "entry", "venue_stream")
 
 
 def tool(name: str) -> str:
