@@ -46,7 +46,13 @@ import httpx
 
 from libs.common.aio import wait_event
 from libs.common.bus import MSG_ID_HEADER, Publisher, connect_nats
-from libs.common.config import ExchangeSettings, NatsSettings, ReconcilerSettings, RouterSettings
+from libs.common.config import (
+    ExchangeSettings,
+    NatsSettings,
+    ReconcilerSettings,
+    RouterSettings,
+    VenueStreamSettings,
+)
 from libs.common.ids import Bucket, bucket_of_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import CancelIntent, Signal
 from libs.common.protection import market_exit
@@ -103,6 +109,7 @@ SOAK_ENV = {
     "KILL_API_ERROR_MAX": "150",
     "KILL_RECONCILE_MISMATCH_HALT_SEC": "20",
     "RECONCILE_REPAIR_COOLDOWN_SEC": "3",
+    "VENUE_STREAM_SILENCE_SEC": "30",  # a stall ends in a recycle within a soak's span (default 120 s)
     "LOG_LEVEL": "INFO",
 }
 
@@ -352,7 +359,24 @@ FAULT_KINDS: dict[str, tuple[float, Callable[[random.Random], dict[str, Any]]]] 
     "keep_protection": (1.0, lambda rng: {"kind": "keep_protection", "count": 1}),
     # -1008 for a while (armed 2-6 s, drawn below); reduce-only and close-position orders pass
     "overload": (1.5, lambda rng: {"kind": "overload", "method": "POST", "path": ORDER, "count": None}),
+    # the user data stream: cut, stalled (pings answered, events lost; 0 = until the silence recycle),
+    # each event held back, the listenKey expired
+    "stream_drop": (1.0, lambda rng: {"kind": "stream_drop", "count": 1}),
+    "stream_stall": (
+        1.0,
+        lambda rng: {
+            "kind": "stream_stall",
+            "count": 1,
+            "delay_ms": rng.choice((0, rng.randint(2_000, 20_000))),
+        },
+    ),
+    "stream_delay": (
+        1.0,
+        lambda rng: {"kind": "stream_delay", "count": None, "delay_ms": rng.randint(200, 3_000)},
+    ),
+    "listen_key_expire": (0.5, lambda rng: {"kind": "listen_key_expire", "count": 1}),
 }
+STREAM_FAULTS = ("stream_drop", "stream_stall", "stream_delay", "listen_key_expire")
 
 
 def _fault_rule(rng: random.Random) -> tuple[dict[str, Any], float]:
@@ -365,7 +389,7 @@ def _fault_rule(rng: random.Random) -> tuple[dict[str, Any], float]:
         symbol = symbol or venue_symbol(rng.choice(SYMBOLS))
     elif kind == "overload":
         armed = rng.uniform(2, 6)
-    if symbol and kind not in ("burst_429", "burst_418"):
+    if symbol and kind not in ("burst_429", "burst_418", *STREAM_FAULTS):
         rule["symbol"] = symbol
     return {k: v for k, v in rule.items() if v is not None or k == "count"}, round(armed, 3)
 
@@ -479,7 +503,13 @@ def check_config() -> CheckConfig:
     saved = dict(os.environ)
     os.environ.update(SOAK_ENV)  # the settings classes read the environment the stack runs with
     try:
-        return CheckConfig.of(RouterSettings(), ExchangeSettings(), ReconcilerSettings(), SimulatorSettings())
+        return CheckConfig.of(
+            RouterSettings(),
+            ExchangeSettings(),
+            ReconcilerSettings(),
+            SimulatorSettings(),
+            VenueStreamSettings(),
+        )
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -507,6 +537,7 @@ class Soak:
         self.bad_signals: dict[str, dict] = {}
         self.foreign: list[str] = []
         self.behind_back: dict[str, float] = {}
+        self.stream_faults: dict[int, list[float]] = {}  # fault id -> [added, cleared] (unix s)
         self.down: set[str] = set()
         self.operator_halted = False
         self.counts: Counter[str] = Counter()
@@ -706,6 +737,8 @@ class Soak:
         self.rule_ids[fault_id] = rid
         self.rule_hits[rid] = (rule.get("status") if rule["kind"] == "http_error" else None, 0)
         self.counts["faults"] += 1
+        if rule["kind"] in STREAM_FAULTS:
+            self.stream_faults[fault_id] = [time.time(), math.inf]
         return {"rule": rid}
 
     async def record_hits(self) -> None:
@@ -720,6 +753,8 @@ class Soak:
         await self.record_hits()
         with contextlib.suppress(RuntimeError):  # already gone (cleared with the rest)
             await self.call(self.sim.remove_fault, rid)
+        if fault_id in self.stream_faults:
+            self.stream_faults[fault_id][1] = time.time()
         return {"rule": rid, "hits": self.rule_hits[rid][1]}
 
     async def a_cancel_behind_back(self, symbol: str, pick: float) -> Any:
@@ -973,6 +1008,7 @@ class Soak:
             injected=dict(injected),
             foreign_orders=self.foreign,
             behind_back_cancels=self.behind_back,
+            stream_faults=[(a, b) for a, b in self.stream_faults.values()],
             bad_signals=self.bad_signals,
             router_unknown=unknown,
             collected_at=time.time(),

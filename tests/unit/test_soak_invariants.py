@@ -449,6 +449,17 @@ def test_a_position_without_its_stop_past_the_bound_counting_only_service_time()
     # the right stop throughout: no gap
     right = [stop_sample(t + k, 0.01, (49_050.0, True)) for k in range(1, 41)]
     assert not by_name(history([asked], protection_samples=right))[PROTECTED_IN_BOUND].violations
+    # a gap that began inside a stream fault waits at most for the trusted stream's sweep (60 + 15 + 5 s)
+    r = by_name(history([asked], protection_samples=bare, stream_faults=[(t, t + 3)]))[PROTECTED_IN_BOUND]
+    assert not r.violations
+    longer = [stop_sample(t + k, 0.01) for k in range(1, 91)] + [stop_sample(t + 91, 0.01, (49_000.0, True))]
+    r = by_name(history([asked], protection_samples=longer, stream_faults=[(t, t + 3)]))[PROTECTED_IN_BOUND]
+    assert len(r.violations) == 1 and "bound 80s" in r.violations[0].what
+    # a fault long over when the gap began is no excuse
+    late = [(t - 300, t - 290)]  # (a stall ends at the latest with its silence recycle, 120 s)
+    assert by_name(history([asked], protection_samples=bare, stream_faults=late))[
+        PROTECTED_IN_BOUND
+    ].violations
 
 
 def test_an_operator_halt_must_survive_a_restart_of_risk():
@@ -486,6 +497,13 @@ def test_the_schedule_is_a_pure_function_of_the_seed():
     actions = {e["action"] for e in a["events"]}
     assert {"signal", "exit", "price", "fault_add", "kill", "start", "halt", "resume"} <= actions
     assert [e["at"] for e in a["events"]] == sorted(e["at"] for e in a["events"])
+    kinds = {
+        e["params"]["rule"]["kind"]
+        for d in (3, 4, 5)
+        for e in build_schedule(d, 600)["events"]
+        if e["action"] == "fault_add"
+    }
+    assert {"stream_drop", "stream_stall", "stream_delay", "listen_key_expire"} <= kinds
     kills = [e["params"]["process"] for e in a["events"] if e["action"] == "kill"]
     assert {"router", "reconciler", "risk", "entry", "nats"} <= set(kills)
     assert schedule_lines(a)[0].startswith("soak schedule: seed 3, 60s")
