@@ -8,7 +8,6 @@ stop intents sent through the router, which never policy-blocks them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
@@ -91,6 +90,10 @@ def intent_key(intent: OrderIntent | ReplaceIntent | CancelIntent) -> str:
     if isinstance(intent, ReplaceIntent):
         return intent.new_order.intent_id
     return f"cancel.{intent.correlation_id}"
+
+
+# a pushed update that says an order ended (algo orders finish, expire, are cancelled or rejected)
+_ENDED_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "FINISHED", "REJECTED", "EXPIRED_IN_MATCH"})
 
 
 class ReconcilerService(Service):
@@ -239,7 +242,8 @@ class ReconcilerService(Service):
         if isinstance(symbol, str):
             self._mark_changed({symbol})
         if isinstance(msg, VenueOrderFact) and msg.source != self.name:
-            self.trust.on_fact(msg.client_order_id, now)
+            ended = msg.state in TERMINAL_ORDER_STATES or msg.status.upper() in _ENDED_STATUSES
+            self.trust.on_fact(msg.client_order_id, now, ended=ended)
         elif isinstance(msg, VenuePositionFact):
             last = self._last_positions
             if last is not None and last.get(msg.symbol, 0.0) != msg.qty:
@@ -302,41 +306,9 @@ class ReconcilerService(Service):
 
     async def tick_once(self) -> ReconcileSummary:
         started = time.time()
-        with_equity = self.state.tick % self.settings.equity_every_ticks == 0
         try:
             self._check_stream_confirms(started)
-            trusted = self.stream_trusted
-            STREAM_TRUSTED.set(1 if trusted else 0)
-            positions = await read_positions(self.venue)
-            qty = {s: p.qty for s, p in positions.items()}
-            to_read = symbols_to_read(
-                self._watched(positions),
-                trusted=trusted,
-                changed=self._changed,
-                positions=qty,
-                last_positions=self._last_positions,
-            )
-            regular = plan_reads(to_read, sweep=False, with_equity=with_equity)
-            sweep_every = self.settings.stream_up_sweep_sec if trusted else self.settings.sweep_every_sec
-            sweep = time.monotonic() - self._last_sweep >= sweep_every
-            plan = plan_reads(to_read, sweep=True, with_equity=with_equity) if sweep else regular
-            up_before_read = self.stream_up()
-            marks = dict(self._changed)  # a symbol marked again during the read is read again next tick
-            orders, equity = await read_orders(self.venue, plan)
-            self._unmark({s: n for s, n in marks.items() if plan.symbols is None or s in plan.symbols})
-            if plan.symbols is None:
-                self._last_sweep = time.monotonic()
-                self.trust.on_sweep(up_throughout=up_before_read and self.stream_up())
-            else:
-                # the rest: their latest read (orphans stay counted between sweeps)
-                orders = orders + [o for o in self._latest_orders if o.symbol not in plan.symbols]
-            self._latest_orders = orders
-            self._last_positions = qty
-            self._pace(plan, regular)
-            snap = Snapshot(positions, orders, equity)
-            if snap.equity is None:
-                snap = dataclasses.replace(snap, equity=self._equity)  # the balance is read every few ticks
-            self._equity = snap.equity
+            snap = await self._read_venue(with_equity=self.state.tick % self.settings.equity_every_ticks == 0)
             gone = vanished_orders(self.belief, snap)
             answers = await lookups(self.venue, gone)
         except Exception as e:
@@ -394,6 +366,41 @@ class ReconcilerService(Service):
         )
         return done
 
+    async def _read_venue(self, *, with_equity: bool) -> Snapshot:
+        """Positions, then the open orders of the symbols this tick must read (all of them on a sweep);
+        the others as last read."""
+        trusted = self.stream_trusted
+        STREAM_TRUSTED.set(1 if trusted else 0)
+        positions = await read_positions(self.venue)
+        qty = {s: p.qty for s, p in positions.items()}
+        to_read = symbols_to_read(
+            self._watched(positions),
+            trusted=trusted,
+            changed=self._changed,
+            positions=qty,
+            last_positions=self._last_positions,
+        )
+        regular = plan_reads(to_read, sweep=False, with_equity=with_equity)
+        sweep_every = self.settings.stream_up_sweep_sec if trusted else self.settings.sweep_every_sec
+        sweep = time.monotonic() - self._last_sweep >= sweep_every
+        plan = plan_reads(to_read, sweep=True, with_equity=with_equity) if sweep else regular
+        up_before_read = self.stream_up()
+        marks = dict(self._changed)  # a symbol marked again during the read is read again next tick
+        orders, equity = await read_orders(self.venue, plan)
+        self._unmark({s: n for s, n in marks.items() if plan.symbols is None or s in plan.symbols})
+        if plan.symbols is None:
+            self._last_sweep = time.monotonic()
+            self.trust.on_sweep(up_throughout=up_before_read and self.stream_up())
+        else:
+            # the rest: their latest read (orphans stay counted between sweeps)
+            orders = orders + [o for o in self._latest_orders if o.symbol not in plan.symbols]
+        self._latest_orders = orders
+        self._last_positions = qty
+        self._pace(plan, regular)
+        if equity is not None:
+            self._equity = equity  # the balance is read every few ticks
+        return Snapshot(positions, orders, self._equity)
+
     async def _report_endings(
         self, gone: list[KnownOrder], answers: dict[str, VenueOrderView | None]
     ) -> set[str]:
@@ -405,6 +412,7 @@ class ReconcilerService(Service):
             a = answers.get(o.client_order_id)
             if a is None or a.state not in ("filled", "canceled", "expired"):
                 continue
+            self.trust.on_ending_read(o.client_order_id, time.time(), up=self.stream_up())
             fact = VenueOrderFact(
                 client_order_id=o.client_order_id,
                 symbol=o.symbol,

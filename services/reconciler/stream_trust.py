@@ -3,7 +3,8 @@
 Trusted = the stream is up, every symbol's orders were read since it last (re)connected, and it has
 not missed an order of ours since: a stream that stalls while its pings are still answered looks
 healthy, so every order the router placed must show up on it (any pushed fact for its client id)
-within ``confirm_sec``. One that does not ends the trust until the stream proves itself again (a
+within ``confirm_sec``, and so must every ending of one that a read of ours found (filled, cancelled,
+expired). One that does not ends the trust until the stream proves itself again (a
 pushed fact, or a new session) and a full read followed.
 """
 
@@ -23,6 +24,7 @@ class StreamTrust:
         self.swept_while_up = False
         self.proven = True  # no order of ours went missing on this session (since its last fact)
         self._pushed: dict[str, float] = {}  # client id -> when the stream last told us about it
+        self._pushed_end: dict[str, float] = {}  # client id -> when the stream told us it ended
         self._awaiting: dict[str, float] = {}  # client id -> the time its fact is due by
         self.unconfirmed = 0  # orders the stream never told us about (for /status and metrics)
 
@@ -41,11 +43,20 @@ class StreamTrust:
     def on_sweep(self, *, up_throughout: bool) -> None:
         self.swept_while_up = up_throughout
 
-    def on_fact(self, client_order_id: str, now: float) -> None:
+    def on_fact(self, client_order_id: str, now: float, *, ended: bool = False) -> None:
         self._pushed[client_order_id] = now
+        if ended:
+            self._pushed_end[client_order_id] = now
+            _bound(self._pushed_end, self.remember)
         self.proven = True
         self._awaiting.pop(client_order_id, None)
         _bound(self._pushed, self.remember)
+
+    def on_ending_read(self, client_order_id: str, now: float, *, up: bool) -> None:
+        """A read of ours found one of our orders ended: the stream owes us that ending too."""
+        if up and client_order_id not in self._pushed_end:
+            self._awaiting.setdefault(client_order_id, now + self.confirm_sec)
+            _bound(self._awaiting, self.remember)
 
     def on_transition(
         self, client_order_id: str, from_state: OrderState, to_state: OrderState, now: float, *, up: bool

@@ -349,3 +349,38 @@ async def test_a_position_opened_behind_our_back_is_protected_at_once_from_its_p
     await bus.tap.wait_for(lambda: not rec.state.gaps.gaps, within=10.0)
     live = [a for a in sim.state()["algo_orders"] if a["algoStatus"] == "NEW" and a["symbol"] == BTC_ID]
     assert len(live) == 1
+
+
+async def test_a_stall_that_hid_a_cancel_is_caught_by_the_trusted_sweep_which_then_ends_the_trust(
+    bus, sim, router_factory, reconciler_factory, venue_stream_factory
+):
+    """A stalled stream and nothing of ours placed to give it away: the stop cancelled behind our back is
+    found by the trusted stream's sweep (2 s here, 60 s by default), repaired, and the stream, which never
+    pushed that ending, is no longer trusted."""
+    sim.set_position(BTC_ID, 0.02)
+    await router_factory()
+    stop = stop_intent("sell", 45_000.0, qty=None)
+    await bus.publish(stop)
+    await bus.tap.wait_for(lambda: settled(bus.tap, stop, S.ACKED))
+    rec = await reconciler_factory(
+        stream_up_interval_sec=0.2, stream_up_sweep_sec=2.0, stream_confirm_sec=0.5, repair_cooldown_sec=0.2
+    )
+    await stream_up(bus, venue_stream_factory)
+
+    async def trusted() -> bool:
+        return rec.stream_trusted
+
+    await server_state(trusted, bool)
+    sim.add_fault(kind="stream_stall")
+    sim.cancel_behind_back(BTC_ID, stop.client_order_id)
+    repair = await bus.tap.wait_for(
+        lambda: [r for r in bus.tap.of(RepairAction) if r.action == "place_stop"], within=10.0
+    )
+    assert repair[0].symbol == BTC
+    assert not facts(bus.tap, stop.client_order_id, status="CANCELED")
+
+    async def unconfirmed() -> int:
+        return rec.trust.unconfirmed
+
+    await server_state(unconfirmed, lambda n: n >= 1)
+    assert not rec.stream_trusted

@@ -67,3 +67,15 @@ def test_memory_is_bounded():
         t.on_fact(f"f{n}", float(n))
         t.on_transition(f"o{n}", S.SUBMITTING, S.ACKED, float(n), up=True)
     assert len(t._pushed) == 3 and len(t._awaiting) == 3
+
+
+def test_an_ending_our_read_found_must_have_been_pushed():
+    t = trusted_stream()
+    t.on_fact("told", 90.0, ended=True)
+    t.on_ending_read("told", 100.0, up=True)
+    t.on_fact("acked", 90.0)  # its ack was pushed, not its ending
+    t.on_ending_read("acked", 100.0, up=True)
+    assert t.overdue(105.0) == ["acked"] and not t.trusted(True)
+    t.on_ending_read("later", 100.0, up=True)
+    t.on_fact("later", 101.0, ended=True)  # pushed a little after the read saw it: in time
+    assert t.overdue(1_000.0) == []
