@@ -74,12 +74,14 @@ async def read_journal_batches(
     it is several times faster than pull ``fetch`` batches in nats-py. Raw
     messages are buffered by the callback and decoded here, outside it.
     """
-    pending: list[tuple[int, str, bytes, int]] = []
+    pending: list[tuple[int, str, bytes, int, int]] = []
     arrived = asyncio.Event()
 
     async def on_msg(m: Msg) -> None:
         meta = m.metadata
-        pending.append((meta.sequence.stream, m.subject, m.data, meta.num_pending))
+        # the stored time dates a message whose producer gave none (never the replay's own clock)
+        stored_ms = int(meta.timestamp.timestamp() * 1000)
+        pending.append((meta.sequence.stream, m.subject, m.data, meta.num_pending, stored_ms))
         arrived.set()
 
     kwargs: dict = {"deliver_policy": DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL}
@@ -102,9 +104,9 @@ async def read_journal_batches(
             del pending[:]  # in place: the callback holds this list
             out: list[JournalEntry] = []
             done = False
-            for seq, subject, data, left in raw:
+            for seq, subject, data, left, stored_ms in raw:
                 try:
-                    out.append(JournalEntry(seq, subject, decode(prefix, subject, data)))
+                    out.append(JournalEntry(seq, subject, decode(prefix, subject, data, stored_ms)))
                 except DecodeError as e:
                     if errors is not None:
                         errors.append(f"seq {seq}: {e}")

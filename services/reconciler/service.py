@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 
-from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
+from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer, stored_ts_ms
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
 from libs.common.ids import Bucket
 from libs.common.logs import log_event
@@ -189,7 +189,7 @@ class ReconcilerService(Service):
         """The venue stream's status (core NATS: only the latest matters). A resume means events may have
         been missed while it was down: read the venue now, every symbol's open orders included."""
         try:
-            status = decode(self.nats_settings.subject_prefix, m.subject, m.data)
+            status = decode(self.nats_settings.subject_prefix, m.subject, m.data, stored_ts_ms(m))
         except DecodeError as e:
             log_event(self.log, "reconcile.stream_status_unreadable", logging.WARNING, error=str(e))
             return
