@@ -252,6 +252,22 @@ def summarize(timelines: dict[str, IntentTimeline]) -> dict:
         "cancel_replace_giveups": sum(1 for t in timelines.values() if t.gave_up),
         "unknown": sorted(t.correlation_id for t in timelines.values() if t.state is OrderState.UNKNOWN),
         "unsettled": unsettled,
+        "intent_list": [intent_row(t) for t in timelines.values()],
+    }
+
+
+def intent_row(t: IntentTimeline) -> dict:
+    """One intent in a summary: what it was and where it ended (journal order)."""
+    i = t.intent
+    return {
+        "correlation_id": t.correlation_id,
+        "bucket": i.bucket.value if i else None,
+        "symbol": i.symbol if i else None,
+        "side": i.side if i else None,
+        "qty": i.qty if i else None,
+        "signal_id": i.signal_id if i else None,
+        "state": t.state.value if t.state else None,
+        "client_order_ids": sorted(t.client_order_ids),
     }
 
 

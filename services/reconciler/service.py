@@ -66,7 +66,7 @@ from services.reconciler.read_budget import (
     sweep_reserve_1m,
 )
 from services.reconciler.rebuild import rebuild
-from services.reconciler.snapshot import Snapshot, VenueOrderView
+from services.reconciler.snapshot import PositionView, Snapshot, VenueOrderView, order_row, venue_positions
 from services.reconciler.state import ReconcileState
 from services.reconciler.tick import reconcile_tick
 from services.reconciler.venue_reader import lookups, read_orders, read_positions, read_snapshot
@@ -109,6 +109,7 @@ class ReconcilerService(Service):
         self._equity: float | None = None
         self._last_sweep = 0.0  # monotonic time of the last every-symbol read
         self._latest_orders: list[VenueOrderView] = []  # each symbol's open orders as last read
+        self._latest_positions: dict[str, PositionView] = {}  # the venue's positions as last read
         self.last_plan: ReadPlan | None = None
         self.next_delay_sec = settings.interval_sec
         self._tick_done = asyncio.Condition()
@@ -277,6 +278,7 @@ class ReconcilerService(Service):
                 # unwatched symbols: their latest read (orphans stay counted between sweeps)
                 orders = orders + [o for o in self._latest_orders if o.symbol not in watched]
             self._latest_orders = orders
+            self._latest_positions = positions
             self._pace(plan, regular)
             snap = Snapshot(positions, orders, equity)
             if snap.equity is None:
@@ -436,6 +438,13 @@ class ReconcilerService(Service):
             "last_summary": s.model_dump(mode="json") if s else None,
             "rebuild": self.rebuild_summary.model_dump(mode="json") if self.rebuild_summary else None,
             "belief_positions": {k: v for k, v in self.belief.qty.items() if v},
+            # the venue as the last tick read it (operators: `erl status` / `erl orders`)
+            "positions": venue_positions(
+                self._latest_positions,
+                self._latest_orders,
+                {k: round(time.time() - g.opened_at, 3) for k, g in self.state.gaps.gaps.items()},
+            ),
+            "open_orders": [order_row(o) for o in self._latest_orders],
             "belief_states": {k: v.value for k, v in self.state.belief_state.items()},
             "open_gaps": {k: round(time.time() - g.opened_at, 3) for k, g in self.state.gaps.gaps.items()},
             "read_plan": {
