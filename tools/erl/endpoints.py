@@ -52,6 +52,9 @@ class Endpoints:
     def from_env(cls) -> Endpoints:
         # a CLI fails fast: a dead bus is an answer, not something to wait out
         nats = load(NatsSettings)
+        if "NATS_URL" not in os.environ and os.environ.get("NATS_PORT", "").isdigit():
+            # the local run's port variables (make run honours them): the bus on this machine
+            nats = nats.model_copy(update={"url": f"nats://127.0.0.1:{os.environ['NATS_PORT']}"})
         nats = nats.model_copy(
             update={"connect_timeout_sec": min(nats.connect_timeout_sec, 2.0), "publish_attempts": 2}
         )
@@ -64,6 +67,8 @@ class Endpoints:
             "venue_stream": _url(*_hp(load(VenueStreamSettings))),
         }
         venue = (ex.api_url or BINANCE_FAPI).rstrip("/")
+        if "EXCHANGE_API_URL" not in os.environ and os.environ.get("SIM_PORT", "").isdigit():
+            venue = f"http://127.0.0.1:{os.environ['SIM_PORT']}"  # the local run's simulator
         return cls(nats, services, venue, simulated=ex.api_url is not None)
 
 
