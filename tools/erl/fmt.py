@@ -15,12 +15,15 @@ from libs.common.messages import (
     MismatchEvent,
     OrderTransition,
     ProtectionGap,
+    RebuildSummary,
     ReconcileSummary,
     RepairAction,
     Signal,
     SignalDecision,
     Stage1GapAssertion,
     VenueBan,
+    VenueOrderFact,
+    VenueStreamStatus,
 )
 from libs.common.replay import JournalEntry, describe
 from libs.common.state_machine import OrderState
@@ -178,11 +181,20 @@ def _symbol(m: BusMessage) -> str | None:
     return s
 
 
+KIND_WIDTH = 28  # as replay's describe() pads it: tail and replay lines line up
+
+
+def _fields(m: BusMessage, *skip: str) -> str:
+    """The rest of a message as key=value, for kinds without a line of their own (never raw JSON)."""
+    data = m.model_dump(mode="json", exclude={"v", "ts_ms", "kind", *skip}, exclude_none=True)
+    return " ".join(f"{k}={v}" for k, v in data.items() if v not in ("", [], {}))
+
+
 def journal_line(e: JournalEntry) -> str:
     """One readable line per journal event (intents and order events as replay prints them)."""
     m = e.msg
     ts = dt.datetime.fromtimestamp(m.ts_ms / 1000, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-    head = f"{ts} #{e.seq:<7} {getattr(m, 'kind', type(m).__name__):<24}"
+    head = f"{ts} #{e.seq:<7} {getattr(m, 'kind', type(m).__name__):<{KIND_WIDTH}}"
     if isinstance(m, Signal):
         return f"{head} {m.signal_id} {m.side} {m.qty:g} {m.symbol} {m.order_type} conf={m.confidence:g}"
     if isinstance(m, SignalDecision):
@@ -199,12 +211,27 @@ def journal_line(e: JournalEntry) -> str:
         return f"{head} tick {m.tick} streak {m.mismatch_streak} ok={m.ok}" + (
             f" {m.error}" if m.error else ""
         )
-    if isinstance(m, ProtectionGap | RepairAction | Stage1GapAssertion | MismatchEvent):
-        fields = m.model_dump(exclude={"v", "ts_ms", "kind"}, exclude_none=True)
-        return f"{head} " + " ".join(f"{k}={v}" for k, v in fields.items())
-    if isinstance(m, DeadLetter):
-        return f"{head} {m.reason}"
+    if isinstance(m, VenueOrderFact):
+        what = m.state or f"gone ({m.status})"
+        fill = (
+            f" filled={m.filled_qty:g}" + (f" @ {m.avg_price:g}" if m.avg_price else "")
+            if m.filled_qty
+            else ""
+        )
+        return f"{head} {m.client_order_id} {m.symbol} {what}{fill} from {m.source}"
+    if isinstance(m, RebuildSummary):
+        return f"{head} positions={m.positions} open_orders={m.open_orders} orphans={len(m.orphans)} froze={m.froze}"
+    if isinstance(m, VenueStreamStatus):
+        return (
+            f"{head} {m.state}" + (" resumed" if m.resumed else "") + (f" ({m.reason})" if m.reason else "")
+        )
+    if isinstance(
+        m, ProtectionGap | RepairAction | Stage1GapAssertion | MismatchEvent | DeadLetter | VenueBan
+    ):
+        return f"{head} {_fields(m)}"
     line = describe(e)
+    if line.endswith(m.model_dump_json()):  # describe() has no line for it either
+        line = f"{head} {_fields(m)}"
     sym = _symbol(m)
     return line if sym is None or sym in line else f"{line} {sym}"
 

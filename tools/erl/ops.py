@@ -21,8 +21,18 @@ def _get(url: str) -> dict | str:
         return str(e)
 
 
+def refresh(ep: Endpoints) -> None:
+    """One reconcile tick now: positions and orders as the venue has them, not as of the last tick
+    (up to RECONCILE_STREAM_UP_INTERVAL_SEC old while the venue stream is up)."""
+    try:
+        http("POST", f"{ep.services['reconciler']}/reconcile", timeout=10.0)
+    except (Unreachable, HttpError):
+        pass  # the status screen says the reconciler is down
+
+
 def gather(ep: Endpoints) -> tuple[dict | str, dict[str, dict | str], dict | str]:
     """Every service's /status, risk's /guard and the reconciler's view, asked at once."""
+    refresh(ep)
     urls = {name: f"{base}/status" for name, base in ep.services.items()}
     if ep.simulated:
         urls["simulator"] = f"{ep.venue_url}/status"
@@ -51,6 +61,7 @@ def cmd_status(a: argparse.Namespace, ep: Endpoints) -> int:
 
 
 def cmd_orders(a: argparse.Namespace, ep: Endpoints) -> int:
+    refresh(ep)
     st = http("GET", f"{ep.services['reconciler']}/status")
     orders = [o for o in st.get("open_orders") or [] if a.symbol is None or o["symbol"] == a.symbol]
     print("\n".join(fmt.orders_table(orders)))
