@@ -129,16 +129,24 @@ async def cmd_summary(settings: NatsSettings, since_hours: float | None, as_json
     if as_json:
         print(json.dumps(s, indent=2))
     else:
-        for k, v in s.items():
-            if k != "intent_list":
-                print(f"{k:>24}: {v}")
-        print("intents:")
-        for r in s["intent_list"]:
-            print(
-                f"  {r['correlation_id']}  {r['bucket'] or '?':<5} {r['side'] or '':<4} {r['symbol'] or '':<16} "
-                f"{r['state'] or 'NO_TRANSITIONS'}"
-            )
+        print("\n".join(summary_lines(s)))
     return 0
+
+
+def summary_lines(s: dict) -> list[str]:
+    """The summary as text: the counts, then one line per intent."""
+    out = [f"{k:>24}: {v}" for k, v in s.items() if k != "intent_list"]
+    out.append("intents:")
+    for r in s["intent_list"]:
+        what = (
+            f"{r['bucket']:<5} {r['side']:<4} {r['symbol']:<16}"
+            if r["bucket"]
+            else f"{'cancel':<5} {'':<4} {'':<16}"
+        )
+        out.append(
+            f"  {r['correlation_id']}  {what} {r['state'] or 'NO_TRANSITIONS':<14} {' '.join(r['client_order_ids'])}"
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

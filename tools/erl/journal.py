@@ -21,7 +21,7 @@ from libs.common.replay import (
 from tools.erl import fmt
 from tools.erl.bus import Watch, connected
 from tools.erl.endpoints import Endpoints
-from tools.replay import decision_in, timeline_json
+from tools.replay import decision_in, summary_lines, timeline_json
 
 OK, NOT_FOUND = 0, 1
 
@@ -69,11 +69,7 @@ async def cmd_replay(a: argparse.Namespace, ep: Endpoints) -> int:
                 keep_entries=False,
             )
         summary = {**summarize(tls), "undecodable": len(errors)}
-        print(
-            json.dumps(summary, indent=2)
-            if a.json
-            else "\n".join(f"{k:>24}: {v}" for k, v in summary.items())
-        )
+        print(json.dumps(summary, indent=2) if a.json else "\n".join(summary_lines(summary)))
         return OK
     decision, timeline, errors = await find(ep, a.key)
     if decision is None and timeline is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -143,6 +144,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Endpoints], Any]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the bus client's own warnings (a refused connection) would print as bare lines: the CLI says it once
+    logging.getLogger().addHandler(logging.NullHandler())
     parser = build_parser()
     a = parser.parse_args(argv)
     if a.cmd == "soak":
