@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
-from libs.common.messages import DeadLetter, GuardKnobs, OrderTransition, SignalDecision
+from libs.common.messages import DeadLetter, GuardKnobs, OrderTransition, RepairAction, SignalDecision
 from libs.common.state_machine import OrderState
 from tests.conftest import ADMIN_TOKEN
 from tests.integration.helpers import settled
@@ -247,3 +247,28 @@ async def test_erl_tail_prints_one_line_per_event_filtered(bus, sim, router_fact
     assert "\033[" not in out  # no colour when not a terminal
     rc, out, _ = await erl(env, "tail", "--since", "5", "--count", "3", "--symbol", BTC)
     assert rc == 0 and len(out.splitlines()) == 3 and all(BTC in x or "tl-1" in x for x in out.splitlines())
+
+
+async def test_erl_close_waits_for_the_reconciler_to_cancel_protection_the_venue_kept(
+    bus, sim, router_factory, entry_service, reconciler_factory
+):
+    """A venue that does not expire a close-position stop when its position goes flat (the
+    keep_protection fault): the reconciler cancels it on the flat, quiet symbol, and `erl close` says so
+    only once it is gone."""
+    router = await router_factory()
+    recon = await reconciler_factory()
+    env = env_for(bus.settings, sim, router=router, reconciler=recon, entry=entry_service)
+    rc, out, err = await erl(
+        env, "signal", "--symbol", BTC, "--side", "buy", "--qty", "0.01", "--signal-id", "k-1"
+    )
+    assert rc == 0, out + err
+    await bus.tap.wait_for(
+        lambda: [t for t in bus.tap.of(OrderTransition, bucket=Bucket.SL) if t.to_state is OrderState.ACKED]
+    )
+    sim.add_fault(kind="keep_protection", symbol="BTCUSDT", count=None)
+    rc, out, err = await erl(env, "close", BTC, "--wait", "30")
+    assert rc == 0, out + err
+    assert "order     FILLED" in out and "flat; no protective order left" in out
+    venue = sim.state(open_only=True)
+    assert venue["positions"] == [] and venue["algo_orders"] == []
+    assert bus.tap.of(RepairAction, action="cancel_leftover")

@@ -146,12 +146,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Endpoints], Any]] = {
 def main(argv: list[str] | None = None) -> int:
     # the bus client's own warnings (a refused connection) would print as bare lines: the CLI says it once
     logging.getLogger().addHandler(logging.NullHandler())
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    if a.cmd == "soak":
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # every argument (--help included) is the soak's own
         from tools import soak
 
-        return soak.main(a.soak_args)
+        return soak.main(argv[1:])
+    parser = build_parser()
+    a = parser.parse_args(argv)
     if a.cmd == "replay" and not a.summary and not a.key:
         parser.error("replay needs a KEY (signal id, correlation id or client order id) or --summary")
     try:
