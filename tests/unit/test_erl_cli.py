@@ -138,9 +138,7 @@ def test_status_screen_shows_guard_trips_positions_stops_gaps_and_services() -> 
         },
         "open_orders": [{"symbol": "BTC/USDT:USDT"}],
     }
-    lines = fmt.status_screen(
-        guard, {"reconciler": recon, "router": "http://x: Connection refused"}, recon, 0
-    )
+    lines = fmt.status_screen(guard, {"reconciler": recon, "router": "http://x: Connection refused"}, recon)
     text = "\n".join(lines)
     assert "guard     halted  ENTRIES BLOCKED  (operator halt)" in text
     assert "operator halt: maint" in text and "TRIPPED: stale_data" in text

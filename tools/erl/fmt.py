@@ -74,9 +74,7 @@ def _age(sec: float | None) -> str:
     return "-" if sec is None else f"{sec:.0f}s"
 
 
-def status_screen(
-    guard: dict | None, services: dict[str, dict | str], reconciler: dict | None, now_ms: int
-) -> list[str]:
+def status_screen(guard: dict | None, services: dict[str, dict | str], reconciler: dict | None) -> list[str]:
     """One screen: guard mode and why, kill-switch trips, positions with stops and gaps, open orders,
     every service's readiness. ``services``: name -> its /status, or the error text when unreachable."""
     out: list[str] = []

@@ -6,7 +6,6 @@ import argparse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from libs.common.messages import now_ms
 from tools.erl import fmt
 from tools.erl.args import UsageError
 from tools.erl.endpoints import Endpoints, HttpError, Unreachable, admin_token, http
@@ -50,7 +49,6 @@ def cmd_status(a: argparse.Namespace, ep: Endpoints) -> int:
         guard if isinstance(guard, dict) else None,
         services,
         recon if isinstance(recon, dict) else None,
-        now_ms(),
     )
     print("\n".join(lines))
     down = [n for n, s in services.items() if isinstance(s, str)]
