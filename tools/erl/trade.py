@@ -17,7 +17,7 @@ from tools.erl.args import UsageError, build_signal, check_known
 from tools.erl.bus import Watch, connected
 from tools.erl.endpoints import Endpoints, http, venue_markets
 
-OK, UNREACHABLE, USAGE, REFUSED, NO_ANSWER = 0, 1, 2, 3, 4
+OK, NOT_FOUND, USAGE, REFUSED, NO_ANSWER = 0, 1, 2, 3, 4
 
 
 def entry_ids(signal_id: str) -> tuple[str, str]:
@@ -95,7 +95,7 @@ async def cmd_close(a: argparse.Namespace, ep: Endpoints) -> int:
     position = (http("GET", f"{recon}/status").get("positions") or {}).get(a.symbol)
     if not position or not position.get("qty"):
         print(f"no open position in {a.symbol}: nothing to close")
-        return UNREACHABLE
+        return NOT_FOUND
     held = float(position["qty"])
     if a.qty is not None and a.qty > abs(held) + 1e-12:
         raise UsageError(f"--qty {a.qty:g} exceeds the position ({held:+g} {a.symbol})")
@@ -131,8 +131,9 @@ async def wait_protection_gone(recon: str, symbol: str, deadline: float) -> int:
     ones; the reconciler cancels what is left on a flat symbol)."""
     left: list[dict] = []
     while True:
-        http("POST", f"{recon}/reconcile", timeout=10.0)
-        st = http("GET", f"{recon}/status")
+        # off the event loop: the bus connection keeps being served meanwhile
+        await asyncio.to_thread(http, "POST", f"{recon}/reconcile", None, None, 10.0)
+        st = await asyncio.to_thread(http, "GET", f"{recon}/status")
         flat = symbol not in (st.get("positions") or {})
         left = [
             o
