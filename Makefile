@@ -52,11 +52,11 @@ soak-ci: install
 	$(PY) -m tools.soak --seed commit --seconds 90 --quiet-schedule
 
 replay-summary: install
-	$(PY) -m tools.replay summary
+	$(VENV)/bin/erl replay --summary
 
-# make signal SYMBOL=BTC/USDT:USDT SIDE=buy QTY=0.01
+# make signal SYMBOL=BTC/USDT:USDT SIDE=buy QTY=0.01 (the same as: .venv/bin/erl signal ...)
 signal: install
-	$(PY) -m services.entry.cli --symbol $(or $(SYMBOL),BTC/USDT:USDT) --side $(or $(SIDE),buy) --qty $(or $(QTY),0.01)
+	$(VENV)/bin/erl signal --symbol $(or $(SYMBOL),BTC/USDT:USDT) --side $(or $(SIDE),buy) --qty $(or $(QTY),0.01)
 
 clean:
 	rm -rf .run .pytest_cache .ruff_cache

@@ -40,6 +40,16 @@ from libs.common.logs import RateLimitedLog, log_event, redact
 from libs.common.messages import BusMessage, DeadLetter, DecodeError, decode, encode, family_of, subject_for
 from libs.common.telemetry import BUS_MESSAGES, DEAD_LETTERS, NATS_CONNECTED, PUBLISH_FAILURES
 
+
+def stored_ts_ms(m: Msg) -> int | None:
+    """When JetStream stored ``m`` (its metadata timestamp), in ms: the date of a message whose producer
+    gave none. None for a core NATS message (no JetStream reply subject to read it from)."""
+    try:
+        return int(m.metadata.timestamp.timestamp() * 1000)
+    except Exception:
+        return None
+
+
 log = logging.getLogger("erl.bus")
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -353,7 +363,7 @@ class ConsumerLoop:
 
     def _dispatch(self, m: Msg, beat: _LazyHeartbeat) -> None:
         try:
-            model = decode(self.prefix, m.subject, m.data)
+            model = decode(self.prefix, m.subject, m.data, stored_ts_ms(m))
         except DecodeError as e:
             beat.stop()
             self._spawn(self._dead_letter_and_mark(m, f"decode: {e}"), release=True)

@@ -12,7 +12,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from libs.common.ids import Bucket
 from libs.common.state_machine import OrderState, PositionBelief, ReplaceState
@@ -31,6 +39,22 @@ Qty = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Symbol = Annotated[str, Field(min_length=3, max_length=40, pattern=r"^[A-Z0-9]+/[A-Z0-9]+(:[A-Z0-9]+)?$")]
+OPERATOR_REASON_MAX = 500
+
+
+def check_operator_reason(v: str) -> str:
+    """An operator's reason is read back in the journal, logs and dashboards: one line of real text."""
+    if not v.strip():
+        raise ValueError("reason must not be blank")
+    if not v.isprintable():
+        raise ValueError("reason must be printable text on one line (no control characters)")
+    return v
+
+
+# why a halt or resume was asked for: the same rule on REST and on the bus
+OperatorReason = Annotated[
+    str, Field(min_length=1, max_length=OPERATOR_REASON_MAX), AfterValidator(check_operator_reason)
+]
 
 
 def now_ms() -> int:
@@ -313,7 +337,7 @@ class HaltCommand(BusMessage):
     family: ClassVar[str] = "risk.command"
     kind: Literal["risk.command"] = "risk.command"
     action: Literal["halt", "resume"]
-    reason: str = Field(min_length=1, max_length=500)
+    reason: OperatorReason
     source: Token
     command_id: Token | None = Field(
         None,
@@ -659,15 +683,21 @@ def model_for_subject(prefix: str, subject: str) -> type[BusMessage]:
     return model
 
 
-def decode(prefix: str, subject: str, data: bytes) -> BusMessage:
-    """Bytes on ``subject`` -> the one model for that subject, or DecodeError with a readable reason."""
+def decode(prefix: str, subject: str, data: bytes, stored_ts_ms: int | None = None) -> BusMessage:
+    """Bytes on ``subject`` -> the one model for that subject, or DecodeError with a readable reason.
+
+    A message is dated by its producer (``ts_ms``); one that came without it is dated by when the
+    stream stored it (``stored_ts_ms``, JetStream's metadata), never by when it is read back."""
     model = model_for_subject(prefix, subject)
     try:
-        return model.model_validate_json(data)
+        msg = model.model_validate_json(data)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(body)"
         raise DecodeError(f"{model.__name__}: {loc}: {first['msg']} ({e.error_count()} error(s))") from None
+    if stored_ts_ms is not None and "ts_ms" not in msg.model_fields_set:
+        msg = msg.model_copy(update={"ts_ms": stored_ts_ms})
+    return msg
 
 
 def encode(msg: BusMessage) -> bytes:

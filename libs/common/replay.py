@@ -74,12 +74,14 @@ async def read_journal_batches(
     it is several times faster than pull ``fetch`` batches in nats-py. Raw
     messages are buffered by the callback and decoded here, outside it.
     """
-    pending: list[tuple[int, str, bytes, int]] = []
+    pending: list[tuple[int, str, bytes, int, int]] = []
     arrived = asyncio.Event()
 
     async def on_msg(m: Msg) -> None:
         meta = m.metadata
-        pending.append((meta.sequence.stream, m.subject, m.data, meta.num_pending))
+        # the stored time dates a message whose producer gave none (never the replay's own clock)
+        stored_ms = int(meta.timestamp.timestamp() * 1000)
+        pending.append((meta.sequence.stream, m.subject, m.data, meta.num_pending, stored_ms))
         arrived.set()
 
     kwargs: dict = {"deliver_policy": DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL}
@@ -102,9 +104,9 @@ async def read_journal_batches(
             del pending[:]  # in place: the callback holds this list
             out: list[JournalEntry] = []
             done = False
-            for seq, subject, data, left in raw:
+            for seq, subject, data, left, stored_ms in raw:
                 try:
-                    out.append(JournalEntry(seq, subject, decode(prefix, subject, data)))
+                    out.append(JournalEntry(seq, subject, decode(prefix, subject, data, stored_ms)))
                 except DecodeError as e:
                     if errors is not None:
                         errors.append(f"seq {seq}: {e}")
@@ -250,6 +252,22 @@ def summarize(timelines: dict[str, IntentTimeline]) -> dict:
         "cancel_replace_giveups": sum(1 for t in timelines.values() if t.gave_up),
         "unknown": sorted(t.correlation_id for t in timelines.values() if t.state is OrderState.UNKNOWN),
         "unsettled": unsettled,
+        "intent_list": [intent_row(t) for t in timelines.values()],
+    }
+
+
+def intent_row(t: IntentTimeline) -> dict:
+    """One intent in a summary: what it was and where it ended (journal order)."""
+    i = t.intent
+    return {
+        "correlation_id": t.correlation_id,
+        "bucket": i.bucket.value if i else None,
+        "symbol": i.symbol if i else None,
+        "side": i.side if i else None,
+        "qty": i.qty if i else None,
+        "signal_id": i.signal_id if i else None,
+        "state": t.state.value if t.state else None,
+        "client_order_ids": sorted(t.client_order_ids),
     }
 
 

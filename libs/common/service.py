@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from libs.common.bus import Publisher, connect_nats, ensure_journal
+from libs.common.bus import Publisher, connect_nats, ensure_journal, stored_ts_ms
 from libs.common.config import NatsSettings
 from libs.common.journal import Journal
 from libs.common.logs import RateLimitedLog, log_event
@@ -223,7 +223,7 @@ class Service:
 
     async def _on_ban_message(self, venue_limits: VenueLimits, m: Msg) -> None:
         try:
-            ban = decode(self.nats_settings.subject_prefix, m.subject, m.data)
+            ban = decode(self.nats_settings.subject_prefix, m.subject, m.data, stored_ts_ms(m))
         except DecodeError as e:
             log_event(self.log, "venue.ban_unreadable", logging.WARNING, subject=m.subject, error=str(e))
             return

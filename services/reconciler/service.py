@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from nats.aio.msg import Msg
 
 from libs.common.aio import wait_event
-from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer
+from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery, reset_consumer, stored_ts_ms
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings
 from libs.common.ids import Bucket
 from libs.common.logs import log_event
@@ -72,7 +72,7 @@ from services.reconciler.read_budget import (
     symbols_to_read,
 )
 from services.reconciler.rebuild import rebuild
-from services.reconciler.snapshot import Snapshot, VenueOrderView
+from services.reconciler.snapshot import PositionView, Snapshot, VenueOrderView, order_row, venue_positions
 from services.reconciler.state import ReconcileState
 from services.reconciler.stream_trust import StreamTrust
 from services.reconciler.tick import reconcile_tick
@@ -126,6 +126,7 @@ class ReconcilerService(Service):
         self._events_seen = 0
         self._last_positions: dict[str, float] | None = None
         self.trust = StreamTrust(settings.stream_confirm_sec)
+        self._latest_positions: dict[str, PositionView] = {}  # the venue's positions as last read
         self.last_plan: ReadPlan | None = None
         self.next_delay_sec = settings.interval_sec
         self._tick_done = asyncio.Condition()
@@ -208,7 +209,7 @@ class ReconcilerService(Service):
         """The venue stream's status (core NATS: only the latest matters). A resume means events may have
         been missed while it was down: read the venue now, every symbol's open orders included."""
         try:
-            status = decode(self.nats_settings.subject_prefix, m.subject, m.data)
+            status = decode(self.nats_settings.subject_prefix, m.subject, m.data, stored_ts_ms(m))
         except DecodeError as e:
             log_event(self.log, "reconcile.stream_status_unreadable", logging.WARNING, error=str(e))
             return
@@ -395,6 +396,7 @@ class ReconcilerService(Service):
             # the rest: their latest read (orphans stay counted between sweeps)
             orders = orders + [o for o in self._latest_orders if o.symbol not in plan.symbols]
         self._latest_orders = orders
+        self._latest_positions = positions
         self._last_positions = qty
         self._pace(plan, regular)
         if equity is not None:
@@ -534,6 +536,13 @@ class ReconcilerService(Service):
             "last_summary": s.model_dump(mode="json") if s else None,
             "rebuild": self.rebuild_summary.model_dump(mode="json") if self.rebuild_summary else None,
             "belief_positions": {k: v for k, v in self.belief.qty.items() if v},
+            # the venue as the last tick read it (operators: `erl status` / `erl orders`)
+            "positions": venue_positions(
+                self._latest_positions,
+                self._latest_orders,
+                {k: round(time.time() - g.opened_at, 3) for k, g in self.state.gaps.gaps.items()},
+            ),
+            "open_orders": [order_row(o) for o in self._latest_orders],
             "belief_states": {k: v.value for k, v in self.state.belief_state.items()},
             "open_gaps": {k: round(time.time() - g.opened_at, 3) for k, g in self.state.gaps.gaps.items()},
             "read_plan": {

@@ -51,3 +51,41 @@ class Snapshot:
 
     def position(self, symbol: str) -> PositionView:
         return self.positions.get(symbol, FLAT)
+
+
+def order_row(o: VenueOrderView) -> dict:
+    """One open order as operators read it (`/status` open_orders)."""
+    return {
+        "symbol": o.symbol,
+        "client_order_id": o.client_order_id,
+        "type": o.order_type,
+        "side": o.side,
+        "qty": o.qty,
+        "trigger_price": o.trigger_price,
+        "reduce_only": o.reduce_only,
+        "close_position": o.close_position,
+        "stop_loss": o.is_stop_loss and o.is_protective,
+    }
+
+
+def venue_positions(
+    positions: dict[str, PositionView], orders: list[VenueOrderView], gap_ages_sec: dict[str, float]
+) -> dict[str, dict]:
+    """Every open position with the stop-losses resting for it and how long it has been unprotected."""
+    out: dict[str, dict] = {}
+    for symbol, p in sorted(positions.items()):
+        if not p.qty:
+            continue
+        stops = [
+            o.trigger_price
+            for o in orders
+            if o.symbol == symbol and o.is_stop_loss and o.is_protective and o.trigger_price
+        ]
+        out[symbol] = {
+            "qty": p.qty,
+            "entry_price": p.entry_price,
+            "mark_price": p.mark_price,
+            "stops": stops,
+            "gap_sec": gap_ages_sec.get(symbol),
+        }
+    return out

@@ -24,11 +24,12 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable
+from typing import Annotated
 
 import nats.js.errors
 from fastapi import FastAPI, Header, HTTPException, Request
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from libs.common.aio import wait_event
 from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
@@ -36,12 +37,14 @@ from libs.common.config import KillSettings, NatsSettings, RiskSettings
 from libs.common.guard import GUARD_KEY
 from libs.common.logs import RateLimitedLog, log_event
 from libs.common.messages import (
+    OPERATOR_REASON_MAX,
     BusMessage,
     GuardKnobs,
     HaltCommand,
     RebuildSummary,
     ReconcileSummary,
     VenueStreamStatus,
+    check_operator_reason,
     encode,
 )
 from libs.common.service import Service
@@ -98,7 +101,12 @@ def new_command_id() -> str:
 
 class ReasonBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=3, max_length=500, description="why: goes into the journal")
+    # the bus command's rule (non-blank, printable, bounded), and at least a word
+    reason: Annotated[
+        str,
+        Field(min_length=3, max_length=OPERATOR_REASON_MAX, description="why: goes into the journal"),
+        AfterValidator(check_operator_reason),
+    ]
 
 
 class RiskService(Service):

@@ -540,7 +540,8 @@ class RouterService(Service):
         except nats.js.errors.NotFoundError:
             # no transition on record, and too old for the ledger to vouch for: treat it as maybe sent
             return LedgerEntry(OrderState.SUBMITTING, time.time(), intent.correlation_id)
-        t = decode(self.nats_settings.subject_prefix, raw.subject or subject, raw.data or b"")
+        stored = int(raw.time.timestamp() * 1000) if raw.time else None
+        t = decode(self.nats_settings.subject_prefix, raw.subject or subject, raw.data or b"", stored)
         assert isinstance(t, OrderTransition)
         return LedgerEntry(t.to_state, t.ts_ms / 1000, t.correlation_id)
 

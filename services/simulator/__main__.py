@@ -11,6 +11,7 @@ import uvicorn
 from libs.common.config import ConfigError
 from services.simulator.app import create_app
 from services.simulator.config import SimulatorSettings
+from services.simulator.persistence import StateFileError
 
 
 def main() -> int:
@@ -40,15 +41,19 @@ def main() -> int:
                 else "GET /_sim/stream",
                 "symbols": len(settings.symbol_list()),
                 "tick_ms": settings.tick_ms,
+                "state_file": settings.state_file or "(none: a restart forgets positions and orders)",
             }
         ),
         file=sys.stderr,
         flush=True,
     )
-    # uvicorn handles SIGINT/SIGTERM with a graceful shutdown
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False
-    )
+    try:
+        app = create_app(settings)
+    except StateFileError as e:
+        print(f"simulator: {e}", file=sys.stderr)
+        return 2
+    # uvicorn handles SIGINT/SIGTERM with a graceful shutdown (which writes SIM_STATE_FILE a last time)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     return 0
 
 

@@ -37,6 +37,8 @@ from services.simulator.faults import (
     FaultBook,
     FaultRule,
 )
+from services.simulator.health import add_health_routes
+from services.simulator.persistence import StateFile
 from services.simulator.userstream import UserStream
 
 Params = dict[str, str]
@@ -338,6 +340,11 @@ class Simulator:
         self.requests: deque[dict] = deque(maxlen=settings.request_log_size)
         self.rate = ratelimit.RateLimiter(limits_from(settings), clock=lambda: self.engine.clock())
         self.stream = UserStream(self.engine, self.faults, int(settings.listen_key_validity_sec * 1000))
+        self.started_at = time.time()
+        # positions and orders survive a restart only with a state file (raises StateFileError if unusable)
+        self.state_file = StateFile(settings.state_file) if settings.state_file else None
+        if self.state_file is not None:
+            self.state_file.load(self.engine)
         self.routes = {
             **ROUTES,
             ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info,
@@ -508,6 +515,7 @@ def create_app(settings: SimulatorSettings | None = None, engine: Engine | None 
     app.state.sim = sim
     _add_fault_routes(app, sim)
     _add_control_routes(app, sim, settings)
+    add_health_routes(app, sim)
 
     @app.api_route("/fapi/{rest:path}", methods=["GET", "POST", "DELETE", "PUT"])
     async def binance(request: Request) -> Response:
@@ -538,13 +546,28 @@ def _price_walk(
                     sim.engine.random_walk()
 
             task = asyncio.ensure_future(walk())
+        saver = asyncio.ensure_future(_save_every(sim, settings.state_save_sec)) if sim.state_file else None
         await sim.stream.start(settings.host, settings.ws_port)
         yield
-        if task is not None:
-            task.cancel()
+        for t in (task, saver):
+            if t is not None:
+                t.cancel()
+        if sim.state_file is not None:
+            sim.state_file.save(sim.engine)  # shutdown: the last word
         await sim.stream.stop()
 
     return lifespan
+
+
+async def _save_every(sim: Simulator, period_sec: float) -> None:
+    """Write the venue state when it changed, every ``period_sec`` (a write failure is retried next time)."""
+    assert sim.state_file is not None
+    while True:
+        await asyncio.sleep(period_sec)
+        try:
+            sim.state_file.save(sim.engine)
+        except OSError as e:
+            sim.state_file.last_error = f"{type(e).__name__}: {e}"
 
 
 def _add_fault_routes(app: FastAPI, sim: Simulator) -> None:

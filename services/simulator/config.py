@@ -58,6 +58,16 @@ class SimulatorSettings(BaseSettings):
         120.0, gt=0, description="First 418 IP ban; doubles per repeat offence, capped at 3 days"
     )
 
+    state_file: str | None = Field(
+        None,
+        description="Keep the venue's state (positions, orders, algo orders, balances, ids) in this file: "
+        "loaded at start, written atomically when it changes and at shutdown; unset = a restart forgets "
+        "everything",
+    )
+    state_save_sec: float = Field(
+        1.0, gt=0, le=60, description="With SIM_STATE_FILE: write the state this often when it changed"
+    )
+
     @field_validator("symbols")
     @classmethod
     def _symbols(cls, v: str) -> str:

@@ -91,6 +91,10 @@ class SimControl:
         """GET /_sim/state; ``open_only``: resting orders only (every order the venue took otherwise)."""
         return self._call("GET", "/_sim/state" + ("?open_only=true" if open_only else ""))
 
+    def status(self) -> dict:
+        """GET /status: the health view (persistence, counts)."""
+        return self._call("GET", "/status")
+
     def stream_state(self) -> dict:
         """GET /_sim/stream: the listenKey, its expiry, the open user-data-stream connections."""
         return self._call("GET", "/_sim/stream")

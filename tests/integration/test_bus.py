@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -160,3 +161,31 @@ async def test_publisher_raises_when_no_stream(bus):
     )
     with pytest.raises(BusUnavailable):
         await Publisher(bus.js, settings, "t").publish(sig(1), "x")
+
+
+async def test_a_message_without_ts_ms_replays_with_the_time_the_stream_stored_it(bus):
+    """Not the replay's own clock: the JetStream metadata time of the stored message."""
+    from libs.common.replay import load_journal, order_subjects
+
+    prefix = bus.settings.subject_prefix
+    body = {"kind": "entry.decision", "signal_id": "no-ts", "symbol": "BTC/USDT:USDT", "accepted": True}
+    ack = await bus.js.publish(f"{prefix}.entry.decision.no-ts", json.dumps(body).encode())
+    stored = await bus.js.get_msg(bus.settings.stream, ack.seq)
+    assert stored.time is not None
+    await asyncio.sleep(0.05)  # a replay later must not date it "now"
+    (entry,) = [
+        e
+        for e in await load_journal(bus.js, bus.settings.stream, prefix, order_subjects(prefix))
+        if e.seq == ack.seq
+    ]
+    assert entry.msg.ts_ms == int(stored.time.timestamp() * 1000)
+    # a producer's own ts_ms is kept as it is
+    dated = await bus.js.publish(
+        f"{prefix}.entry.decision.ts", json.dumps({**body, "signal_id": "ts", "ts_ms": 1}).encode()
+    )
+    (entry,) = [
+        e
+        for e in await load_journal(bus.js, bus.settings.stream, prefix, order_subjects(prefix))
+        if e.seq == dated.seq
+    ]
+    assert entry.msg.ts_ms == 1

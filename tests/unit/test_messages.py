@@ -64,3 +64,24 @@ def test_intent_invariants():
 def test_extra_fields_rejected():
     with pytest.raises(ValueError):
         Signal(signal_id="a", symbol="BTC/USDT:USDT", side="buy", qty=1, surprise=1)
+
+
+def test_decode_dates_a_message_without_ts_ms_by_its_stored_time() -> None:
+    from libs.common.messages import decode
+
+    raw = b'{"kind":"entry.decision","signal_id":"s","symbol":"BTC/USDT:USDT","accepted":false}'
+    assert decode("erl", "erl.entry.decision.s", raw, stored_ts_ms=1234).ts_ms == 1234
+    dated = b'{"kind":"entry.decision","signal_id":"s","symbol":"BTC/USDT:USDT","accepted":false,"ts_ms":7}'
+    assert decode("erl", "erl.entry.decision.s", dated, stored_ts_ms=1234).ts_ms == 7
+
+
+def test_halt_reasons_must_be_printable_non_blank_and_bounded() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from libs.common.messages import HaltCommand
+
+    assert HaltCommand(action="halt", reason="maintenance", source="api").reason == "maintenance"
+    for bad in ("", "   ", "a\x07b", "two\nlines", "x" * 501):
+        with pytest.raises(ValidationError):
+            HaltCommand(action="halt", reason=bad, source="api")
