@@ -236,8 +236,8 @@ def _retry_series() -> tuple[tuple[str, str, str], ...]:
 def preinit(service: str) -> None:
     """Create this service's known series at zero (idempotent)."""
     if service == "router":
-        for labels in _retry_series():
-            RETRIES.labels(*labels)
+        for operation, error_class, reason in _retry_series():
+            RETRIES.labels(operation, error_class, reason)
     NATS_CONNECTED.labels(service)
     PUBLISH_FAILURES.labels(service)
     for kind in ("decode", "handler"):
