@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install run test test-unit lint typecheck fmt bench replay-summary signal soak soak-ci clean
+.PHONY: install run test test-unit lint typecheck fmt bench replay-summary signal soak soak-ci secrets compose-up compose-down clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,19 @@ replay-summary: install
 # make signal SYMBOL=BTC/USDT:USDT SIDE=buy QTY=0.01 (the same as: .venv/bin/erl signal ...)
 signal: install
 	$(VENV)/bin/erl signal --symbol $(or $(SYMBOL),BTC/USDT:USDT) --side $(or $(SIDE),buy) --qty $(or $(QTY),0.01)
+
+# compose: secrets are generated into deploy/.env (git-ignored, mode 600) and checked before each start;
+# existing ones are kept. Variants: make compose-up COMPOSE_FILES="-f deploy/docker-compose.yml -f ..."
+COMPOSE_FILES ?= -f deploy/docker-compose.yml
+
+secrets: install
+	$(PY) -m tools.secrets
+
+compose-up: secrets
+	docker compose --env-file deploy/.env $(COMPOSE_FILES) up --build -d
+
+compose-down:
+	docker compose --env-file deploy/.env $(COMPOSE_FILES) down
 
 clean:
 	rm -rf .run .pytest_cache .ruff_cache

@@ -7,9 +7,10 @@ all; ``describe_settings`` renders the whole table for the README and
 
 from __future__ import annotations
 
+import errno
 from typing import TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.retry import RetryPolicy
@@ -27,12 +28,37 @@ class _Base(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
 
+# Values that were published as examples or dev defaults (compose files, docs): anyone can read them, so
+# a service given one as a secret refuses to start rather than run with a password the world knows.
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "admin", "password", "secret", "sim-key", "sim-secret"}
+)
+
+
+def placeholder_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a secret (empty or a published placeholder), or None when it can."""
+    v = value.strip().lower()
+    if not v:
+        return "is empty"
+    if v in PLACEHOLDER_SECRETS or v.endswith("-dev-password"):
+        return "is a published placeholder, not a secret"
+    return None
+
+
+def _refuse_placeholder(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and (problem := placeholder_problem(value.get_secret_value())):
+        raise ValueError(f"{problem} (`make secrets` generates real ones for compose)")
+    return value
+
+
 class NatsSettings(_Base):
     model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore", frozen=True)
 
     url: str = Field("nats://127.0.0.1:4222", description="Comma-separated NATS server URLs")
     user: str | None = Field(None, description="NATS user (per-service credentials in compose)")
-    password: SecretStr | None = Field(None, description="NATS password")
+    password: SecretStr | None = Field(
+        None, description="NATS password (unset: none; empty or a published placeholder: refused)"
+    )
     stream: str = Field("ERL", description="JetStream stream that is the durable event journal")
     subject_prefix: str = Field("erl", description="First token of every subject")
     kv_bucket: str = Field("erl_guard", description="KV bucket holding the guard knobs")
@@ -42,6 +68,8 @@ class NatsSettings(_Base):
     connect_timeout_sec: float = Field(2.0, gt=0, description="Per-attempt connect timeout")
     publish_timeout_sec: float = Field(2.0, gt=0, description="Per-attempt JetStream publish ack timeout")
     publish_attempts: int = Field(5, ge=1, description="Publish attempts (same Nats-Msg-Id) before failing")
+
+    _password = field_validator("password")(_refuse_placeholder)
 
 
 class ExchangeSettings(_Base):
@@ -102,9 +130,32 @@ class ExchangeSettings(_Base):
                     with open(path) as f:
                         object.__setattr__(self, field, SecretStr(f.read().strip()))
                 except OSError as e:
+                    # docker secrets from files keep the host's owner and mode: the image runs as uid 10001
+                    hint = (
+                        " (the image runs as uid 10001: see README, Deployment)"
+                        if e.errno == errno.EACCES
+                        else ""
+                    )
                     raise ValueError(
-                        f"cannot read EXCHANGE_{field.upper()}_FILE {path}: {e.strerror}"
+                        f"cannot read EXCHANGE_{field.upper()}_FILE {path}: {e.strerror}{hint}"
                     ) from None
+        return self
+
+    def require_keys(self) -> ExchangeSettings:
+        """For a service that signs requests: on the real venue, refuse missing or placeholder keys.
+
+        The simulator accepts any key, so its defaults stay; a real venue would only answer a placeholder
+        with auth errors on every order, found when the first one matters.
+        """
+        if self.api_url is None:
+            for field in ("api_key", "api_secret"):
+                problem = placeholder_problem(getattr(self, field).get_secret_value())
+                if problem:
+                    name = f"EXCHANGE_{field.upper()}"
+                    raise ConfigError(
+                        f"invalid configuration: {name} (or {name}_FILE) {problem} (a real venue: "
+                        "EXCHANGE_API_URL is empty)"
+                    )
         return self
 
 
@@ -358,7 +409,9 @@ class RiskSettings(_Base):
     http_host: str = Field("127.0.0.1", description="REST bind address")
     http_port: int = Field(8103, ge=0, le=65535, description="REST port")
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for POST /halt and /resume (unset: disabled)"
+        None,
+        description="Bearer token for POST /halt and /resume (unset: disabled; empty or a published "
+        "placeholder: refused)",
     )
     eval_interval_sec: float = Field(1.0, gt=0, description="Kill-switch evaluation period")
     max_notional_usdt: float = Field(10_000.0, ge=0, description="Normal-mode notional cap per entry")
@@ -370,6 +423,8 @@ class RiskSettings(_Base):
     max_open_orders: int = Field(10, ge=0, description="Normal-mode open entry order cap")
     tighten_after: int = Field(2, ge=1, description="Evaluations above a threshold before tightening")
     recover_after: int = Field(5, ge=1, description="Clean evaluations before relaxing one step")
+
+    _admin_token = field_validator("admin_token")(_refuse_placeholder)
 
 
 class KillSettings(_Base):

@@ -10,7 +10,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from libs.common.messages import CancelOutcome, GuardMode, MismatchKind, RepairKind
+from libs.common.messages import CancelOutcome, GuardMode, MismatchKind, OrderRetry, RepairKind
 
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -234,8 +234,20 @@ _KNOWN: dict[str, _Known] = {
 }
 
 
+def _retry_series() -> tuple[tuple[str, str, str], ...]:
+    """Retries by every operation and every retried ccxt error class: the retry panels read 0, not "no
+    data", on a fresh stack. Imported here, not at the top: only the router pays for loading ccxt."""
+    from libs.venue.error_policy import retried_by_class
+
+    operations = get_args(OrderRetry.model_fields["operation"].annotation)
+    return tuple((op, cls, reason) for op in operations for cls, reason in retried_by_class())
+
+
 def preinit(service: str) -> None:
     """Create this service's known series at zero (idempotent)."""
+    if service == "router":
+        for operation, error_class, reason in _retry_series():
+            RETRIES.labels(operation, error_class, reason)
     NATS_CONNECTED.labels(service)
     PUBLISH_FAILURES.labels(service)
     for kind in ("decode", "handler"):

@@ -188,6 +188,13 @@ _BY_CLASS: dict[type[BaseException], _Rule] = {
     ccxt.BadSymbol: _Rule(_F, "bad_symbol"),
 }
 
+
+def retried_by_class() -> tuple[tuple[str, str], ...]:
+    """(error class, reason) of every ccxt error class that is retried: the retry metric's known series."""
+    retried = (Policy.RETRYABLE, Policy.RETRYABLE_WITH_MODIFICATION)
+    return tuple((cls.__name__, rule.reason) for cls, rule in _BY_CLASS.items() if rule.policy in retried)
+
+
 _CODE_IN_JSON = re.compile(r"\{.*\}", re.S)
 _CODE_BARE = re.compile(r'"code"\s*:\s*"?(-\d+)')
 _HTTP_STATUS = re.compile(r"^\S+ (\d{3}) ")

@@ -10,7 +10,10 @@ from services.reconciler.service import ReconcilerService
 def main() -> None:
     setup_logging("reconciler")
     svc = ReconcilerService(
-        load(NatsSettings), load(ExchangeSettings), load(ReconcilerSettings), load(BootSettings)
+        load(NatsSettings),
+        load(ExchangeSettings).require_keys(),
+        load(ReconcilerSettings),
+        load(BootSettings),
     )
     asyncio.run(svc.serve_forever())
 

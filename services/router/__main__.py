@@ -9,7 +9,9 @@ from services.router.service import RouterService
 
 def main() -> None:
     setup_logging("router")
-    svc = RouterService(load(NatsSettings), load(ExchangeSettings), load(RouterSettings), load(GuardSettings))
+    svc = RouterService(
+        load(NatsSettings), load(ExchangeSettings).require_keys(), load(RouterSettings), load(GuardSettings)
+    )
     asyncio.run(svc.serve_forever())
 
 

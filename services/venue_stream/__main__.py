@@ -9,7 +9,9 @@ from services.venue_stream.service import VenueStreamService
 
 def main() -> None:
     setup_logging("venue_stream")
-    svc = VenueStreamService(load(NatsSettings), load(ExchangeSettings), load(VenueStreamSettings))
+    svc = VenueStreamService(
+        load(NatsSettings), load(ExchangeSettings).require_keys(), load(VenueStreamSettings)
+    )
     asyncio.run(svc.serve_forever())
 
 
