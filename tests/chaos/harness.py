@@ -51,6 +51,9 @@ FAST_ENV = {
     "ROUTER_ACK_WAIT_SEC": "2",
     "ENTRY_MAX_DELIVER": "20",
     "RECONCILE_INTERVAL_SEC": "0.3",
+    # with the venue stream up the reconciler slows to this; it must stay under KILL_STALE_DATA_SEC or an
+    # idle stack trips stale data (the defaults keep 10 s under 30 s)
+    "RECONCILE_STREAM_UP_INTERVAL_SEC": "1",
     "RECONCILE_REPAIR_COOLDOWN_SEC": "1",
     "RECONCILE_PROTECTION_GAP_TTL_SEC": "5",
     "RECONCILE_SETTLE_SEC": "0.5",
@@ -91,17 +94,18 @@ def filled_or_refused_fail_safe(t: IntentTimeline) -> bool:
     return t.state is OrderState.BLOCKED and bool(reasons) and reasons[-1].startswith(FAIL_SAFE)
 
 
-async def wait_entries_allowed(c: ChaosStack, within: float) -> None:
-    """Poll (bounded) until entry and router both read knobs that allow entries again."""
+async def wait_entries_allowed(c: ChaosStack, within: float, *, allowed: bool = True) -> None:
+    """Poll (bounded) until entry and router both read knobs that allow entries again (``allowed``
+    False: that both refuse them)."""
     deadline = time.monotonic() + within
 
-    def allowed(name: str) -> bool:
+    def reads(name: str) -> bool:
         knobs = (c.get(name, "/status").get("guard") or {}).get("knobs") or {}
-        return bool(knobs.get("allow_entries"))
+        return bool(knobs.get("allow_entries")) is allowed
 
-    while not (allowed("entry") and allowed("router")):
+    while not (reads("entry") and reads("router")):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"entries still refused after {within}s: {c.get('risk', '/guard')}")
+            raise TimeoutError(f"entries allowed is not {allowed} after {within}s: {c.get('risk', '/guard')}")
         await asyncio.sleep(0.2)
 
 

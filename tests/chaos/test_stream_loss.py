@@ -2,8 +2,7 @@
 orders of ours change on the venue. Whatever the stream missed is found over REST, the entry that
 filled meanwhile gets exactly one stop, and a long outage stops new entries until the stream is back.
 
-The whole stack runs as processes (as in ``make run``) with the reconciler's stream-up cadence slowed to
-30 s, so only the stream, or the recovery from its loss, can explain how fast a change is seen.
+The whole stack runs as processes (as in ``make run``) with the reconciler's stream-up cadence at 3 s.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from tests.chaos.harness import (
     running,
     send_signal,
     trades_again,
+    wait_entries_allowed,
     wait_entry,
 )
 
@@ -38,7 +38,10 @@ STREAM_ENV = {
     "VENUE_STREAM_BACKOFF_BASE_SEC": "0.1",
     "VENUE_STREAM_BACKOFF_MAX_SEC": "1",
     "VENUE_STREAM_STATUS_EVERY_SEC": "0.5",
-    "RECONCILE_STREAM_UP_INTERVAL_SEC": "30",
+    # slow enough that a pushed change visibly beats it, and under KILL_STALE_DATA_SEC, so the only
+    # stale-data trip is the stream's own outage
+    "RECONCILE_STREAM_UP_INTERVAL_SEC": "3",
+    "KILL_STALE_DATA_SEC": "8",
     "RECONCILE_STREAM_STATUS_STALE_SEC": "2",
     "KILL_STREAM_DOWN_SEC": "3",
 }
@@ -128,6 +131,8 @@ async def test_a_long_stream_outage_stops_entries_until_the_stream_is_back(chaos
         lambda: [k for k in c.tap.of(KillSwitchEvent) if "stale_data" in k.newly_tripped]
     )
     assert trip
+    # the knobs reach entry through KV, a moment after the trip is journaled
+    await wait_entries_allowed(c, within=10, allowed=False)
     await send_signal(c, "while-stream-down")
     refused = await c.tap.wait_for(
         lambda: [d for d in c.tap.of(SignalDecision, signal_id="while-stream-down") if not d.accepted]

@@ -103,9 +103,7 @@ async def exercise(c: ChaosStack) -> None:
 
 async def test_every_dashboard_panel_returns_data_from_a_live_stack():
     tool("prometheus")
-    # the harness's KILL_STALE_DATA_SEC (4 s) is shorter than the reconciler's 10 s ticks while the venue
-    # stream is up: idle for the fresh-stack check, the kill switch would flap and refuse the entry
-    c = ChaosStack(RECONCILE_STREAM_UP_INTERVAL_SEC="1")
+    c = ChaosStack()
     prom = None
     try:
         await asyncio.to_thread(c.start)
