@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(PY) -m tools.run_local
 
+# the CLIs connect as a NATS user of `make run`'s secured bus (its per-run password in .run/nats/),
+# unless NATS_USER is set or there is no such run
+RUN_NATS_DIR := $(or $(ERL_RUN_DIR),.run)/nats
+as_nats = $(if $(NATS_USER),,$(if $(wildcard $(RUN_NATS_DIR)/$(1).password),NATS_USER=$(1) NATS_PASSWORD="$$(cat $(RUN_NATS_DIR)/$(1).password)"))
+
 test: install
 	@./tools/ensure_prometheus.sh
 	$(PY) -m pytest -q
@@ -52,11 +57,11 @@ soak-ci: install
 	$(PY) -m tools.soak --seed commit --seconds 90 --quiet-schedule
 
 replay-summary: install
-	$(PY) -m tools.replay summary
+	$(call as_nats,ops) $(PY) -m tools.replay summary
 
 # make signal SYMBOL=BTC/USDT:USDT SIDE=buy QTY=0.01
 signal: install
-	$(PY) -m services.entry.cli --symbol $(or $(SYMBOL),BTC/USDT:USDT) --side $(or $(SIDE),buy) --qty $(or $(QTY),0.01)
+	$(call as_nats,strategy) $(PY) -m services.entry.cli --symbol $(or $(SYMBOL),BTC/USDT:USDT) --side $(or $(SIDE),buy) --qty $(or $(QTY),0.01)
 
 clean:
 	rm -rf .run .pytest_cache .ruff_cache
