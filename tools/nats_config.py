@@ -22,15 +22,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STREAM, PREFIX, BUCKET = "ERL", "erl", "erl_guard"
 
-# Read-only JetStream API: stream and consumer info, ephemeral (nameless) consumers for replay and
-# KV watches, KV gets. The server refuses a durable name on the nameless create subject, so none of
-# these can create or rewrite a durable consumer; no delete, no stream change.
+# Read-only JetStream API: stream and consumer info, batched direct gets of the journal (replay
+# creates no consumer), KV gets and ephemeral (nameless) consumers on the knob bucket for KV watches.
+# No reader may create a consumer on the journal: the nameless create subject would also update an
+# existing durable named in the request body (another service's), and subject permissions cannot
+# see the body. No delete, no stream change.
 JOURNAL_READ = [
     "$JS.API.INFO",
     f"$JS.API.STREAM.INFO.{STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{STREAM}",
+    f"$JS.API.DIRECT.GET.{STREAM}",
     f"$JS.API.CONSUMER.INFO.{STREAM}.>",
-    f"$JS.FC.{STREAM}.>",
     f"$JS.API.STREAM.INFO.KV_{BUCKET}",
     f"$JS.API.CONSUMER.CREATE.KV_{BUCKET}",
     f"$JS.API.CONSUMER.INFO.KV_{BUCKET}.>",

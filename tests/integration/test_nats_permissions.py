@@ -189,25 +189,23 @@ async def test_no_user_may_create_or_rewrite_a_durable_consumer_it_does_not_own(
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole: the nameless create subject every reader needs for ordered consumers (replay) "
-    "updates an existing consumer named in the body; the fix is replay without consumers (batched "
-    "DIRECT.GET) and dropping $JS.API.CONSUMER.CREATE.ERL from every user",
-)
 async def test_the_nameless_create_subject_cannot_rewrite_a_durable(secured_nats):
+    """The server would take a name in the body of a nameless create as an update of that consumer:
+    nobody may publish there (replay reads by direct get instead)."""
     await bootstrap(secured_nats)
     nc, _ = await as_user(secured_nats, "router")
     cfg = await ensure_consumer(nc.jetstream(), "ERL", ConsumerSpec("router", ["erl.intent.>"]))
     await nc.close()
     body = cfg.evolve(durable_name=None, filter_subject="erl.nothing.>", max_deliver=1).as_dict()
-    async with Attempts(secured_nats, "entry") as a:
-        (answer,) = (
-            await a.requests(
-                [("$JS.API.CONSUMER.CREATE.ERL", json.dumps({"stream_name": "ERL", "config": body}).encode())]
-            )
-        ).values()
-    assert answer is None or "error" in answer, answer
+    nameless = ("$JS.API.CONSUMER.CREATE.ERL", json.dumps({"stream_name": "ERL", "config": body}).encode())
+    for user in USERS:
+        async with Attempts(secured_nats, user) as a:
+            answers = await a.requests([nameless])
+            await asyncio.sleep(0)
+        assert answers == {nameless[0]: None} and a.refused([nameless[0]]), (user, answers)
+    ops, _ = await as_user(secured_nats, "ops")
+    assert (await ops.jetstream().consumer_info("ERL", "router")).config.filter_subject == "erl.intent.>"
+    await ops.close()
 
 
 async def test_halt_and_resume_commands_come_only_from_risk_api_and_the_reconciler(secured_nats):
