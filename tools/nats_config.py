@@ -5,7 +5,10 @@
 
 One user per service. Publish rights say who may state which facts: only the
 router writes order events, only risk writes the guard knobs, strategies may
-only publish signals. Every service may read the journal (replay at start-up)
+only publish signals; a halt/resume command (``erl.risk.command.<source>``)
+comes only from risk's own REST API (source ``api``) or the reconciler's boot
+freeze. Each service may create or update only its own durable consumers;
+ops may only read. Every service may read the journal (replay at start-up)
 and the knobs. Inboxes are per user (services connect with ``_INBOX.<name>``)
 so nobody can read another service's replies. Passwords are environment
 references resolved by nats-server at start.
@@ -19,42 +22,74 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STREAM, PREFIX, BUCKET = "ERL", "erl", "erl_guard"
 
+# Read-only JetStream API: stream and consumer info, batched direct gets of the journal (replay
+# creates no consumer), KV gets and ephemeral (nameless) consumers on the knob bucket for KV watches.
+# No reader may create a consumer on the journal: the nameless create subject would also update an
+# existing durable named in the request body (another service's), and subject permissions cannot
+# see the body. No delete, no stream change.
 JOURNAL_READ = [
     "$JS.API.INFO",
     f"$JS.API.STREAM.INFO.{STREAM}",
-    f"$JS.API.STREAM.CREATE.{STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{STREAM}.>",
+    f"$JS.API.DIRECT.GET.{STREAM}",
+    f"$JS.API.STREAM.MSG.GET.{STREAM}",  # the leader's word that a read reached the end (replay.py)
     f"$JS.API.CONSUMER.INFO.{STREAM}.>",
-    f"$JS.FC.{STREAM}.>",
     f"$JS.API.STREAM.INFO.KV_{BUCKET}",
-    f"$JS.API.STREAM.CREATE.KV_{BUCKET}",
     f"$JS.API.CONSUMER.CREATE.KV_{BUCKET}",
-    f"$JS.API.CONSUMER.CREATE.KV_{BUCKET}.>",
     f"$JS.API.CONSUMER.INFO.KV_{BUCKET}.>",
     f"$JS.FC.KV_{BUCKET}.>",
     f"$JS.API.STREAM.MSG.GET.KV_{BUCKET}",
     f"$JS.API.DIRECT.GET.KV_{BUCKET}.>",
 ]
+# services create the journal and the knob bucket if absent (an existing one is left as it is:
+# changing it is STREAM.UPDATE, which nobody has)
+BOOTSTRAP = [f"$JS.API.STREAM.CREATE.{STREAM}", f"$JS.API.STREAM.CREATE.KV_{BUCKET}"]
 
+
+# every durable consumer and the one user that may create, update (and bind) it: the names the services
+# give their ConsumerSpecs (services/*/service.py)
+DURABLES = {
+    "router": "router",
+    "entry": "entry",
+    "entry-fills": "entry",
+    "reconciler": "reconciler",
+    "risk": "risk",
+}
 
 STREAM_STATUS = f"{PREFIX}.venue.stream.>"  # the venue stream's up/down status
 
 
 def durable(name: str) -> tuple[list[str], list[str]]:
-    """(publish, subscribe) a service needs for one of its durable push consumers."""
-    return [f"$JS.ACK.{STREAM}.{name}.>"], [f"_ERL.deliver.{STREAM}.{name}"]
+    """(publish, subscribe) a service needs for one of its durable push consumers.
+
+    Create/update on every subject form for this name only, so no service can rewrite another's
+    consumer (filter, ack_wait, max_deliver): nats-py 2.16 sends ``CONSUMER.CREATE.<stream>.<name>``
+    (``.<filter>`` appended when there is one filter subject); older clients the legacy
+    ``CONSUMER.DURABLE.CREATE.<stream>.<name>``.
+    """
+    create = f"$JS.API.CONSUMER.CREATE.{STREAM}.{name}"
+    return (
+        [
+            create,
+            f"{create}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.{name}",
+            f"$JS.ACK.{STREAM}.{name}.>",
+        ],
+        [f"_ERL.deliver.{STREAM}.{name}"],
+    )
 
 
 def service(
-    name: str, writes: list[str], durables: list[str], *, venue: bool = False, hears: list[str] | None = None
+    name: str, writes: list[str], *, venue: bool = False, hears: list[str] | None = None
 ) -> dict[str, list[str]]:
     """``hears``: core-NATS subjects it subscribes to outside its durable consumers."""
-    pub, sub = list(JOURNAL_READ) + writes + [f"{PREFIX}.dlq.{name}"], [f"_INBOX.{name}.>", *(hears or [])]
+    pub, sub = (
+        [*JOURNAL_READ, *BOOTSTRAP, *writes, f"{PREFIX}.dlq.{name}"],
+        [f"_INBOX.{name}.>", *(hears or [])],
+    )
     if venue:  # talks to the venue: states the IP bans it gets, hears everyone's
         pub.append(f"{PREFIX}.venue.ban.{name}")
         sub.append(f"{PREFIX}.venue.ban.>")
-    for d in durables:
+    for d in (d for d, owner in DURABLES.items() if owner == name):
         p, s = durable(d)
         pub += p
         sub += s
@@ -62,10 +97,8 @@ def service(
 
 
 USERS: dict[str, dict[str, list[str]]] = {
-    "router": service("router", [f"{PREFIX}.order.>"], ["router"], venue=True),
-    "entry": service(
-        "entry", [f"{PREFIX}.intent.order.>", f"{PREFIX}.entry.>"], ["entry", "entry-fills"], venue=True
-    ),
+    "router": service("router", [f"{PREFIX}.order.>"], venue=True),
+    "entry": service("entry", [f"{PREFIX}.intent.order.>", f"{PREFIX}.entry.>"], venue=True),
     "reconciler": service(
         "reconciler",
         [
@@ -77,7 +110,6 @@ USERS: dict[str, dict[str, list[str]]] = {
             f"{PREFIX}.risk.command.reconciler",
             f"$JS.API.CONSUMER.DELETE.{STREAM}.reconciler",  # it restarts its consumer at boot
         ],
-        ["reconciler"],
         venue=True,
         hears=[STREAM_STATUS],  # a resumed stream: reconcile at once
     ),
@@ -89,17 +121,29 @@ USERS: dict[str, dict[str, list[str]]] = {
             f"{PREFIX}.venue.position.venue_stream",
             f"{PREFIX}.venue.stream.venue_stream",
         ],
-        [],
         venue=True,
     ),
-    # the guard knobs, and its own restart state (kill-switch holds, equity peak, halt) beside them
+    # the guard knobs, and its own restart state (kill-switch holds, equity peak, halt) beside them;
+    # it journals the halts/resumes its token-checked REST API took (source "api")
     "risk": service(
-        "risk", [f"{PREFIX}.risk.>", f"$KV.{BUCKET}.knobs", f"$KV.{BUCKET}.risk.state"], ["risk"]
+        "risk",
+        [
+            f"{PREFIX}.risk.guard.>",
+            f"{PREFIX}.risk.kill.>",
+            f"{PREFIX}.risk.command.api",
+            f"$KV.{BUCKET}.knobs",
+            f"$KV.{BUCKET}.risk.state",
+        ],
     ),
     # strategies: signals in, nothing else
     "strategy": {"publish": [f"{PREFIX}.signal.>"], "subscribe": ["_INBOX.strategy.>"]},
-    # operators: signals, replay, tail the bus, read the knobs (halts go through risk's REST API)
-    "ops": {"publish": [*JOURNAL_READ, f"{PREFIX}.signal.>"], "subscribe": ["_INBOX.ops.>", f"{PREFIX}.>"]},
+    # operators: signals, `erl close` (a reduce-only EXIT intent: intents from ops pass the router's own
+    # entry checks like any other), replay, tail the bus, read the knobs (halts go through risk's REST
+    # API); read-only on JetStream: no stream or durable-consumer create, update or delete
+    "ops": {
+        "publish": [*JOURNAL_READ, f"{PREFIX}.signal.>", f"{PREFIX}.intent.order.>"],
+        "subscribe": ["_INBOX.ops.>", f"{PREFIX}.>"],
+    },
 }
 
 

@@ -1,7 +1,7 @@
 """Rebuild intent lifecycles from the journal stream.
 
-``read_journal`` streams raw messages out of JetStream in batches through an
-ephemeral no-ack consumer; ``fold`` is pure and turns decoded messages into one
+``read_journal`` streams raw messages out of JetStream in batches of direct
+gets (no consumer); ``fold`` is pure and turns decoded messages into one
 ``IntentTimeline`` per correlation id. The router uses the same fold at boot to
 pick up intents whose venue outcome was still unknown when it stopped.
 """
@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from libs.common.aio import wait_event
 from libs.common.messages import (
@@ -58,6 +59,10 @@ class JournalEntry:
     msg: BusMessage
 
 
+# messages per direct-get request; the server ends a batch early at its byte limit (we then ask again)
+DIRECT_GET_BATCH = 10_000
+
+
 async def read_journal_batches(
     js: JetStreamContext,
     stream: str,
@@ -70,55 +75,114 @@ async def read_journal_batches(
 ) -> AsyncIterator[list[JournalEntry]]:
     """Yield every message on ``subjects`` in stream order (in batches), up to the end at call time.
 
-    An ordered push consumer streams the journal with server-side flow control;
-    it is several times faster than pull ``fetch`` batches in nats-py. Raw
-    messages are buffered by the callback and decoded here, outside it.
+    Batched direct gets (``$JS.API.DIRECT.GET.<stream>`` with ``batch``, nats-server >= 2.11; the
+    stream has ``allow_direct``): a read creates no consumer, so readers need no right to create
+    one. That right is what must stay narrow: the nameless consumer-create subject an ordered
+    consumer uses would also update any existing consumer named in the request, another service's
+    durable included (tools/nats_config.py). Raw messages are buffered by the callback and decoded
+    here, outside it.
+
+    Any replica may answer a direct get, and a replica may lag the leader: an end of the read is only
+    believed once the stream's leader has no matching message after the last one read (one
+    ``STREAM.MSG.GET``); otherwise the read goes on from there. A router rebuilding its ledger from a
+    lagging replica would miss the newest settlements. (Residual: a time-bounded read that found
+    nothing at all is not checked: there is no sequence to ask the leader after.)
     """
-    pending: list[tuple[int, str, bytes, int, int]] = []
-    arrived = asyncio.Event()
+    nc = js._nc  # the JetStream context's connection: direct gets are plain requests
+    inbox = nc.new_inbox()
+    # one reply subject per request (``<inbox>.<n>``): the next batch is asked for before this one is
+    # decoded, so the server reads while we decode
+    parts: dict[str, list[Msg]] = {}
+    ended: dict[str, asyncio.Event] = {}
 
     async def on_msg(m: Msg) -> None:
-        meta = m.metadata
-        # the stored time dates a message whose producer gave none (never the replay's own clock)
-        stored_ms = int(meta.timestamp.timestamp() * 1000)
-        pending.append((meta.sequence.stream, m.subject, m.data, meta.num_pending, stored_ms))
-        arrived.set()
+        n = m.subject.rsplit(".", 1)[1]
+        parts[n].append(m)
+        if not m.headers or "Nats-Sequence" not in m.headers:  # the batch's end: 204 EOB, 404 none
+            ended[n].set()
 
-    kwargs: dict = {"deliver_policy": DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL}
-    if since:
-        kwargs["config"] = ConsumerConfig(opt_start_time=since)
-    sub = await js.subscribe(subjects[0], stream=stream, ordered_consumer=True, cb=on_msg, **kwargs)
+    api = f"{js._prefix}.DIRECT.GET.{stream}"
+
+    async def ask(n: int, start: dict) -> str:
+        key = str(n)
+        parts[key], ended[key] = [], asyncio.Event()
+        request = {**start, "batch": DIRECT_GET_BATCH, "next_by_subj": subjects[0]}
+        await nc.publish(api, json.dumps(request).encode(), reply=f"{inbox}.{key}")
+        return key
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_msg)
     try:
-        info = await sub.consumer_info()
-        # nothing to read only if nothing was delivered either: delivered messages may still be in flight
-        # to the callback (under load an empty read here would let the router's ledger miss the journal)
-        delivered = info.delivered.consumer_seq if info.delivered else 0
-        if info.num_pending == 0 and not delivered and not pending:
-            return
+        if since:
+            at = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+            key = await ask(0, {"start_time": at.isoformat()})
+        else:
+            key = await ask(0, {"seq": 1})
+        n = 0
+        last_seq: int | None = None if since else 0
         while True:
-            if not pending:
-                arrived.clear()
-                if not await wait_event(arrived, idle_timeout):
-                    raise TimeoutError(f"journal read stalled for {idle_timeout}s on {subjects}")
-            raw = pending[:]
-            del pending[:]  # in place: the callback holds this list
-            out: list[JournalEntry] = []
-            done = False
-            for seq, subject, data, left, stored_ms in raw:
-                try:
-                    out.append(JournalEntry(seq, subject, decode(prefix, subject, data, stored_ms)))
-                except DecodeError as e:
-                    if errors is not None:
-                        errors.append(f"seq {seq}: {e}")
-                if left == 0:
-                    done = True
-                    break
-            yield out
-            if done:
+            if not await wait_event(ended[key], idle_timeout):
+                raise TimeoutError(f"journal read stalled for {idle_timeout}s on {subjects}")
+            batch = parts.pop(key)
+            del ended[key]
+            end = batch.pop().headers or {}
+            status = end.get("Status")
+            if status not in ("204", "404"):  # 404: nothing (more) on these subjects
+                raise RuntimeError(f"direct get on {stream} failed: {status} {end.get('Description', '')}")
+            if batch:
+                last_seq = int((batch[-1].headers or {})["Nats-Sequence"])
+            more = status == "204" and bool(batch) and int(end.get("Nats-Num-Pending", "0")) > 0
+            resume_at = await _resume_at(js, stream, subjects[0], last_seq, more=more)
+            if resume_at is not None:
+                n += 1
+                key = await ask(n, {"seq": resume_at})
+            out = _decode(batch, prefix, errors)
+            if out:
+                yield out
+            if resume_at is None:
                 return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _resume_at(
+    js: JetStreamContext, stream: str, subject: str, last_seq: int | None, *, more: bool
+) -> int | None:
+    """Where the next batch starts: after the last one read while the replica says there is more; at
+    the end, wherever the leader still has a matching message; None: the read is complete."""
+    if last_seq is None:
+        return None
+    return last_seq + 1 if more else await _leader_next(js, stream, subject, last_seq + 1)
+
+
+async def _leader_next(js: JetStreamContext, stream: str, subject: str, seq: int) -> int | None:
+    """The sequence of the first message on ``subject`` from ``seq`` on, as the stream's leader has it."""
+    try:
+        found = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    return found.seq
+
+
+def _stored_ms(h: dict[str, str], data: bytes) -> int | None:
+    """When the stream stored the message (``Nats-Time-Stamp``), only for one without its own ts_ms."""
+    if b'"ts_ms"' in data or "Nats-Time-Stamp" not in h:
+        return None
+    return int(dt.datetime.fromisoformat(h["Nats-Time-Stamp"]).timestamp() * 1000)
+
+
+def _decode(batch: list[Msg], prefix: str, errors: list[str] | None) -> list[JournalEntry]:
+    """The batch's entries; undecodable ones are reported in ``errors``."""
+    out: list[JournalEntry] = []
+    for m in batch:
+        h = m.headers or {}
+        seq, subject = int(h["Nats-Sequence"]), h["Nats-Subject"]
+        try:
+            out.append(JournalEntry(seq, subject, decode(prefix, subject, m.data, _stored_ms(h, m.data))))
+        except DecodeError as e:
+            if errors is not None:
+                errors.append(f"seq {seq}: {e}")
+    return out
 
 
 async def load_journal(

@@ -178,6 +178,9 @@ async def test_erl_halt_refusal_printed_and_resume(bus, sim, risk_factory, route
     rc, _, err = await erl({**env, "RISK_ADMIN_TOKEN": "wrong"}, "resume", "over")
     assert rc == 1 and "bad admin token" in (err + _)
     rc, out, err = await erl({**env, "RISK_ADMIN_TOKEN": ""}, "resume", "over")
+    assert rc == 2 and "RISK_ADMIN_TOKEN" in err and "is empty" in err  # refused, never a default
+    unset = {k: v for k, v in env.items() if k != "RISK_ADMIN_TOKEN"}
+    rc, out, err = await erl(unset, "resume", "over")
     assert rc == 2 and "no admin token" in err  # no token file in the test's directory either
     rc, out, err = await erl(env, "resume", "maintenance over")
     assert rc == 0 and "entries allowed" in out, out + err

@@ -7,13 +7,22 @@ stating facts that are not its own.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from pathlib import Path
 
 import nats.errors
 import pytest
 
-from libs.common.bus import BusUnavailable, Publisher, connect_nats, ensure_journal
+from libs.common.bus import (
+    BusUnavailable,
+    ConsumerSpec,
+    Publisher,
+    connect_nats,
+    ensure_consumer,
+    ensure_journal,
+)
 from libs.common.config import (
     EntrySettings,
     GuardSettings,
@@ -25,6 +34,7 @@ from libs.common.config import (
 from libs.common.guard import GUARD_KEY
 from libs.common.messages import (
     GuardKnobs,
+    HaltCommand,
     OrderTransition,
     Signal,
     SignalDecision,
@@ -33,9 +43,10 @@ from libs.common.messages import (
     VenueStreamStatus,
     encode,
 )
+from libs.common.replay import load_journal
 from libs.common.state_machine import OrderState
 from services.risk.state import STATE_KEY, RiskState
-from tools.nats_config import USERS, env_var, render
+from tools.nats_config import DURABLES, USERS, env_var, render
 from tools.natsd import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -70,15 +81,191 @@ async def as_user(server, user):
     return nc, Publisher(nc.jetstream(), creds(server, user), user)
 
 
+async def bootstrap(server) -> None:
+    """Create the stream and bucket as a service does at start (ops may not: it only reads)."""
+    nc, _ = await as_user(server, "risk")
+    await ensure_journal(nc.jetstream(), creds(server, "risk"))
+    await nc.close()
+
+
+class Attempts:
+    """Raw requests as one user, made together; which ones the server refused by permission.
+
+    A publish the server refuses never reaches JetStream: the client gets an async
+    "Permissions Violation for Publish to <subject>" and the request times out. (nats-py
+    lowercases the server's error line: ``denied`` holds lowercased subjects.)
+    """
+
+    def __init__(self, server, user: str) -> None:
+        self.server, self.user, self.denied = server, user, set()
+
+    async def __aenter__(self) -> Attempts:
+        async def on_error(e: Exception) -> None:
+            if "permissions violation for publish to" in str(e).lower():
+                self.denied.add(str(e).split('"')[1])
+
+        self.nc = await nats.connect(
+            self.server.url,
+            user=self.user,
+            password=PASSWORDS[self.user],
+            inbox_prefix=f"_INBOX.{self.user}",
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+
+    async def requests(self, reqs: list[tuple[str, bytes]]) -> dict[str, dict | None]:
+        """subject -> the JetStream API's answer, or None when refused (no answer)."""
+
+        async def one(subject: str, data: bytes) -> dict | None:
+            try:
+                return json.loads((await self.nc.request(subject, data, timeout=1.5)).data or b"{}")
+            except nats.errors.TimeoutError:
+                return None
+
+        answers = await asyncio.gather(*(one(s, d) for s, d in reqs))
+        await self.nc.flush()
+        return dict(zip([s for s, _ in reqs], answers, strict=True))
+
+    def refused(self, subjects) -> bool:
+        return self.denied == {s.lower() for s in subjects}
+
+
+def create_forms(durable: str, filter_subject: str) -> list[str]:
+    """Every JetStream API subject that creates or updates a named consumer on ERL."""
+    return [
+        f"$JS.API.CONSUMER.CREATE.ERL.{durable}",
+        f"$JS.API.CONSUMER.CREATE.ERL.{durable}.{filter_subject}",  # nats-py 2.16 with one filter
+        f"$JS.API.CONSUMER.DURABLE.CREATE.ERL.{durable}",  # legacy
+    ]
+
+
+async def test_no_user_may_create_or_rewrite_a_durable_consumer_it_does_not_own(secured_nats):
+    await bootstrap(secured_nats)
+    for durable, owner in DURABLES.items():  # each owner creates its consumer, as its service does
+        nc, _ = await as_user(secured_nats, owner)
+        await ensure_consumer(nc.jetstream(), "ERL", ConsumerSpec(durable, ["erl.intent.>"]))
+        await nc.close()
+    ops, _ = await as_user(secured_nats, "ops")
+    before = {d: (await ops.jetstream().consumer_info("ERL", d)).config for d in DURABLES}
+
+    rewrite = "erl.nothing.>"  # the owner would get nothing any more
+    for user in USERS:
+        reqs: list[tuple[str, bytes]] = []
+        for durable in [*DURABLES, "rogue"]:
+            if DURABLES.get(durable) == user:
+                continue
+            cfg = before.get(durable) or before["router"]
+            body = cfg.evolve(
+                name=durable, durable_name=durable, filter_subject=rewrite, ack_wait=3600.0, max_deliver=1
+            ).as_dict()
+            data = json.dumps({"stream_name": "ERL", "config": body}).encode()
+            reqs += [(subject, data) for subject in create_forms(durable, rewrite)]
+        async with Attempts(secured_nats, user) as a:
+            answers = await a.requests(reqs)
+            await asyncio.sleep(0)  # let the client run the error callbacks of the last refusals
+        assert {s for s, answer in answers.items() if answer is not None} == set(), (user, answers)
+        assert a.refused(s for s, _ in reqs), user  # refused by the permission layer, every one
+
+    after = {d: (await ops.jetstream().consumer_info("ERL", d)).config for d in DURABLES}
+    assert after == before
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await ops.jetstream().consumer_info("ERL", "rogue")
+    await ops.close()
+
+    # the owner still may update its own (a new ack_wait, on each subject form)
+    for durable, owner in DURABLES.items():
+        body = before[durable].evolve(name=durable, durable_name=durable, ack_wait=7.0).as_dict()
+        data = json.dumps({"stream_name": "ERL", "config": body}).encode()
+        async with Attempts(secured_nats, owner) as a:
+            answers = await a.requests([(s, data) for s in create_forms(durable, "erl.intent.>")])
+        for subject, answer in answers.items():
+            assert answer and "error" not in answer and answer["config"]["ack_wait"] == 7_000_000_000, (
+                subject,
+                answer,
+            )
+
+
+async def test_the_nameless_create_subject_cannot_rewrite_a_durable(secured_nats):
+    """The server would take a name in the body of a nameless create as an update of that consumer:
+    nobody may publish there (replay reads by direct get instead)."""
+    await bootstrap(secured_nats)
+    nc, _ = await as_user(secured_nats, "router")
+    cfg = await ensure_consumer(nc.jetstream(), "ERL", ConsumerSpec("router", ["erl.intent.>"]))
+    await nc.close()
+    body = cfg.evolve(durable_name=None, filter_subject="erl.nothing.>", max_deliver=1).as_dict()
+    nameless = ("$JS.API.CONSUMER.CREATE.ERL", json.dumps({"stream_name": "ERL", "config": body}).encode())
+    for user in USERS:
+        async with Attempts(secured_nats, user) as a:
+            answers = await a.requests([nameless])
+            await asyncio.sleep(0)
+        assert answers == {nameless[0]: None} and a.refused([nameless[0]]), (user, answers)
+    ops, _ = await as_user(secured_nats, "ops")
+    assert (await ops.jetstream().consumer_info("ERL", "router")).config.filter_subject == "erl.intent.>"
+    await ops.close()
+
+
+async def test_halt_and_resume_commands_come_only_from_risk_api_and_the_reconciler(secured_nats):
+    await bootstrap(secured_nats)
+    allowed = {("risk", "api"), ("reconciler", "reconciler")}
+    for user in USERS:
+        reqs = []
+        for source in ("api", "reconciler", user, "ops"):
+            cmd = HaltCommand(action="resume", reason="not yours to resume", source=source)
+            reqs.append((f"erl.risk.command.{source}", encode(cmd)))
+        async with Attempts(secured_nats, user) as a:
+            answers = await a.requests(reqs)
+            await asyncio.sleep(0)
+        for subject, answer in answers.items():
+            source = subject.rsplit(".", 1)[1]
+            if (user, source) in allowed:
+                assert answer and "seq" in answer, (user, subject, answer)  # journaled
+            else:
+                assert answer is None and subject.lower() in a.denied, (user, subject, answer)
+
+
+async def test_ops_may_only_read(secured_nats):
+    await bootstrap(secured_nats)
+    nc, _ = await as_user(secured_nats, "router")
+    await ensure_consumer(nc.jetstream(), "ERL", ConsumerSpec("router", ["erl.intent.>"]))
+    await nc.close()
+    strategy, pub = await as_user(secured_nats, "strategy")
+    await pub.publish(signal(), uuid.uuid4().hex)
+    await strategy.close()
+
+    nc, _ = await as_user(secured_nats, "ops")
+    js = nc.jetstream()
+    assert (await js.stream_info("ERL")).state.messages >= 1
+    assert await load_journal(js, "ERL", "erl", ["erl.>"])  # replay: an ephemeral ordered consumer
+    await nc.close()
+    stream = json.dumps({"name": "ERL", "subjects": ["erl.>"], "max_age": 1}).encode()
+    writes = [
+        ("$JS.API.STREAM.CREATE.ERL", stream),
+        ("$JS.API.STREAM.UPDATE.ERL", stream),
+        ("$JS.API.STREAM.DELETE.ERL", b""),
+        ("$JS.API.STREAM.PURGE.ERL", b""),
+        ("$JS.API.STREAM.MSG.DELETE.ERL", b'{"seq": 1}'),
+        ("$JS.API.CONSUMER.DELETE.ERL.router", b""),
+        ("$JS.API.STREAM.CREATE.KV_erl_guard", b"{}"),
+        ("$KV.erl_guard.knobs", encode(GuardKnobs())),
+        ("erl.order.transition.fake", b"{}"),
+    ]
+    async with Attempts(secured_nats, "ops") as a:
+        answers = await a.requests(writes)
+        await asyncio.sleep(0)
+    assert all(answer is None for answer in answers.values()), answers
+    assert a.refused(s for s, _ in writes)
+
+
 def signal() -> Signal:
     return Signal(signal_id=uuid.uuid4().hex, symbol="BTC/USDT:USDT", side="buy", qty=0.01)
 
 
 async def test_each_user_may_state_only_its_own_facts(secured_nats):
-    # bootstrap as ops (creates the stream and bucket like any service would)
-    nc, _ = await as_user(secured_nats, "ops")
-    await ensure_journal(nc.jetstream(), creds(secured_nats, "ops"))
-    await nc.close()
+    await bootstrap(secured_nats)
 
     nc, pub = await as_user(secured_nats, "strategy")
     await pub.publish(signal(), uuid.uuid4().hex)  # allowed
@@ -108,9 +295,7 @@ async def test_each_user_may_state_only_its_own_facts(secured_nats):
 
 
 async def test_venue_bans_are_stated_by_their_source_and_heard_by_every_venue_service(secured_nats):
-    nc, _ = await as_user(secured_nats, "ops")
-    await ensure_journal(nc.jetstream(), creds(secured_nats, "ops"))
-    await nc.close()
+    await bootstrap(secured_nats)
     listeners = [(await as_user(secured_nats, u))[0] for u in ("entry", "reconciler")]
     subs = [await nc.subscribe("erl.venue.ban.>") for nc in listeners]
     for nc in listeners:
@@ -181,7 +366,7 @@ async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):
         # the stream's facts, under its own user
         await tap.tap.wait_for(lambda: [f for f in tap.tap.of(VenueOrderFact) if f.source == "venue_stream"])
         assert tap.tap.undecodable == []
-        await risk.command("halt", "permission drill", "test", journal=True)
+        await risk.command("halt", "permission drill", "api", journal=True)
         await entry.guard.wait_until(lambda k: k is not None and not k.allow_entries)
         assert risk.state_persisted and risk.state_revision  # its restart state, with the halt, in KV
         await tap.tap.wait_for(lambda: tap.tap.of(SignalDecision))

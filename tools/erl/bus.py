@@ -1,4 +1,4 @@
-"""The CLI's side of the bus: a fail-fast connection and journal watches (ordered consumers)."""
+"""The CLI's side of the bus: a fail-fast connection and journal watches (direct gets + core NATS)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.aio.subscription import Subscription
 
-from libs.common.bus import connect_nats, stored_ts_ms
+from libs.common.bus import connect_nats
 from libs.common.config import NatsSettings
 from libs.common.messages import BusMessage, DecodeError, decode
-from libs.common.replay import JournalEntry
+from libs.common.replay import JournalEntry, read_journal_batches
 from tools.erl.endpoints import Unreachable
 
 CONNECT_DEADLINE_SEC = 5.0
@@ -39,40 +37,56 @@ async def connected(settings: NatsSettings) -> AsyncIterator[NatsClient]:
 
 class Watch:
     """Journal messages on one subject filter, from the start of the journal (``since``: from then, or
-    only new ones with ``new_only``), queued in stream order."""
+    only new ones with ``new_only``), queued in journal order.
+
+    No consumer: operators may not create one on the journal (the nameless create subject could rewrite
+    a service's durable, tools/nats_config.py). The history is read with direct gets, then the live
+    messages from a core subscription opened before that read; a message in both is queued once. Live
+    messages carry no stream sequence (``seq`` 0)."""
 
     def __init__(self, nc: NatsClient, settings: NatsSettings, subject: str) -> None:
         self.nc, self.settings, self.subject = nc, settings, subject
         self.queue: asyncio.Queue[JournalEntry] = asyncio.Queue()
         self.undecodable: list[str] = []
-        self._sub: JetStreamContext.PushSubscription | None = None
+        self._sub: Subscription | None = None
+        self._history: set[tuple[str, str]] | None = set()  # None once the live part is all that is left
+        self._early: list[JournalEntry] = []  # live messages that arrived while the history was read
 
     async def start(self, *, new_only: bool = False, since: dt.datetime | None = None) -> Watch:
-        js = self.nc.jetstream()
-        kwargs: dict = {"deliver_policy": DeliverPolicy.NEW if new_only else DeliverPolicy.ALL}
-        if since is not None:
-            kwargs = {
-                "deliver_policy": DeliverPolicy.BY_START_TIME,
-                "config": ConsumerConfig(opt_start_time=since),
-            }
-        try:
-            self._sub = await js.subscribe(
-                self.subject, stream=self.settings.stream, ordered_consumer=True, cb=self._on_msg, **kwargs
-            )
-        except nats.js.errors.NotFoundError:
-            raise Unreachable(
-                f"journal stream {self.settings.stream!r} not found at {self.settings.url}: is the stack running?"
-            ) from None
+        self._sub = await self.nc.subscribe(self.subject, cb=self._on_live)
+        if not new_only:
+            js, errors = self.nc.jetstream(), self.undecodable
+            prefix, stream = self.settings.subject_prefix, self.settings.stream
+            try:
+                async for batch in read_journal_batches(
+                    js, stream, prefix, [self.subject], since=since, errors=errors
+                ):
+                    for e in batch:
+                        self._history.add(_key(e))  # type: ignore[union-attr]
+                        self.queue.put_nowait(e)
+            except Exception as err:
+                raise Unreachable(
+                    f"journal stream {stream!r} at {self.settings.url} not readable ({type(err).__name__}: {err}): "
+                    "is the stack running?"
+                ) from None
+        seen, self._history = self._history or set(), None
+        for early in self._early:
+            if _key(early) not in seen:
+                self.queue.put_nowait(early)
+        self._early.clear()
         return self
 
-    async def _on_msg(self, m: Msg) -> None:
-        meta = m.metadata
+    async def _on_live(self, m: Msg) -> None:
         try:
-            msg = decode(self.settings.subject_prefix, m.subject, m.data, stored_ts_ms(m))
+            msg = decode(self.settings.subject_prefix, m.subject, m.data)
         except DecodeError as e:
-            self.undecodable.append(f"seq {meta.sequence.stream}: {e}")
+            self.undecodable.append(f"{m.subject}: {e}")
             return
-        self.queue.put_nowait(JournalEntry(meta.sequence.stream, m.subject, msg))
+        entry = JournalEntry(0, m.subject, msg)
+        if self._history is not None:
+            self._early.append(entry)
+        else:
+            self.queue.put_nowait(entry)
 
     async def next(self, within_sec: float) -> BusMessage | None:
         e = await self.next_entry(within_sec)
@@ -91,3 +105,7 @@ class Watch:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+
+
+def _key(e: JournalEntry) -> tuple[str, str]:
+    return e.subject, e.msg.model_dump_json()

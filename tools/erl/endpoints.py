@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from libs.common.config import (
     EntrySettings,
     ExchangeSettings,
@@ -58,6 +60,11 @@ class Endpoints:
         nats = nats.model_copy(
             update={"connect_timeout_sec": min(nats.connect_timeout_sec, 2.0), "publish_attempts": 2}
         )
+        if not os.environ.get("NATS_USER"):
+            # `make run`'s secured bus: connect as its operator user with the run's password
+            password = _read(_run_dir() / "nats" / "ops.password")
+            if password:
+                nats = nats.model_copy(update={"user": "ops", "password": SecretStr(password)})
         ex = load(ExchangeSettings)
         services = {
             "router": _url(*_hp(load(RouterSettings))),
@@ -112,7 +119,15 @@ def admin_token() -> str | None:
     """RISK_ADMIN_TOKEN, else the local run's token file (ERL_RUN_DIR or ./.run, `admin-token`)."""
     if os.environ.get("RISK_ADMIN_TOKEN"):
         return os.environ["RISK_ADMIN_TOKEN"].strip()
-    path = Path(os.environ.get("ERL_RUN_DIR", ".run")) / "admin-token"
+    return _read(_run_dir() / "admin-token")
+
+
+def _run_dir() -> Path:
+    """The local run's folder (make run: ./.run, or ERL_RUN_DIR)."""
+    return Path(os.environ.get("ERL_RUN_DIR", ".run"))
+
+
+def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
     except OSError:

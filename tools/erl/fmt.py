@@ -192,7 +192,7 @@ def journal_line(e: JournalEntry) -> str:
     """One readable line per journal event (intents and order events as replay prints them)."""
     m = e.msg
     ts = dt.datetime.fromtimestamp(m.ts_ms / 1000, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-    head = f"{ts} #{e.seq:<7} {getattr(m, 'kind', type(m).__name__):<{KIND_WIDTH}}"
+    head = f"{ts} {('#' + str(e.seq)) if e.seq else 'live':<8} {getattr(m, 'kind', type(m).__name__):<{KIND_WIDTH}}"
     if isinstance(m, Signal):
         return f"{head} {m.signal_id} {m.side} {m.qty:g} {m.symbol} {m.order_type} conf={m.confidence:g}"
     if isinstance(m, SignalDecision):
