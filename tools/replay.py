@@ -90,17 +90,21 @@ async def cmd_intent(settings: NatsSettings, key: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(timeline_json(t), indent=2))
     else:
-        i = t.intent
-        print(f"correlation_id {t.correlation_id}  state {t.state.value if t.state else '-'}")
-        if i is not None:
-            print(
-                f"intent {i.intent_id}  {i.bucket.value} {i.side} {i.symbol}  client ids {sorted(t.client_order_ids)}"
-            )
-        for e in t.entries:
-            print("  " + describe(e))
+        print("\n".join(timeline_lines(t)))
     for err in errors:
         print(f"warning: undecodable journal entry: {err}", file=sys.stderr)
     return 0
+
+
+def timeline_lines(t: IntentTimeline) -> list[str]:
+    """One intent's lifecycle as readable lines: what it is, then every journal event."""
+    i = t.intent
+    out = [f"correlation_id {t.correlation_id}  state {t.state.value if t.state else '-'}"]
+    if i is not None:
+        out.append(
+            f"intent {i.intent_id}  {i.bucket.value} {i.side} {i.symbol}  client ids {sorted(t.client_order_ids)}"
+        )
+    return out + ["  " + describe(e) for e in t.entries]
 
 
 async def signal_decision(settings: NatsSettings, signal_id: str) -> SignalDecision | None:

@@ -12,7 +12,6 @@ import time
 from libs.common.messages import SignalDecision
 from libs.common.replay import (
     IntentTimeline,
-    describe,
     find_by_client_order_id,
     order_subjects,
     replay_timelines,
@@ -21,7 +20,7 @@ from libs.common.replay import (
 from tools.erl import fmt
 from tools.erl.bus import Watch, connected
 from tools.erl.endpoints import Endpoints
-from tools.replay import decision_in, summary_lines, timeline_json
+from tools.replay import decision_in, summary_lines, timeline_json, timeline_lines
 
 OK, NOT_FOUND = 0, 1
 
@@ -88,16 +87,7 @@ async def cmd_replay(a: argparse.Namespace, ep: Endpoints) -> int:
                 f"signal {decision.signal_id}  {decision.symbol}  {fmt.decision_line(decision).removeprefix('decision  ')}"
             )
         if timeline is not None:
-            i = timeline.intent
-            print(
-                f"correlation_id {timeline.correlation_id}  state {timeline.state.value if timeline.state else '-'}"
-            )
-            if i is not None:
-                print(
-                    f"intent {i.intent_id}  {i.bucket.value} {i.side} {i.symbol}  client ids {sorted(timeline.client_order_ids)}"
-                )
-            for e in timeline.entries:
-                print("  " + describe(e))
+            print("\n".join(timeline_lines(timeline)))
     for err in errors:
         print(f"warning: undecodable journal entry: {err}", file=sys.stderr)
     return OK
