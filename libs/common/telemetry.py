@@ -80,6 +80,13 @@ MISMATCH_STREAK = Gauge("erl_reconcile_mismatch_streak", "Consecutive ticks with
 PROTECTION_GAPS = Gauge("erl_protection_gaps_open", "Symbols currently without adequate stop coverage")
 PROTECTION_GAP_BREACHES = Gauge("erl_protection_gaps_breached", "Gaps older than the TTL")
 PROTECTION_GAP_AGE = Gauge("erl_protection_gap_oldest_seconds", "Age of the oldest open protection gap")
+# per symbol, only while its gap is over the TTL (bounded: the series goes when the gap closes), so an
+# alert can name the symbol and hand over the command that replays it
+PROTECTION_GAP_BREACHED_SYMBOL = Gauge(
+    "erl_protection_gap_breached_symbol",
+    "1 for each symbol whose protection gap outlived the TTL",
+    ["symbol"],
+)
 UNPROTECTED_TIME = Histogram(
     "erl_unprotected_seconds",
     "How long closed protection gaps lasted",

@@ -47,6 +47,7 @@ from libs.common.telemetry import (
     MISMATCH_STREAK,
     ORPHAN_ORDERS,
     PROTECTION_GAP_AGE,
+    PROTECTION_GAP_BREACHED_SYMBOL,
     PROTECTION_GAP_BREACHES,
     PROTECTION_GAPS,
     RECONCILE_INTERVAL,
@@ -117,6 +118,7 @@ class ReconcilerService(Service):
         self.last_summary: ReconcileSummary | None = None
         self._last_summary_at = 0.0
         self._skipped_seen = 0
+        self._breached_series: set[str] = set()  # symbols with a per-symbol breach series
         self._equity: float | None = None
         self._last_sweep = 0.0  # monotonic time of the last every-symbol read
         self._latest_orders: list[VenueOrderView] = []  # each symbol's open orders as last read
@@ -515,6 +517,12 @@ class ReconcilerService(Service):
         PROTECTION_GAPS.set(summary.open_gaps)
         PROTECTION_GAP_BREACHES.set(summary.gap_breaches)
         PROTECTION_GAP_AGE.set(summary.oldest_gap_sec)
+        breached = set(self.state.gaps.breached())
+        for symbol in self._breached_series - breached:
+            PROTECTION_GAP_BREACHED_SYMBOL.remove(symbol)
+        for symbol in breached:
+            PROTECTION_GAP_BREACHED_SYMBOL.labels(symbol).set(1)
+        self._breached_series = breached
         ORPHAN_ORDERS.set(summary.orphans)
         for g in result.gap_events:
             if g.state == "closed":

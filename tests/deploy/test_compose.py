@@ -263,4 +263,4 @@ def test_alerts_reach_alertmanager_and_carry_a_replay_command():
     rules = [r for g in load("prometheus/alerts.yml")["groups"] for r in g["rules"]]
     assert rules
     for rule in rules:
-        assert rule["annotations"]["replay"].startswith("python -m tools.replay "), rule["alert"]
+        assert rule["annotations"]["replay"].startswith(("python -m tools.replay ", "erl ")), rule["alert"]

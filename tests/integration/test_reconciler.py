@@ -6,6 +6,7 @@ import uuid
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from libs.common.config import BootSettings, GuardSettings, KillSettings
 from libs.common.ids import Bucket
@@ -112,6 +113,8 @@ async def test_repair_cooldown_bounds_attempts_and_ttl_breach_is_critical(
     assert breach[0].critical and breach[0].age_sec > 1.5
     s = await rec.wait_ticks(3)
     assert s.gap_breaches == 1 and s.mismatch_streak >= 3
+    # the alert's per-symbol series names the symbol while the breach lasts, and goes with it
+    assert REGISTRY.get_sample_value("erl_protection_gap_breached_symbol", {"symbol": BTC}) == 1
     assert [m for m in bus.tap.of(MismatchEvent, mismatch="gap_ttl_breach") if m.critical]
     attempts = len(repairs(bus.tap, "place_stop"))
     assert 1 <= attempts <= 4  # ~1 per cooldown, not one per 0.2 s tick
@@ -119,6 +122,7 @@ async def test_repair_cooldown_bounds_attempts_and_ttl_breach_is_critical(
     await bus.tap.wait_for(lambda: [g for g in bus.tap.of(ProtectionGap) if g.state == "closed"])
     s = await rec.wait_ticks(2)
     assert s.gap_breaches == 0 and s.mismatch_streak == 0 and len(open_stops(sim)) == 1
+    assert REGISTRY.get_sample_value("erl_protection_gap_breached_symbol", {"symbol": BTC}) is None
 
 
 async def test_position_drift_on_a_quiet_symbol_is_a_mismatch_then_adopted(bus, sim, reconciler_factory):
