@@ -162,7 +162,7 @@ def test_make_run_launcher_starts_trades_restarts_and_stops_cleanly(tmp_path):
 
         # it trades: a signal from the operator CLI (as the ops user, as erl connects) becomes a filled order
         cli = subprocess.run(
-            [sys.executable, "-m", "services.entry.cli", *SIGNAL],
+            [sys.executable, "-m", "services.entry.cli", *SIGNAL, "--wait", "45"],  # a loaded CI machine
             cwd=ROOT,
             env={
                 **launcher.env,
