@@ -12,7 +12,6 @@ Tests, benchmarks and soaks use free ports and, unless they ask, an open bus.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from tools.nats_config import USERS, env_var, render
 from tools.natsd import NatsCluster, NatsServer, die_with_parent, free_port, stop_process
+from tools.secrets import new_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def write_credentials(directory: Path) -> dict[str, str]:
         path.unlink(missing_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(passwords.setdefault(user, secrets.token_urlsafe(24)))
+            f.write(passwords.setdefault(user, new_secret()))  # a form nats-server's $VAR parsing keeps
     return passwords
 
 

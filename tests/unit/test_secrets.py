@@ -80,3 +80,13 @@ def test_alertmanager_config_cli_writes_json_yaml(tmp_path, monkeypatch, capsys)
     assert "alerts go to: webhook" in capsys.readouterr().out
     monkeypatch.setenv("ALERT_TELEGRAM_BOT_TOKEN", "t")
     assert alertmanager_config.main(["--out", str(out)]) == 2
+
+
+def test_generated_secrets_survive_nats_servers_variable_parsing():
+    """make run once drew NATS passwords with token_urlsafe: one in six runs had a password starting with
+    '-' (or a digit), which nats-server parses as a number and refuses the config."""
+    from tools.secrets import new_secret
+
+    for _ in range(500):
+        s = new_secret()
+        assert s[0].isalpha() and s.isalnum() and len(s) >= 24
