@@ -241,7 +241,7 @@ class ReconcilerService(Service):
 
     async def on_event(self, msg: BusMessage, delivery: Delivery) -> None:
         now = time.time()
-        symbol = getattr(msg, "symbol", None)
+        symbol = msg.new_order.symbol if isinstance(msg, ReplaceIntent) else getattr(msg, "symbol", None)
         if isinstance(symbol, str):
             self._mark_changed({symbol})
         if isinstance(msg, VenueOrderFact) and msg.source != self.name:
