@@ -44,6 +44,7 @@ from libs.common.messages import (
 from libs.common.replay import IntentTimeline, JournalEntry, describe, fold
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 from libs.venue.error_policy import VENUE_PAUSE_REASONS
+from libs.venue.parsing import venue_symbol
 from services.risk.kill_switch import Trigger
 from services.simulator.config import SimulatorSettings
 
@@ -195,11 +196,6 @@ class Result:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def venue_symbol(unified: str) -> str:
-    """BTC/USDT:USDT -> BTCUSDT."""
-    return unified.split(":")[0].replace("/", "")
 
 
 def entry_client_order_id(signal_id: str) -> str:

@@ -317,7 +317,7 @@ class ConsumerLoop:
                         sub = await self.js.subscribe_bind(
                             self.stream, cfg, self.spec.durable, cb=self._on_msg, manual_ack=True
                         )
-                    await _pause(stop, self.watchdog_sec)
+                    await wait_event(stop, self.watchdog_sec)
                     if not stop.is_set():
                         await self.js.consumer_info(self.stream, self.spec.durable)
                 except nats.js.errors.NotFoundError:
@@ -325,13 +325,13 @@ class ConsumerLoop:
                     self._limited("consumer.recreate", durable=self.spec.durable)
                     await _unsubscribe(sub)
                     sub = None
-                    await _pause(stop, 0.5)
+                    await wait_event(stop, 0.5)
                 except Exception as e:  # bus down and friends: nats-py reconnects; we keep checking
                     self._limited("consumer.check_failed", error=f"{type(e).__name__}: {e}")
                     if isinstance(e, nats.errors.BadSubscriptionError | nats.errors.ConnectionClosedError):
                         await _unsubscribe(sub)
                     sub = None
-                    await _pause(stop, 0.5)
+                    await wait_event(stop, 0.5)
             await _unsubscribe(sub)  # no new deliveries while we finish
             sub = None
             # graceful stop: let handlers in flight finish (their messages get acked)
@@ -517,7 +517,3 @@ async def _unsubscribe(sub: Any) -> None:
     if sub is not None:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    await wait_event(stop, seconds)

@@ -53,6 +53,11 @@ class VenuePosition:
     mark_price: float = 0.0
 
 
+def venue_symbol(unified: str) -> str:
+    """BTC/USDT:USDT -> BTCUSDT, the venue's market id for a USD-M perpetual."""
+    return unified.split(":", 1)[0].replace("/", "")
+
+
 def _truthy(v: Any) -> bool:
     return v is True or str(v).lower() == "true"
 

@@ -9,6 +9,7 @@ import re
 from pydantic import ValidationError
 
 from libs.common.messages import OPERATOR_REASON_MAX, Signal, check_operator_reason
+from libs.venue.parsing import venue_symbol
 
 SYMBOL = re.compile(r"^[A-Z0-9]+/[A-Z0-9]+(:[A-Z0-9]+)?$")
 
@@ -24,25 +25,23 @@ def symbol(v: str) -> str:
     return v
 
 
-def positive(v: str) -> float:
+def _number(v: str, what: str, *, zero_ok: bool, refused: str) -> float:
     try:
         x = float(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
-    if not math.isfinite(x) or x <= 0:
-        raise argparse.ArgumentTypeError(f"{v!r} must be a positive number")
+        raise argparse.ArgumentTypeError(f"{v!r} is not {what}") from None
+    if not math.isfinite(x) or x < 0 or (x == 0 and not zero_ok):
+        raise argparse.ArgumentTypeError(f"{v!r} must be {refused}")
     return x
+
+
+def positive(v: str) -> float:
+    return _number(v, "a number", zero_ok=False, refused="a positive number")
 
 
 def seconds(v: str) -> float:
     """A duration; 0 allowed (e.g. --wait 0: do not wait)."""
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not a number of seconds") from None
-    if not math.isfinite(x) or x < 0:
-        raise argparse.ArgumentTypeError(f"{v!r} must be 0 or more seconds")
-    return x
+    return _number(v, "a number of seconds", zero_ok=True, refused="0 or more seconds")
 
 
 def reason(v: str) -> str:
@@ -54,11 +53,6 @@ def reason(v: str) -> str:
     if not 3 <= len(v) <= OPERATOR_REASON_MAX:
         raise argparse.ArgumentTypeError(f"reason must be 3 to {OPERATOR_REASON_MAX} characters")
     return v
-
-
-def venue_symbol(unified: str) -> str:
-    """BTC/USDT:USDT -> BTCUSDT, the venue's market id for a USD-M perpetual."""
-    return unified.split(":", 1)[0].replace("/", "")
 
 
 def check_known(unified: str, markets: set[str]) -> None:
