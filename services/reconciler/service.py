@@ -73,7 +73,14 @@ from services.reconciler.read_budget import (
     symbols_to_read,
 )
 from services.reconciler.rebuild import rebuild
-from services.reconciler.snapshot import PositionView, Snapshot, VenueOrderView, order_row, venue_positions
+from services.reconciler.snapshot import (
+    FLAT,
+    PositionView,
+    Snapshot,
+    VenueOrderView,
+    order_row,
+    venue_positions,
+)
 from services.reconciler.state import ReconcileState
 from services.reconciler.stream_trust import StreamTrust
 from services.reconciler.tick import reconcile_tick
@@ -122,13 +129,13 @@ class ReconcilerService(Service):
         self._equity: float | None = None
         self._last_sweep = 0.0  # monotonic time of the last every-symbol read
         self._latest_orders: list[VenueOrderView] = []  # each symbol's open orders as last read
+        # the venue's positions as last read (None: not read yet)
+        self._latest_positions: dict[str, PositionView] | None = None
         # symbols something happened on since their orders were last read (read next tick while the
-        # stream is trusted), and each symbol's position as last read
+        # stream is trusted)
         self._changed: dict[str, int] = {}  # symbol -> the number of its latest event
         self._events_seen = 0
-        self._last_positions: dict[str, float] | None = None
         self.trust = StreamTrust(settings.stream_confirm_sec)
-        self._latest_positions: dict[str, PositionView] = {}  # the venue's positions as last read
         self.last_plan: ReadPlan | None = None
         self.next_delay_sec = settings.interval_sec
         self._tick_done = asyncio.Condition()
@@ -248,8 +255,8 @@ class ReconcilerService(Service):
             ended = msg.state in TERMINAL_ORDER_STATES or msg.status.upper() in _ENDED_STATUSES
             self.trust.on_fact(msg.client_order_id, now, ended=ended)
         elif isinstance(msg, VenuePositionFact):
-            last = self._last_positions
-            if last is not None and last.get(msg.symbol, 0.0) != msg.qty:
+            last = self._latest_positions
+            if last is not None and last.get(msg.symbol, FLAT).qty != msg.qty:
                 self._wake.set()  # not what the last read said: read and check it now, not next tick
         if isinstance(msg, OrderTransition):
             self.trust.on_transition(
@@ -375,13 +382,13 @@ class ReconcilerService(Service):
         trusted = self.stream_trusted
         STREAM_TRUSTED.set(1 if trusted else 0)
         positions = await read_positions(self.venue)
-        qty = {s: p.qty for s, p in positions.items()}
+        last = self._latest_positions
         to_read = symbols_to_read(
             self._watched(positions),
             trusted=trusted,
             changed=self._changed,
-            positions=qty,
-            last_positions=self._last_positions,
+            positions={s: p.qty for s, p in positions.items()},
+            last_positions=None if last is None else {s: p.qty for s, p in last.items()},
         )
         regular = plan_reads(to_read, sweep=False, with_equity=with_equity)
         sweep_every = self.settings.stream_up_sweep_sec if trusted else self.settings.sweep_every_sec
@@ -399,8 +406,7 @@ class ReconcilerService(Service):
             orders = orders + [o for o in self._latest_orders if o.symbol not in plan.symbols]
         self._latest_orders = orders
         self._latest_positions = positions
-        self._last_positions = qty
-        self._pace(plan, regular)
+        self._pace(plan, regular, sweep_every)
         if equity is not None:
             self._equity = equity  # the balance is read every few ticks
         return Snapshot(positions, orders, self._equity)
@@ -469,7 +475,7 @@ class ReconcilerService(Service):
             | set(self.state.gaps.gaps)
         )
 
-    def _pace(self, plan: ReadPlan, regular: ReadPlan) -> None:
+    def _pace(self, plan: ReadPlan, regular: ReadPlan, sweep_every: float) -> None:
         """Time to the next tick from the regular tick's cost (sweeps have their own reserve)."""
         s = self.settings
         self.last_plan = plan
@@ -480,9 +486,7 @@ class ReconcilerService(Service):
             burst_cost=ReadPlan(regular.symbols, True).cost,
             used_1m=self.venue.limits.used_weight_1m,
             budget_1m=s.weight_budget_share * s.venue_weight_limit_1m,
-            reserved_1m=sweep_reserve_1m(
-                regular, s.stream_up_sweep_sec if self.stream_trusted else s.sweep_every_sec
-            ),
+            reserved_1m=sweep_reserve_1m(regular, sweep_every),
         )
         RECONCILE_INTERVAL.set(self.next_delay_sec)
 
@@ -546,7 +550,7 @@ class ReconcilerService(Service):
             "belief_positions": {k: v for k, v in self.belief.qty.items() if v},
             # the venue as the last tick read it (operators: `erl status` / `erl orders`)
             "positions": venue_positions(
-                self._latest_positions,
+                self._latest_positions or {},
                 self._latest_orders,
                 {k: round(time.time() - g.opened_at, 3) for k, g in self.state.gaps.gaps.items()},
             ),

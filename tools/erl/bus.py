@@ -49,11 +49,12 @@ class Watch:
         self.queue: asyncio.Queue[JournalEntry] = asyncio.Queue()
         self.undecodable: list[str] = []
         self._sub: Subscription | None = None
-        self._history: set[tuple[str, str]] | None = set()  # None once the live part is all that is left
-        self._early: list[JournalEntry] = []  # live messages that arrived while the history was read
+        # live messages that arrived while the history was read; None once only the live part is left
+        self._early: list[JournalEntry] | None = []
 
     async def start(self, *, new_only: bool = False, since: dt.datetime | None = None) -> Watch:
         self._sub = await self.nc.subscribe(self.subject, cb=self._on_live)
+        seen: set[tuple[str, str]] = set()
         if not new_only:
             js, errors = self.nc.jetstream(), self.undecodable
             prefix, stream = self.settings.subject_prefix, self.settings.stream
@@ -62,18 +63,17 @@ class Watch:
                     js, stream, prefix, [self.subject], since=since, errors=errors
                 ):
                     for e in batch:
-                        self._history.add(_key(e))  # type: ignore[union-attr]
+                        seen.add(_key(e))
                         self.queue.put_nowait(e)
             except Exception as err:
                 raise Unreachable(
                     f"journal stream {stream!r} at {self.settings.url} not readable ({type(err).__name__}: {err}): "
                     "is the stack running?"
                 ) from None
-        seen, self._history = self._history or set(), None
-        for early in self._early:
-            if _key(early) not in seen:
-                self.queue.put_nowait(early)
-        self._early.clear()
+        early, self._early = self._early or [], None
+        for e in early:
+            if _key(e) not in seen:
+                self.queue.put_nowait(e)
         return self
 
     async def _on_live(self, m: Msg) -> None:
@@ -83,7 +83,7 @@ class Watch:
             self.undecodable.append(f"{m.subject}: {e}")
             return
         entry = JournalEntry(0, m.subject, msg)
-        if self._history is not None:
+        if self._early is not None:
             self._early.append(entry)
         else:
             self.queue.put_nowait(entry)
