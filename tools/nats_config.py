@@ -48,7 +48,8 @@ BOOTSTRAP = [f"$JS.API.STREAM.CREATE.{STREAM}", f"$JS.API.STREAM.CREATE.KV_{BUCK
 # every durable consumer and the one user that may create, update (and bind) it: the names the services
 # give their ConsumerSpecs (services/*/service.py)
 DURABLES = {
-    "router": "router",
+    "router": "router",  # the router's entry lane
+    "router-protect": "router",  # its protect lane: stops, exits, repairs never wait behind entries
     "entry": "entry",
     "entry-fills": "entry",
     "reconciler": "reconciler",

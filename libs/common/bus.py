@@ -37,7 +37,7 @@ from nats.js.api import (
 from libs.common.aio import wait_event
 from libs.common.config import NatsSettings
 from libs.common.logs import RateLimitedLog, log_event, redact
-from libs.common.messages import BusMessage, DeadLetter, DecodeError, decode, encode, family_of, subject_for
+from libs.common.messages import BusMessage, DeadLetter, DecodeError, decode, encode, subject_for
 from libs.common.telemetry import BUS_MESSAGES, DEAD_LETTERS, NATS_CONNECTED, PUBLISH_FAILURES
 
 
@@ -280,6 +280,7 @@ class ConsumerLoop:
         max_in_flight: int = 64,
         watchdog_sec: float = 5.0,
         before_ack: Callable[[], Awaitable[None]] | None = None,
+        handled_cond: asyncio.Condition | None = None,
     ) -> None:
         self.js, self.publisher, self.stream, self.spec = js, publisher, stream, spec
         self.handler, self.service, self.key_fn = handler, service, key_fn
@@ -297,7 +298,8 @@ class ConsumerLoop:
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.consumer"))
         self.in_flight = 0
         self.handled = 0  # messages finished (acked, nak'ed or dead-lettered)
-        self._handled_cond = asyncio.Condition()
+        # shared by a service's loops (the router's lanes): a wait_until on one sees what the other handled
+        self._handled_cond = handled_cond or asyncio.Condition()
         self.running = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -409,7 +411,7 @@ class ConsumerLoop:
     async def _handle(self, model: BusMessage, m: Msg) -> None:
         meta = m.metadata
         delivery = Delivery(m.subject, meta.sequence.stream, meta.num_delivered, m)
-        family = family_of(self.prefix, m.subject)
+        family = model.family  # the schema's family: one label whatever lane the subject names
         try:
             await self.handler(model, delivery)
             if self.before_ack is not None:

@@ -190,7 +190,9 @@ class RouterSettings(_Base):
         3, ge=1, le=20, description="Cancel/replace rounds before give-up"
     )
     replace_strict_transitions: bool = Field(True, description="Raise on invalid replace transitions")
-    max_in_flight: int = Field(256, ge=1, description="Intents processed concurrently (per-symbol ordered)")
+    max_in_flight: int = Field(
+        256, ge=1, description="Intents processed concurrently per lane (entry, protect; per-symbol ordered)"
+    )
     ack_wait_sec: float = Field(
         5.0, gt=0, description="Redelivery delay of an intent lost in transit (held ones heartbeat)"
     )

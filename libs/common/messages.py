@@ -10,6 +10,7 @@ consumer pull one intent's whole lifecycle with a subject filter.
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -22,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from libs.common.ids import Bucket
+from libs.common.ids import Bucket, bucket_of_client_order_id
 from libs.common.state_machine import OrderState, PositionBelief, ReplaceState
 
 SCHEMA_VERSION = 1
@@ -61,6 +62,22 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Lane(StrEnum):
+    """The router consumer a message about an order goes to: entries in one, protection in the other.
+
+    Each lane is its own durable consumer with its own delivery window, so a backlog of entries can
+    never hold back a stop, a take-profit, an exit, a repair or a replace (issue 14). A message about
+    an order (its cancel, a venue fact) rides in that order's lane: it stays ordered with the order."""
+
+    ENTRY = "entry"
+    PROTECT = "protect"
+
+
+def lane_of_order(client_order_id: str) -> Lane:
+    """An order's lane from its client id; an id we did not make (an orphan) goes with protection."""
+    return Lane.ENTRY if bucket_of_client_order_id(client_order_id) is Bucket.ENTRY else Lane.PROTECT
+
+
 class BusMessage(BaseModel):
     """Base of every message on the bus."""
 
@@ -83,6 +100,11 @@ class BusMessage(BaseModel):
     def subject_token(self) -> str:
         """Last subject token; correlation id for per-intent messages."""
         return getattr(self, "correlation_id", None) or "all"
+
+    def lane(self) -> Lane | None:
+        """The router lane, a subject token before the last one (``<prefix>.intent.order.entry.<cid>``);
+        None for messages outside the router's lanes."""
+        return None
 
 
 # ----------------------------------------------------------------------------- signals and intents
@@ -176,6 +198,9 @@ class OrderIntent(BusMessage):
         """Exits and protection are never policy-blocked."""
         return self.bucket is not Bucket.ENTRY
 
+    def lane(self) -> Lane:
+        return Lane.ENTRY if self.bucket is Bucket.ENTRY else Lane.PROTECT
+
     @property
     def is_trigger(self) -> bool:
         """Conditional orders live on Binance's algo endpoint and need ``trigger`` on lookups."""
@@ -192,6 +217,9 @@ class CancelIntent(BusMessage):
     reason: str = Field("", max_length=200)
     source: str = Field("", max_length=64)
 
+    def lane(self) -> Lane:
+        return lane_of_order(self.client_order_id)
+
 
 class ReplaceIntent(BusMessage):
     """Cancel ``old_client_order_id`` and place ``new_order`` instead, bounded (stop refreshes)."""
@@ -204,6 +232,9 @@ class ReplaceIntent(BusMessage):
     new_order: OrderIntent
     reason: str = Field("", max_length=200)
     source: str = Field("", max_length=64)
+
+    def lane(self) -> Lane:
+        return self.new_order.lane()
 
 
 # ----------------------------------------------------------------------------- router events (journal)
@@ -571,6 +602,9 @@ class VenueOrderFact(BusMessage):
     def subject_token(self) -> str:
         return self.client_order_id
 
+    def lane(self) -> Lane:
+        return lane_of_order(self.client_order_id)
+
 
 class VenuePositionFact(BusMessage):
     """A symbol's position as the venue pushed it (``ACCOUNT_UPDATE`` on the user data stream). The
@@ -659,6 +693,9 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
 )
 _BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}
 assert len(_BY_FAMILY) == len(MESSAGE_TYPES), "two messages share a subject family"
+# the families whose subjects carry a lane token (subject_for): the models that define ``lane``
+_LANED = {m.family for m in MESSAGE_TYPES if m.lane is not BusMessage.lane}
+_LANES = {lane.value for lane in Lane}
 
 
 class DecodeError(ValueError):
@@ -666,6 +703,9 @@ class DecodeError(ValueError):
 
 
 def subject_for(prefix: str, msg: BusMessage) -> str:
+    lane = msg.lane()
+    if lane is not None:
+        return f"{prefix}.{msg.family}.{lane.value}.{msg.subject_token()}"
     return f"{prefix}.{msg.family}.{msg.subject_token()}"
 
 
@@ -678,6 +718,10 @@ def family_of(prefix: str, subject: str) -> str:
 def model_for_subject(prefix: str, subject: str) -> type[BusMessage]:
     family = family_of(prefix, subject)
     model = _BY_FAMILY.get(family)
+    if model is None:
+        # a laned subject (``intent.order.<lane>``); one without a lane is from before lanes existed
+        base, _, lane = family.rpartition(".")
+        model = _BY_FAMILY.get(base) if base in _LANED and lane in _LANES else None
     if model is None:
         raise DecodeError(f"no schema for subject family {family!r}")
     return model

@@ -41,14 +41,15 @@ from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 def order_subjects(prefix: str, correlation_id: str | None = None) -> list[str]:
     """Subject filter for the journal: everything, or one intent's messages.
 
-    Per-intent messages end in their correlation id (``<prefix>.<a>.<b>.<cid>``), so
-    one wildcard filter selects an intent's intents and events together. For a full
+    Per-intent messages end in their correlation id: ``<prefix>.<a>.<b>.<cid>``, and intents, which
+    carry their router lane, ``<prefix>.intent.<kind>.<lane>.<cid>``; two wildcard filters select
+    an intent's intents and events together. For a full
     replay we read the whole stream with no filter: nats-server serves an
     unfiltered consumer far faster than a multi-subject filter over many distinct
     subjects, and ``fold`` ignores messages without a correlation id anyway.
     """
     if correlation_id:
-        return [f"{prefix}.*.*.{correlation_id}"]
+        return [f"{prefix}.*.*.{correlation_id}", f"{prefix}.*.*.*.{correlation_id}"]
     return [f"{prefix}.>"]
 
 
@@ -88,6 +89,29 @@ async def read_journal_batches(
     lagging replica would miss the newest settlements. (Residual: a time-bounded read that found
     nothing at all is not checked: there is no sequence to ask the leader after.)
     """
+    if len(subjects) == 1:
+        async for batch in _read_subject(js, stream, prefix, subjects[0], since, errors, idle_timeout):
+            yield batch
+        return
+    # a direct get follows one subject filter: read each, then merge in stream order (used for small
+    # selections such as one intent's messages; a full read is one ``<prefix>.>``)
+    merged: dict[int, JournalEntry] = {}
+    for subject in subjects:
+        async for part in _read_subject(js, stream, prefix, subject, since, errors, idle_timeout):
+            merged.update((e.seq, e) for e in part)
+    if merged:
+        yield [merged[seq] for seq in sorted(merged)]
+
+
+async def _read_subject(
+    js: JetStreamContext,
+    stream: str,
+    prefix: str,
+    subject: str,
+    since: dt.datetime | None,
+    errors: list[str] | None,
+    idle_timeout: float,
+) -> AsyncIterator[list[JournalEntry]]:
     nc = js._nc  # the JetStream context's connection: direct gets are plain requests
     inbox = nc.new_inbox()
     # one reply subject per request (``<inbox>.<n>``): the next batch is asked for before this one is
@@ -106,7 +130,7 @@ async def read_journal_batches(
     async def ask(n: int, start: dict) -> str:
         key = str(n)
         parts[key], ended[key] = [], asyncio.Event()
-        request = {**start, "batch": DIRECT_GET_BATCH, "next_by_subj": subjects[0]}
+        request = {**start, "batch": DIRECT_GET_BATCH, "next_by_subj": subject}
         await nc.publish(api, json.dumps(request).encode(), reply=f"{inbox}.{key}")
         return key
 
@@ -121,7 +145,7 @@ async def read_journal_batches(
         last_seq: int | None = None if since else 0
         while True:
             if not await wait_event(ended[key], idle_timeout):
-                raise TimeoutError(f"journal read stalled for {idle_timeout}s on {subjects}")
+                raise TimeoutError(f"journal read stalled for {idle_timeout}s on {subject}")
             batch = parts.pop(key)
             del ended[key]
             end = batch.pop().headers or {}
@@ -131,7 +155,7 @@ async def read_journal_batches(
             if batch:
                 last_seq = int((batch[-1].headers or {})["Nats-Sequence"])
             more = status == "204" and bool(batch) and int(end.get("Nats-Num-Pending", "0")) > 0
-            resume_at = await _resume_at(js, stream, subjects[0], last_seq, more=more)
+            resume_at = await _resume_at(js, stream, subject, last_seq, more=more)
             if resume_at is not None:
                 n += 1
                 key = await ask(n, {"seq": resume_at})

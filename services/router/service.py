@@ -1,6 +1,7 @@
 """Router service: JetStream intents in, ccxt orders out, every step journaled.
 
-Thin shell: decoding, ordering and dead-lettering are in ``ConsumerLoop``; the
+Thin shell: decoding, ordering and dead-lettering are in ``ConsumerLoop``, one per lane (entries;
+protection: stops, take-profits, exits, repairs, replaces), so protection never waits behind entries; the
 decisions are in ``policy`` / ``submit`` / ``cancel`` / ``replace`` / ``ledger``.
 What lives here is the wiring, the in-memory registry of recent orders, the
 intent ledger (every intent's last journaled state: an intent is never sent
@@ -10,6 +11,7 @@ venue about orders whose outcome is still unknown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -31,6 +33,7 @@ from libs.common.marks import MarkCache
 from libs.common.messages import (
     BusMessage,
     CancelIntent,
+    Lane,
     OrderIntent,
     OrderTransition,
     ReplaceIntent,
@@ -69,6 +72,8 @@ SINGLE_TRY = RetryPolicy(max_attempts=1)
 REGISTRY_SIZE = 10_000
 RECOVERY_HOURS = 24.0  # the journal window the ledger is loaded from at boot
 VERIFY_GIVE_UP_SEC = 60.0  # stop re-checking an acknowledged cancel the venue cannot answer about
+# each lane's durable consumer (tools/nats_config.py lets only the router create them)
+LANE_DURABLES = {Lane.ENTRY: "router", Lane.PROTECT: "router-protect"}
 
 
 class RouterService(Service):
@@ -106,7 +111,8 @@ class RouterService(Service):
         # cancel acknowledged: look once more after a while, a fill may have raced the cancel
         self.verify: dict[str, tuple[Lifecycle, float]] = {}
         self.guard: GuardView | None = None
-        self.consumer: ConsumerLoop | None = None
+        self.consumer: ConsumerLoop | None = None  # the entry lane
+        self.protect: ConsumerLoop | None = None  # the protect lane
         self.counts: dict[str, int] = {}
         super().__init__(nats_settings, settings.http_host, settings.http_port)
 
@@ -124,17 +130,35 @@ class RouterService(Service):
             require_knobs=self.guard_settings.require_knobs,
             stale_after_sec=self.guard_settings.stale_after_sec,
         )
-        prefix = self.nats_settings.subject_prefix
+        handled = asyncio.Condition()
+        self.consumer = self._lane(Lane.ENTRY, handled)
+        self.protect = self._lane(Lane.PROTECT, handled)
+        return [
+            self.guard.run(self.stop_event),
+            self._consume_when_guard_loaded(),
+            # protection needs no knobs (exits are never gated on them): it flows from the start
+            self.protect.run(self.stop_event),
+            self._resolver(),
+        ]
+
+    def _lane(self, lane: Lane, handled: asyncio.Condition) -> ConsumerLoop:
+        """One lane's durable consumer. Each has its own delivery window (max_ack_pending) and its own
+        in-flight bound, so however many entries wait, a stop, an exit or a repair is delivered and
+        handled at once (issue 14). Venue facts (the venue stream's order updates, orders the reconciler
+        found gone) ride in their order's lane: they stay ordered with it."""
+        p = self.nats_settings.subject_prefix
+        subjects = [f"{p}.intent.*.{lane.value}.*", f"{p}.venue.order.{lane.value}.*"]
+        if lane is Lane.PROTECT:
+            # subjects without a lane token (published before lanes existed): handled, never stranded
+            subjects += [f"{p}.intent.*.*", f"{p}.venue.order.*"]
         spec = ConsumerSpec(
-            durable="router",
-            # venue facts: the venue stream's order updates, and orders the reconciler found gone from
-            # the venue's open orders
-            filter_subjects=[f"{prefix}.intent.>", f"{prefix}.venue.order.>"],
+            durable=LANE_DURABLES[lane],
+            filter_subjects=subjects,
             ack_wait_sec=self.settings.ack_wait_sec,
             max_deliver=self.settings.max_deliver,
             max_ack_pending=self.settings.max_in_flight,
         )
-        self.consumer = ConsumerLoop(
+        return ConsumerLoop(
             self.js,
             self.publisher,
             self.nats_settings.stream,
@@ -144,14 +168,14 @@ class RouterService(Service):
             key_fn=_symbol_of,
             max_in_flight=self.settings.max_in_flight,
             before_ack=self.journal.flush,
+            handled_cond=handled,
         )
-        return [self.guard.run(self.stop_event), self._consume_when_guard_loaded(), self._resolver()]
 
     async def _consume_when_guard_loaded(self) -> None:
         """Entries arriving before the knobs load would be refused as 'guard_unavailable'; wait a little.
 
-        If the knobs cannot be read within the staleness window we consume anyway:
-        exits and stop repairs must flow, and entries stay blocked until the view is live.
+        If the knobs cannot be read within the staleness window the entry lane consumes anyway:
+        a cancel of an entry must flow, and entries stay blocked until the view is live.
         """
         guard = self.guard
         assert guard is not None and self.consumer is not None
@@ -554,7 +578,10 @@ class RouterService(Service):
             "tracked_orders": len(self.orders),
             "guard": self.guard.status() if self.guard else None,
             "marks": self.marks.status(),
-            "consumer_in_flight": self.consumer.in_flight if self.consumer else 0,
+            "consumer_in_flight": {
+                "entry": self.consumer.in_flight if self.consumer else 0,
+                "protect": self.protect.in_flight if self.protect else 0,
+            },
             "retry_policy": {
                 "max_attempts": self.retry_policy.max_attempts,
                 "max_elapsed_sec": self.retry_policy.max_elapsed_sec,

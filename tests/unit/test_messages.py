@@ -1,10 +1,15 @@
 import pytest
 
-from libs.common.ids import Bucket
+from libs.common.ids import Bucket, make_client_order_id
 from libs.common.messages import (
+    CancelIntent,
     DecodeError,
+    Lane,
+    OrderIntent,
     OrderRetry,
+    ReplaceIntent,
     Signal,
+    VenueOrderFact,
     decode,
     encode,
     model_for_subject,
@@ -16,9 +21,47 @@ from tests.builders import intent
 def test_round_trip_through_subject():
     i = intent()
     subj = subject_for("erl", i)
-    assert subj == f"erl.intent.order.{i.correlation_id}"
+    assert subj == f"erl.intent.order.entry.{i.correlation_id}"
     back = decode("erl", subj, encode(i))
     assert back == i and back.v == 1
+
+
+def test_router_messages_carry_their_orders_lane():
+    entry = intent()
+    stop = intent(
+        bucket=Bucket.SL,
+        client_order_id=make_client_order_id("i1", Bucket.SL),
+        order_type="stop_market",
+        stop_price=1.0,
+        close_position=True,
+        qty=None,
+    )
+    exit_ = intent(bucket=Bucket.EXIT, side="sell", reduce_only=True)
+    assert (entry.lane(), stop.lane(), exit_.lane()) == (Lane.ENTRY, Lane.PROTECT, Lane.PROTECT)
+    cancel_entry = CancelIntent(
+        correlation_id="c1", client_order_id=entry.client_order_id, symbol=entry.symbol
+    )
+    cancel_stop = CancelIntent(correlation_id="c1", client_order_id=stop.client_order_id, symbol=stop.symbol)
+    replace = ReplaceIntent(correlation_id="c1", old_client_order_id=stop.client_order_id, new_order=stop)
+    fact = VenueOrderFact(client_order_id=entry.client_order_id, symbol=entry.symbol, status="filled")
+    orphan = VenueOrderFact(client_order_id="web_manual_1", symbol=entry.symbol, status="filled")
+    assert subject_for("erl", cancel_entry) == "erl.intent.cancel.entry.c1"
+    assert subject_for("erl", cancel_stop) == "erl.intent.cancel.protect.c1"
+    assert subject_for("erl", replace) == "erl.intent.replace.protect.c1"
+    assert subject_for("erl", fact) == f"erl.venue.order.entry.{entry.client_order_id}"
+    assert subject_for("erl", orphan) == "erl.venue.order.protect.web_manual_1"  # not ours: with protection
+    for m in (stop, cancel_stop, replace, fact, orphan):
+        assert decode("erl", subject_for("erl", m), encode(m)) == m
+
+
+def test_subjects_from_before_lanes_still_decode():
+    i = intent()
+    assert decode("erl", f"erl.intent.order.{i.correlation_id}", encode(i)) == i
+    assert model_for_subject("erl", "erl.intent.order.protect.c1") is OrderIntent
+    with pytest.raises(DecodeError):  # a lane token only where lanes exist, and only a known lane
+        model_for_subject("erl", "erl.order.retry.entry.c1")
+    with pytest.raises(DecodeError):
+        model_for_subject("erl", "erl.intent.order.fast.c1")
 
 
 def test_every_family_maps_to_one_model():
