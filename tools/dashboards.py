@@ -220,6 +220,15 @@ DASHBOARDS = [
             ),
             Panel("Belief debt", (q("max(erl_belief_debt)", "debt"),)),
             Panel(
+                "Entry shedding (router load)",
+                (
+                    q("max(erl_risk_router_load_level)", "level: 0 ok 1 unknown 2 throttle 3 block"),
+                    q("max(erl_risk_router_load_mode)", "mode: 0 normal .. 3 halted"),
+                ),
+            ),
+            Panel("Router entry lag", (q("max(erl_router_entry_lag_seconds)", "lag"),), "s"),
+            Panel("Waiting for the router", (q("max(erl_router_backlog)", "messages"),)),
+            Panel(
                 "Guard knobs",
                 (
                     q("max(erl_guard_max_leverage)", "max leverage"),

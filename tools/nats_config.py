@@ -98,7 +98,8 @@ def service(
 
 
 USERS: dict[str, dict[str, list[str]]] = {
-    "router": service("router", [f"{PREFIX}.order.>"], venue=True),
+    # order events, and its entry load (risk sheds entries on it)
+    "router": service("router", [f"{PREFIX}.order.>", f"{PREFIX}.router.load.router"], venue=True),
     "entry": service("entry", [f"{PREFIX}.intent.order.>", f"{PREFIX}.entry.>"], venue=True),
     "reconciler": service(
         "reconciler",
@@ -135,6 +136,7 @@ USERS: dict[str, dict[str, list[str]]] = {
             f"$KV.{BUCKET}.knobs",
             f"$KV.{BUCKET}.risk.state",
         ],
+        hears=[f"{PREFIX}.router.load.>"],  # the router's entry load (core NATS: only the latest matters)
     ),
     # strategies: signals in, nothing else
     "strategy": {"publish": [f"{PREFIX}.signal.>"], "subscribe": ["_INBOX.strategy.>"]},

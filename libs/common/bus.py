@@ -298,6 +298,8 @@ class ConsumerLoop:
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.consumer"))
         self.in_flight = 0
         self.handled = 0  # messages finished (acked, nak'ed or dead-lettered)
+        # not yet delivered to us, as the server said at the last watchdog check (None: not known)
+        self.num_pending: int | None = None
         # shared by a service's loops (the router's lanes): a wait_until on one sees what the other handled
         self._handled_cond = handled_cond or asyncio.Condition()
         self.running = False
@@ -321,14 +323,17 @@ class ConsumerLoop:
                         )
                     await wait_event(stop, self.watchdog_sec)
                     if not stop.is_set():
-                        await self.js.consumer_info(self.stream, self.spec.durable)
+                        info = await self.js.consumer_info(self.stream, self.spec.durable)
+                        self.num_pending = info.num_pending
                 except nats.js.errors.NotFoundError:
+                    self.num_pending = None
                     # consumer or stream vanished (fresh server): recreate and rebind
                     self._limited("consumer.recreate", durable=self.spec.durable)
                     await _unsubscribe(sub)
                     sub = None
                     await wait_event(stop, 0.5)
                 except Exception as e:  # bus down and friends: nats-py reconnects; we keep checking
+                    self.num_pending = None
                     self._limited("consumer.check_failed", error=f"{type(e).__name__}: {e}")
                     if isinstance(e, nats.errors.BadSubscriptionError | nats.errors.ConnectionClosedError):
                         await _unsubscribe(sub)

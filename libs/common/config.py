@@ -185,7 +185,11 @@ class RouterSettings(_Base):
     retry_max_delay_sec: float = Field(_RETRY.max_delay_sec, ge=0, description="Backoff ceiling")
     retry_jitter: float = Field(_RETRY.jitter, ge=0, le=1, description="Fraction of each delay randomised")
     max_leverage: int = Field(20, ge=1, le=125, description="Hard entry leverage cap (exits never capped)")
-    intent_max_age_sec: float = Field(30.0, gt=0, description="Entries older than this are refused as stale")
+    intent_max_age_sec: float = Field(
+        30.0,
+        gt=0,
+        description="Entries older than this (from the intent's own timestamp) are refused as stale",
+    )
     cancel_replace_max_attempts: int = Field(
         3, ge=1, le=20, description="Cancel/replace rounds before give-up"
     )
@@ -217,6 +221,20 @@ class RouterSettings(_Base):
         description="Entry notional cap: a mark older than this is re-read first; unreadable -> BLOCKED "
         "notional_unknown",
     )
+    load_window_sec: float = Field(
+        5.0,
+        gt=0,
+        description="Entry lag (router.load, read by risk to shed entries) is the largest age of an entry "
+        "when the router took it up over this window",
+    )
+    load_every_sec: float = Field(
+        1.0, gt=0, description="router.load published this often while loaded (and once when it clears)"
+    )
+    load_idle_every_sec: float = Field(
+        10.0,
+        gt=0,
+        description="router.load published this often while idle (keep it well under RISK_ROUTER_LOAD_STALE_SEC)",
+    )
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -239,6 +257,12 @@ class RouterSettings(_Base):
     def _marks(self) -> RouterSettings:
         if self.mark_max_stale_sec < self.mark_cache_sec:
             raise ValueError("ROUTER_MARK_MAX_STALE_SEC must be >= ROUTER_MARK_CACHE_SEC")
+        return self
+
+    @model_validator(mode="after")
+    def _load_reports(self) -> RouterSettings:
+        if self.load_idle_every_sec < self.load_every_sec:
+            raise ValueError("ROUTER_LOAD_IDLE_EVERY_SEC must be >= ROUTER_LOAD_EVERY_SEC")
         return self
 
 
@@ -425,8 +449,42 @@ class RiskSettings(_Base):
     max_open_orders: int = Field(10, ge=0, description="Normal-mode open entry order cap")
     tighten_after: int = Field(2, ge=1, description="Evaluations above a threshold before tightening")
     recover_after: int = Field(5, ge=1, description="Clean evaluations before relaxing one step")
+    router_lag_throttle_sec: float = Field(
+        0.5,
+        gt=0,
+        description="Router entry lag (router.load) from which entries are throttled (defensive knobs: one "
+        "entry order open at a time), after RISK_TIGHTEN_AFTER evaluations",
+    )
+    router_lag_block_sec: float = Field(
+        2.0,
+        gt=0,
+        description="Router entry lag from which new entries are blocked (halted knobs) until it has stayed "
+        "clear for RISK_RECOVER_AFTER evaluations per step back; keep it under ROUTER_INTENT_MAX_AGE_SEC",
+    )
+    router_backlog_throttle: int = Field(
+        500,
+        ge=1,
+        description="Messages waiting for the router (server backlog + in memory) that throttle entries",
+    )
+    router_backlog_block: int = Field(
+        2000, ge=1, description="Messages waiting for the router that block new entries"
+    )
+    router_load_stale_sec: float = Field(
+        30.0,
+        gt=0,
+        description="A router that reported its load and then went silent this long is unknown: entries "
+        "cautious (never blocked) until it reports again; not counted before its first report",
+    )
 
     _admin_token = field_validator("admin_token")(_refuse_placeholder)
+
+    @model_validator(mode="after")
+    def _router_thresholds(self) -> RiskSettings:
+        if self.router_lag_block_sec < self.router_lag_throttle_sec:
+            raise ValueError("RISK_ROUTER_LAG_BLOCK_SEC must be >= RISK_ROUTER_LAG_THROTTLE_SEC")
+        if self.router_backlog_block < self.router_backlog_throttle:
+            raise ValueError("RISK_ROUTER_BACKLOG_BLOCK must be >= RISK_ROUTER_BACKLOG_THROTTLE")
+        return self
 
 
 class KillSettings(_Base):

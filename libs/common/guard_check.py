@@ -50,7 +50,8 @@ def check_entry(
     if open_entries is not None and open_entries >= knobs.max_open_orders:
         return GuardCheck(False, f"open_order_cap:{open_entries}>={knobs.max_open_orders}")
     if age_sec is not None and max_age_sec is not None and age_sec > max_age_sec:
-        return GuardCheck(False, f"stale_intent:{age_sec:.1f}s")
+        # the age from the intent's own timestamp, and the limit it passed (ROUTER_INTENT_MAX_AGE_SEC)
+        return GuardCheck(False, f"stale_intent:{age_sec:.2f}s>{max_age_sec:g}s")
     if notional_usdt is None:
         return GuardCheck(False, unpriced)
     if notional_usdt > knobs.max_notional_usdt:

@@ -355,6 +355,7 @@ class GuardKnobs(BusMessage):
     revision: int = Field(0, ge=0)
     # trace
     controller_mode: str | None = None
+    load_mode: str | None = Field(None, description="the router-load controller's mode (entry shedding)")
     belief_debt: float | None = None
     debt_inputs: dict[str, float] = Field(default_factory=dict)
     kill_reasons: list[str] = Field(default_factory=list)
@@ -645,6 +646,34 @@ class VenueStreamStatus(BusMessage):
         return self.source_service
 
 
+class RouterLoad(BusMessage):
+    """How far behind the router is with entries (``services/router/load.py``). Risk turns it into guard
+    knobs that throttle or block new entries (``services/risk/router_load.py``); exits and protection are
+    never shed. Published every second while loaded, every ten seconds idle (ROUTER_LOAD_*)."""
+
+    family: ClassVar[str] = "router.load"
+    kind: Literal["router.load"] = "router.load"
+    lag_sec: float = Field(
+        ge=0,
+        allow_inf_nan=False,
+        description="largest age of an entry when the router took it up, over the window",
+    )
+    window_sec: float = Field(gt=0, allow_inf_nan=False)
+    backlog: int | None = Field(
+        None,
+        ge=0,
+        description="messages the server holds for the router's consumer, not yet delivered (None: unread)",
+    )
+    in_flight: int = Field(
+        0, ge=0, description="messages the router holds in memory (queued or being handled)"
+    )
+    entries: int = Field(0, ge=0, description="entries the router took up since it started")
+    source_service: Token
+
+    def subject_token(self) -> str:
+        return self.source_service
+
+
 # ----------------------------------------------------------------------------- plumbing
 
 
@@ -689,6 +718,7 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
     VenueOrderFact,
     VenuePositionFact,
     VenueStreamStatus,
+    RouterLoad,
     DeadLetter,
 )
 _BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}

@@ -49,6 +49,14 @@ INTENT_LATENCY = Histogram(
 )
 CANCELS = Counter("erl_cancels_total", "Cancel requests by outcome", ["outcome"])
 CANCEL_REPLACE_GIVEUPS = Counter("erl_cancel_replace_giveups_total", "Cancel/replace give-ups", ["state"])
+ROUTER_ENTRY_LAG = Gauge(
+    "erl_router_entry_lag_seconds",
+    "Largest age of an entry when the router took it up, over ROUTER_LOAD_WINDOW_SEC (risk sheds entries on it)",
+)
+ROUTER_BACKLOG = Gauge(
+    "erl_router_backlog",
+    "Messages waiting for the router: server-side backlog of its consumer + held in memory",
+)
 POLICY_BLOCKS = Counter("erl_policy_blocks_total", "Intents refused by policy", ["service", "reason"])
 LEVERAGE_CAPPED = Counter("erl_leverage_capped_total", "Entries whose leverage was capped")
 UNKNOWN_ORDERS = Gauge("erl_orders_unknown", "Orders whose venue outcome is not yet known")
@@ -124,6 +132,14 @@ GUARD_MAX_LEVERAGE = Gauge("erl_guard_max_leverage", "Published guard knob")
 GUARD_MIN_CONF = Gauge("erl_guard_min_entry_conf", "Published guard knob")
 GUARD_MODE = Gauge("erl_guard_mode", "Published guard mode (1 for the active one)", ["mode"])
 BELIEF_DEBT = Gauge("erl_belief_debt", "Belief debt driving the controller")
+ROUTER_LOAD_LEVEL = Gauge(
+    "erl_risk_router_load_level",
+    "The router's load as risk reads it: 0 ok, 1 unknown (its reports stopped), 2 throttle, 3 block",
+)
+ROUTER_LOAD_MODE = Gauge(
+    "erl_risk_router_load_mode",
+    "The router-load controller's mode: 0 normal, 1 cautious, 2 defensive, 3 halted",
+)
 
 # venue user data stream (services/venue_stream) and the router's use of its facts
 STREAM_UP = Gauge("erl_venue_stream_up", "1 while the venue's user data stream is connected")

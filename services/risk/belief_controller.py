@@ -2,7 +2,8 @@
 
 Belief debt measures how far our picture of the venue may be from the truth:
 mismatch streak, protection gaps past their TTL, orphan orders, orders whose
-outcome is unknown. The controller maps debt to a mode (normal < cautious <
+outcome is unknown; and how far behind the router is with entries (the router
+load level, fed to a controller of its own: ``services/risk/router_load.py``). The controller maps debt to a mode (normal < cautious <
 defensive < halted) but only *tightens* after the target has been stricter for
 ``tighten_after`` consecutive evaluations, and only *relaxes* one step at a
 time after debt has stayed under ``recover_ratio`` x the current mode's entry
@@ -28,6 +29,9 @@ class DebtInputs:
     open_gaps: int = 0
     orphans: int = 0
     unknown_orders: int = 0
+    # the router load level: the mode it asks for (0 ok, 1 unknown, 2 throttle, 3 block), worth that
+    # mode's threshold in debt (services/risk/router_load.py)
+    router_load: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ def belief_debt(x: DebtInputs, c: ControllerTuning) -> float:
         + c.w_open_gap * x.open_gaps
         + c.w_orphan * x.orphans
         + c.w_unknown_order * x.unknown_orders
+        + (c.thresholds[x.router_load - 1] if x.router_load else 0.0)
     )
 
 

@@ -47,6 +47,7 @@ KNOB_FIELDS = (
     "manual_halt",
     "manual_reason",
     "controller_mode",
+    "load_mode",
 )
 
 
@@ -219,8 +220,12 @@ def compose_knobs(
     kill: KillState,
     operator: OperatorHalt,
     state_error: str | None,
+    load_mode: int = 0,
+    load_reason: str = "",
+    load_level: int = 0,
 ) -> GuardKnobs:
-    """Controller posture, overridden to halted by the kill switch, an operator or an unknown state.
+    """Controller posture (the stricter of the belief controller's and the router-load controller's),
+    overridden to halted by the kill switch, an operator or an unknown state.
 
     Every halt in force is named in the reason (none hides another); ``state_unavailable`` leads
     the kill reasons while the persisted state cannot be trusted.
@@ -238,15 +243,21 @@ def compose_knobs(
             why.append(f"manual: {operator.reason}")
         if kill.tripped:
             why.append("kill switch: " + ",".join(kill.reasons))
+        if load_mode > controller_mode:
+            why.append(load_reason or f"router load: {MODES[load_mode]}")
         base = knobs_for(HALTED, settings, "; ".join(why))
+    elif load_mode > controller_mode:  # the router is behind: entries shed (throttled or blocked)
+        base = knobs_for(load_mode, settings, load_reason or f"router load: {MODES[load_mode]}")
     else:
         reason = (trace.reason if trace else "") or f"controller: {mode_name}"
         base = knobs_for(controller_mode, settings, reason)
+    inputs = {k: float(v) for k, v in asdict(debt_inputs).items()} | {"router_load": float(load_level)}
     return base.model_copy(
         update={
             "controller_mode": mode_name,
+            "load_mode": MODES[load_mode],
             "belief_debt": trace.debt if trace else None,
-            "debt_inputs": {k: float(v) for k, v in asdict(debt_inputs).items()},
+            "debt_inputs": inputs,
             "kill_reasons": kill_reasons,
             "manual_halt": operator.halted,
             "manual_reason": operator.reason,
@@ -265,6 +276,7 @@ class PreviousPosture:
 
     operator: OperatorHalt
     controller_mode: int | None  # None: the knobs name no mode this build knows
+    load_mode: int  # the router-load controller's (0 when the knobs name none this build knows)
     holds: dict[Trigger, float]  # kill-switch triggers they name -> earliest release
 
 
@@ -278,5 +290,6 @@ def previous_posture(prev: GuardKnobs, now: float) -> PreviousPosture:
     return PreviousPosture(
         operator=OperatorHalt(True, prev.manual_reason) if prev.manual_halt else OperatorHalt(),
         controller_mode=MODES.index(prev.controller_mode) if prev.controller_mode in MODES else None,
+        load_mode=MODES.index(prev.load_mode) if prev.load_mode in MODES else 0,
         holds=holds,
     )

@@ -1,7 +1,9 @@
 """Risk service: kill switch + belief controller -> the guard knobs in KV, plus the halt API.
 
 Inputs arrive from the journal (reconcile summaries, retries, rejections,
-venue IP bans, halt commands). Every evaluation computes one knob set; when it differs from
+venue IP bans, halt commands), and the router's load over core NATS (only the latest matters, and it
+must not queue behind the order transitions this service also reads, least of all under load).
+Every evaluation computes one knob set; when it differs from
 the published one it is written to the KV bucket with compare-and-set and
 journaled with its trace. Knobs only ever constrain entries. What the inputs mean (which summary
 is evidence, what counts as an API error, which halt wins, what changed) is decided in
@@ -28,23 +30,27 @@ from typing import Annotated
 
 import nats.js.errors
 from fastapi import FastAPI, Header, HTTPException, Request
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from libs.common.aio import wait_event
-from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
+from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery, stored_ts_ms
 from libs.common.config import KillSettings, NatsSettings, RiskSettings
 from libs.common.guard import GUARD_KEY
 from libs.common.logs import RateLimitedLog, log_event
 from libs.common.messages import (
     OPERATOR_REASON_MAX,
     BusMessage,
+    DecodeError,
     GuardKnobs,
     HaltCommand,
     RebuildSummary,
     ReconcileSummary,
+    RouterLoad,
     VenueStreamStatus,
     check_operator_reason,
+    decode,
     encode,
 )
 from libs.common.service import Service
@@ -58,6 +64,8 @@ from libs.common.telemetry import (
     KILL_SWITCH,
     KILL_TRIPS,
     MANUAL_HALT,
+    ROUTER_LOAD_LEVEL,
+    ROUTER_LOAD_MODE,
 )
 from services.risk.belief_controller import MODES, BeliefController
 from services.risk.kill_switch import KillState, KillSwitch
@@ -81,6 +89,7 @@ from services.risk.posture import (
     stricter,
     summary_use,
 )
+from services.risk.router_load import LoadShedder, load_reading, newer
 from services.risk.state import (
     STATE_KEY,
     RiskState,
@@ -124,6 +133,8 @@ class RiskService(Service):
         self.api_errors = ApiErrorWindow(kill.api_error_window_sec)
         self.evidence = Evidence()
         self.stream_status: VenueStreamStatus | None = None  # the venue stream's last word, if it runs
+        self.router_load: RouterLoad | None = None  # the router's last load report, if it runs
+        self.shedder = LoadShedder(settings)
         self.orphans_at_boot = 0
         self.trace: BeliefTrace | None = None  # None until the first fresh summary
         self.kill_state = KillState(False, ())
@@ -235,6 +246,8 @@ class RiskService(Service):
         self.operator = stricter(self.operator, previous.operator)
         if previous.controller_mode is not None:
             self.controller.mode = previous.controller_mode
+        if previous.load_mode:
+            self.shedder.restore(previous.load_mode)
         self.kill.restore(previous.holds, None)
         log_event(self.log, "risk.restored", manual_halt=self.operator.halted, mode=prev.controller_mode)
 
@@ -336,6 +349,7 @@ class RiskService(Service):
             service=self.name,
             before_ack=self.journal.flush,
         )
+        await self.bus.nc.subscribe(f"{p}.router.load.>", cb=self._on_router_load)
         return [self.consumer.run(self.stop_event), self._eval_loop()]
 
     # ------------------------------------------------------------------ inputs
@@ -360,6 +374,29 @@ class RiskService(Service):
             await self._apply_command(msg, msg.command_id or f"seq{delivery.stream_seq}", journal=False)
         elif is_api_error(msg):
             self.api_errors.add(msg.ts_ms / 1000)
+
+    async def _on_router_load(self, m: Msg) -> None:
+        try:
+            msg = decode(self.nats_settings.subject_prefix, m.subject, m.data, stored_ts_ms(m))
+        except DecodeError as e:
+            self._limited("risk.router_load_unreadable", logging.WARNING, error=str(e))
+            return
+        if isinstance(msg, RouterLoad):
+            self.router_load = newer(self.router_load, msg)
+
+    def step_load(self, now: float) -> None:
+        """One evaluation of the router-load controller (the evaluation loop's period is its cadence)."""
+        reading = load_reading(self.router_load, now, self.settings)
+        if self.shedder.step(reading):
+            log_event(
+                self.log,
+                "risk.router_load",
+                logging.WARNING,
+                mode=MODES[self.shedder.mode],
+                reason=self.shedder.reason,
+            )
+        ROUTER_LOAD_LEVEL.set(int(reading.level))
+        ROUTER_LOAD_MODE.set(self.shedder.mode)
 
     async def command(self, action: str, reason: str, source: str, *, journal: bool) -> GuardKnobs:
         """A new command (REST API): applied here under a fresh id and, with ``journal``, journaled
@@ -416,6 +453,7 @@ class RiskService(Service):
             try:
                 if not self.state_known:
                     await self._restore()
+                self.step_load(time.time())
                 await self.evaluate()
             except Exception as e:
                 log_event(self.log, "risk.evaluate_failed", logging.ERROR, error=f"{type(e).__name__}: {e}")
@@ -455,6 +493,9 @@ class RiskService(Service):
             kill=self.kill_state,
             operator=self.operator,
             state_error=self.state_error,
+            load_mode=self.shedder.mode,
+            load_reason=self.shedder.reason,
+            load_level=int(self.shedder.reading.level),
         )
 
     async def _publish(self, knobs: GuardKnobs) -> None:
@@ -543,6 +584,13 @@ class RiskService(Service):
                 **(self.trace.as_dict() if self.trace else {}),
             },
             "data_age_sec": round(time.time() - self.evidence.data_at, 3) if self.evidence.data_at else None,
+            "router_load": {
+                "mode": MODES[self.shedder.mode],
+                "level": self.shedder.reading.level.name.lower(),
+                "detail": self.shedder.reading.detail,
+                "reason": self.shedder.reason,
+                "report": self.router_load.model_dump(mode="json") if self.router_load else None,
+            },
         }
 
     def add_routes(self, app: FastAPI) -> None:

@@ -28,7 +28,7 @@ from libs.common.bus import ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings
 from libs.common.guard import GuardView
 from libs.common.journal import EventSink
-from libs.common.logs import log_event
+from libs.common.logs import RateLimitedLog, log_event
 from libs.common.marks import MarkCache
 from libs.common.messages import (
     BusMessage,
@@ -50,6 +50,8 @@ from libs.common.telemetry import (
     NOT_RESENT,
     ORDERS,
     POLICY_BLOCKS,
+    ROUTER_BACKLOG,
+    ROUTER_ENTRY_LAG,
     UNKNOWN_ORDERS,
     VENUE_FACTS,
 )
@@ -60,6 +62,7 @@ from services.router.cancel import cancel_order
 from services.router.facts import FactAction, Known, fact_action
 from services.router.ledger import MAY_EXIST, Admission, IntentLedger, LedgerEntry, LedgerSink, admit
 from services.router.lifecycle import Lifecycle
+from services.router.load import LagWindow, entry_age_sec, measure, report_due
 from services.router.lookup import lookup_intent
 from services.router.policy import entry_policy
 from services.router.replace import cancel_replace_order
@@ -114,7 +117,9 @@ class RouterService(Service):
         self.consumer: ConsumerLoop | None = None  # the entry lane
         self.protect: ConsumerLoop | None = None  # the protect lane
         self.counts: dict[str, int] = {}
+        self.entry_lag = LagWindow(settings.load_window_sec)  # how late entries are: risk sheds on it
         super().__init__(nats_settings, settings.http_host, settings.http_port)
+        self._limited = RateLimitedLog(self.log)
 
     # ------------------------------------------------------------------ wiring
 
@@ -139,6 +144,7 @@ class RouterService(Service):
             # protection needs no knobs (exits are never gated on them): it flows from the start
             self.protect.run(self.stop_event),
             self._resolver(),
+            self._report_load(),
         ]
 
     def _lane(self, lane: Lane, handled: asyncio.Condition) -> ConsumerLoop:
@@ -210,6 +216,9 @@ class RouterService(Service):
 
     async def on_order(self, intent: OrderIntent, delivery: Delivery) -> None:
         INTENTS.labels(self.name, "order", intent.bucket.value).inc()
+        if not intent.is_exit and not delivery.redelivered:  # a redelivery's age is ack_wait, not queueing
+            now = time.time()
+            self.entry_lag.add(now, entry_age_sec(intent.ts_ms, now))
         t0 = time.perf_counter()
         known = self.orders.get(intent.client_order_id)
         if known is not None and known.state not in (OrderState.CREATED,):
@@ -382,6 +391,32 @@ class RouterService(Service):
                 await life.move(OrderState.UNKNOWN, "internal_error")
         if life.state is OrderState.UNKNOWN:
             self._track_unknown(life)
+
+    async def _report_load(self) -> None:
+        """Publish the entry load (router.load) for risk: every ROUTER_LOAD_EVERY_SEC while loaded,
+        every ROUTER_LOAD_IDLE_EVERY_SEC idle. Published directly, not through the journal's queue,
+        which is what grows under load."""
+        s, last = self.settings, None
+        while not self.stop_event.is_set():
+            await wait_event(self.stop_event, s.load_every_sec)
+            c = self.consumer
+            load = measure(
+                self.entry_lag,
+                time.time(),
+                backlog=c.num_pending if c else None,
+                in_flight=c.in_flight if c else 0,
+                handled=self.entry_lag.count,
+            )
+            ROUTER_ENTRY_LAG.set(load.lag_sec)
+            ROUTER_BACKLOG.set((load.backlog or 0) + load.in_flight)
+            if not report_due(load, last, every_sec=s.load_every_sec, idle_every_sec=s.load_idle_every_sec):
+                continue
+            try:
+                await self.publisher.publish(load, f"router.load.{load.ts_ms}")
+            except Exception as e:  # BusUnavailable and friends: risk treats a silent router as unknown load
+                self._limited("router.load_unpublished", logging.WARNING, error=f"{type(e).__name__}: {e}")
+                continue
+            last = load
 
     # ------------------------------------------------------------------ unknown outcomes
 
@@ -582,6 +617,8 @@ class RouterService(Service):
                 "entry": self.consumer.in_flight if self.consumer else 0,
                 "protect": self.protect.in_flight if self.protect else 0,
             },
+            "consumer_pending": self.consumer.num_pending if self.consumer else None,
+            "entry_lag_sec": round(self.entry_lag.max(time.time()), 3),
             "retry_policy": {
                 "max_attempts": self.retry_policy.max_attempts,
                 "max_elapsed_sec": self.retry_policy.max_elapsed_sec,

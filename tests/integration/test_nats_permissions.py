@@ -36,6 +36,7 @@ from libs.common.messages import (
     GuardKnobs,
     HaltCommand,
     OrderTransition,
+    RouterLoad,
     Signal,
     SignalDecision,
     VenueBan,
@@ -312,6 +313,22 @@ async def test_venue_bans_are_stated_by_their_source_and_heard_by_every_venue_se
         await nc.close()
 
 
+async def test_the_router_states_its_load_and_risk_hears_it(secured_nats):
+    await bootstrap(secured_nats)
+    risk, _ = await as_user(secured_nats, "risk")
+    sub = await risk.subscribe("erl.router.load.>")
+    await risk.flush()
+    router, pub = await as_user(secured_nats, "router")
+    load = RouterLoad(lag_sec=0.1, window_sec=5.0, source_service="router")
+    await pub.publish(load, uuid.uuid4().hex)  # journaled: the stream stores it
+    assert (await sub.next_msg(timeout=2)).subject == "erl.router.load.router"
+    entry, entry_pub = await as_user(secured_nats, "entry")
+    with pytest.raises(BusUnavailable):
+        await entry_pub.publish(load, uuid.uuid4().hex)  # nobody else may state the router's load
+    for nc in (risk, router, entry):
+        await nc.close()
+
+
 async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):
     """Every service with its own credentials: bootstrap, replay, consumers, KV, fills, stage-1, halt."""
     from services.entry.service import EntryService
@@ -366,6 +383,8 @@ async def test_whole_stack_runs_on_least_privilege(secured_nats, sim, started):
         # the stream's facts, under its own user
         await tap.tap.wait_for(lambda: [f for f in tap.tap.of(VenueOrderFact) if f.source == "venue_stream"])
         assert tap.tap.undecodable == []
+        # the router's load, published under its user and heard by risk under its own
+        await tap.tap.wait_for(lambda: tap.tap.of(RouterLoad) and risk.router_load is not None)
         await risk.command("halt", "permission drill", "api", journal=True)
         await entry.guard.wait_until(lambda k: k is not None and not k.allow_entries)
         assert risk.state_persisted and risk.state_revision  # its restart state, with the halt, in KV

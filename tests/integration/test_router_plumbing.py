@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -81,7 +82,12 @@ async def test_stale_entry_is_refused(bus, sim, router_factory):
     entry = make_intent(ts_ms=int(time.time() * 1000) - 60_000)
     await bus.publish(entry)
     t = await bus.tap.wait_for(lambda: settled(bus.tap, entry))
-    assert t.to_state is S.BLOCKED and t.reason.startswith("stale_intent")
+    # aged from the intent's own timestamp, refused with its age and the limit it passed
+    assert t.to_state is S.BLOCKED and re.fullmatch(r"stale_intent:6\d\.\d\ds>5s", t.reason), t.reason
+    exit_ = make_intent(Bucket.EXIT, side="sell", ts_ms=int(time.time() * 1000) - 60_000)
+    await bus.publish(exit_)
+    t = await bus.tap.wait_for(lambda: settled(bus.tap, exit_))
+    assert t.to_state is S.MOOT  # just as old, but an exit: it reached the venue (no position to reduce)
 
 
 async def test_malformed_messages_are_dead_lettered_and_service_keeps_going(bus, sim, router_factory):

@@ -38,7 +38,7 @@ def test_allowed_counts_the_notional_and_sets_no_leverage_without_a_hard_cap():
         ({"confidence": 0.4}, "confidence_below_floor:0.4<0.5"),
         ({"since_last_entry_sec": 1.5}, "cooldown:3.5s"),
         ({"open_entries": 3}, "open_order_cap:3>=3"),
-        ({"age_sec": 30.04, "max_age_sec": 30.0}, "stale_intent:30.0s"),
+        ({"age_sec": 30.04, "max_age_sec": 30.0}, "stale_intent:30.04s>30s"),
         ({"notional_usdt": None}, "notional_unknown"),
         ({"notional_usdt": None, "unpriced": "mark_price_unavailable"}, "mark_price_unavailable"),
         ({"notional_usdt": 10_000.5}, "notional_cap:10000.50>10000"),
