@@ -215,6 +215,13 @@ class RouterSettings(_Base):
         description="Entry notional cap: a mark older than this is re-read first; unreadable -> BLOCKED "
         "notional_unknown",
     )
+    entry_order_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of the venue's order limits (exchangeInfo ORDERS per 10 s and per minute) "
+        "entries may use; past it entries are BLOCKED order_budget, protective orders keep the rest",
+    )
 
     @property
     def retry_policy(self) -> RetryPolicy:
