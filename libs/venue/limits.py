@@ -242,26 +242,25 @@ class VenueLimits:
         return pause
 
     def order_sent(self, key: str | None = None) -> None:
-        """An order placement goes out now (``key``: its client id; one reserved under it is counted)."""
+        """An order placement goes out now (``key``: its client id, which ends its reservation)."""
         now = self.clock()
-        self._forget(now)
-        if key is not None and self._reserved.pop(key, None) is not None:
-            return
+        if key is not None:
+            self._reserved.pop(key, None)
         self._orders_sent.append(now)
+        self._forget(now)
 
     def reserve_order(self, key: str) -> None:
-        """An order allowed to go out shortly: counted from now, so a burst decided concurrently cannot all
-        pass on one count; its send (``order_sent(key)``) is not counted again."""
+        """An order allowed to go out shortly: counted from now until it is sent, so a burst decided
+        concurrently cannot all pass on one count."""
         now = self.clock()
-        self._forget(now)
         self._reserved[key] = now
-        self._orders_sent.append(now)
+        self._forget(now)
 
     def _forget(self, now: float) -> None:
         horizon = now - ORDER_WINDOWS_SEC[-1]
         while self._orders_sent and self._orders_sent[0] <= horizon:
             self._orders_sent.popleft()
-        for key in [k for k, t in self._reserved.items() if t <= horizon]:  # never sent: long expired
+        for key in [k for k, t in self._reserved.items() if t <= horizon]:  # never sent: long moot
             del self._reserved[key]
 
     # ------------------------------------------------------------------ reading
@@ -269,18 +268,19 @@ class VenueLimits:
     def order_counts(self) -> tuple[int, int]:
         """The account's order counts (10 s, 1 min) as far as we can tell, erring high: the venue's last
         count plus every order this process sent since the request that carried it went out (a request
-        in flight then may be counted twice, never missed); once that count is older than its window,
-        only our own orders in the window."""
+        in flight then may be counted twice, never missed) plus the reserved ones not sent yet; once that
+        count is older than its window, only our own orders in the window (and the reserved ones)."""
         now = self.clock()
         self._forget(now)
+        pending = len(self._reserved)
         out = []
         for window, seen in zip(ORDER_WINDOWS_SEC, (self.order_count_10s, self.order_count_1m), strict=True):
-            own = sum(1 for t in self._orders_sent if t > now - window)
+            own = sum(1 for t in self._orders_sent if t > now - window) + pending
             at = self._counts_at
             if seen is None or at is None or now - at >= window:
                 out.append(own)
             else:
-                out.append(max(own, seen + sum(1 for t in self._orders_sent if t >= at)))
+                out.append(max(own, seen + sum(1 for t in self._orders_sent if t >= at) + pending))
         return out[0], out[1]
 
     def current(self) -> VenuePause | None:

@@ -96,6 +96,18 @@ def test_a_count_older_than_its_window_gives_way_to_our_own_sends():
     assert v.order_counts() == (0, 0)
 
 
+def test_a_reserved_entry_the_venue_has_not_seen_yet_is_counted_on_top_of_its_count():
+    clock = Clock()
+    v = VenueLimits(clock=clock)
+    v.reserve_order("entry")
+    clock.t += 0.1
+    v.record(200, counts(5, 5), "", sent_at=clock.t)  # a stop's answer: the entry is not in it yet
+    assert v.order_counts() == (6, 6)
+    clock.t += 0.1
+    v.order_sent("entry")  # now on the wire: counted as a send since that answer, no longer reserved
+    assert v.order_counts() == (6, 6)
+
+
 def test_a_reserved_entry_counts_at_once_and_not_again_when_sent():
     clock = Clock()
     v = VenueLimits(clock=clock)
