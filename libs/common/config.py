@@ -235,6 +235,13 @@ class RouterSettings(_Base):
         gt=0,
         description="router.load published this often while idle (keep it well under RISK_ROUTER_LOAD_STALE_SEC)",
     )
+    entry_order_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of the venue's order limits (exchangeInfo ORDERS per 10 s and per minute) "
+        "entries may use; past it entries are BLOCKED order_budget, protective orders keep the rest",
+    )
 
     @property
     def retry_policy(self) -> RetryPolicy:

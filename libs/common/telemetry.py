@@ -211,6 +211,7 @@ _KNOWN: dict[str, _Known] = {
                     "stale_intent",
                     "notional_cap",
                     "leverage_not_set",
+                    "order_budget",
                 )
             ),
         ),

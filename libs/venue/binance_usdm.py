@@ -19,7 +19,7 @@ from libs.common.marks import read_mark
 from libs.common.messages import OrderIntent
 from libs.venue.client import BinanceUSDMClient, exchange_from_settings
 from libs.venue.error_policy import Policy, VenueError, classify_order_error_policy
-from libs.venue.limits import VenueLimits
+from libs.venue.limits import OrderLimits, VenueLimits, order_limits_from
 from libs.venue.parsing import VenueOrder, VenuePosition, position_from_ccxt, venue_order_from_ccxt
 from libs.venue.requests import create_order_args, order_ref
 
@@ -88,6 +88,16 @@ class BinanceUSDM:
                 await self.ex.load_time_difference()
             self._markets_loaded = True
 
+    @_edge
+    async def load_order_limits(self) -> OrderLimits:
+        """The account's order limits from exchangeInfo's ``rateLimits`` (weight 1; Binance's defaults for
+        what it does not state), kept in ``limits.order_limits`` for the order-budget decisions."""
+        info = await self.ex.fapiPublicGetExchangeInfo()
+        self.limits.order_limits = order_limits_from(
+            info.get("rateLimits") if isinstance(info, dict) else None
+        )
+        return self.limits.order_limits
+
     # ------------------------------------------------------------------ orders
 
     @_edge
@@ -97,6 +107,7 @@ class BinanceUSDM:
         if amount is None:
             # closePosition stops carry no quantity; ccxt still wants a number it will drop
             amount = 0.0
+        self.limits.order_sent(intent.client_order_id)  # on the account's order counters, whatever the answer
         order = await self.ex.create_order(intent.symbol, typ, side, amount, price, params)
         return venue_order_from_ccxt(order, intent.client_order_id, is_trigger=intent.is_trigger)
 

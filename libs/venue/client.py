@@ -26,6 +26,11 @@ log = logging.getLogger("erl.exchange")
 # Unix time by which a venue call made from the current task must have gone out. Set by whoever owns a
 # retry budget (the router's ``Budget``); unset, a call waits out any pause (up to the pause cap).
 venue_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("venue_deadline", default=None)
+# when the request being answered went out (set by ``fetch`` for its ``on_rest_response``, same task): the
+# order counts it carries cover the account's orders up to then at least
+_request_sent_at: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "request_sent_at", default=None
+)
 
 # Every fapi endpoint family ccxt's binanceusdm may route to.
 FAPI_URL_KEYS: dict[str, str] = {
@@ -92,7 +97,7 @@ class VenueBoundary:
         request_headers: dict,
         request_body: Any,
     ) -> Any:
-        pause = self.venue_limits.record(code, response_headers, response_body)
+        pause = self.venue_limits.record(code, response_headers, response_body, _request_sent_at.get())
         if pause is not None:
             log_event(
                 log,
@@ -113,6 +118,7 @@ class VenueBoundary:
 
     async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
         await wait_out_pause(self.venue_limits)
+        _request_sent_at.set(self.venue_limits.clock())
         return await super().fetch(url, method, headers, body)  # type: ignore[misc]
 
 

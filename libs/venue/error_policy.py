@@ -67,8 +67,15 @@ class ErrorDecision:
         wait until it lets us back in; that wait is not a failed attempt."""
         return self.reason in VENUE_PAUSE_REASONS
 
+    @property
+    def order_budget_spent(self) -> bool:
+        """-1015: the account's order count is at a limit; the order was refused, never placed. A
+        protective order waits for the window and goes again; an entry must not be retried into it."""
+        return self.reason == ORDER_RATE_LIMITED
 
-VENUE_PAUSE_REASONS = frozenset({"rate_limited", "ip_banned"})
+
+ORDER_RATE_LIMITED = "order_rate_limited"
+VENUE_PAUSE_REASONS = frozenset({"rate_limited", ORDER_RATE_LIMITED, "ip_banned"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +96,8 @@ _BY_CODE: dict[int, _Rule] = {
     -1006: _Rule(_R, "venue_unexpected_response", ambiguous=True),
     -1007: _Rule(_R, "venue_timeout_unknown_status", ambiguous=True),
     -1008: _Rule(_R, "venue_overloaded"),  # refused, not executed (reduce-only / close-position are spared)
-    -1015: _Rule(_R, "rate_limited"),  # too many new orders (10 s / 1 min order counters)
+    # too many new orders (the account's 10 s / 1 min order counters): refused, not placed
+    -1015: _Rule(_R, ORDER_RATE_LIMITED),
     -1021: _Rule(_RM, "timestamp_outside_recv_window", modification=Modification.RESYNC_CLOCK),
     -1022: _Rule(_F, "bad_signature"),
     -1100: _Rule(_F, "illegal_characters"),  # e.g. a client order id outside ^[.A-Z:/a-z0-9_-]{1,36}$

@@ -10,6 +10,10 @@ The venue's word is read defensively: ``Retry-After`` first, else the body's "ba
 conservative default; a pause longer than ``max_pause_sec`` is cut to it (and flagged ``capped``), so a
 garbled or absurd answer can never stop us for good. Times are unix seconds (``clock``, injectable):
 a ban is shared with other processes as an absolute time.
+
+Orders have a budget of their own, per account: ``OrderLimits`` (exchangeInfo's ``rateLimits`` ORDERS,
+Binance's defaults when unknown), and ``VenueLimits.order_counts`` is our estimate of how much of it is
+used: the venue's last count plus every order this process sent since, so it never lags our own sends.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from __future__ import annotations
 import email.utils
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 PauseKind = Literal["ban", "rate_limit"]
 PauseSource = Literal["response", "bus"]
@@ -31,6 +36,12 @@ RATE_LIMIT_DEFAULT_SEC = 1.0
 
 # a second sighting of a pause we already hold (concurrent calls answered alike) is not news
 SAME_PAUSE_SLACK_SEC = 1.0
+
+# Binance USD-M's default order limits per account (exchangeInfo rateLimits ORDERS), when the venue says none
+ORDERS_PER_10S = 300
+ORDERS_PER_1M = 1200
+ORDER_WINDOWS_SEC = (10.0, 60.0)
+_INTERVAL_SEC = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 
 _BANNED_UNTIL = re.compile(r"banned until\s+(\d{9,})", re.I)
 _BAN_TEXT = ("banned until", "way too many requests")
@@ -93,6 +104,37 @@ def is_ban_text(text: str | None) -> bool:
     return any(f in lowered for f in _BAN_TEXT)
 
 
+@dataclass(frozen=True, slots=True)
+class OrderLimits:
+    """Orders the account may place per 10 s and per minute (the venue refuses more: 429 -1015)."""
+
+    per_10s: int = ORDERS_PER_10S
+    per_1m: int = ORDERS_PER_1M
+    source: str = "default"  # "exchangeInfo" once read from the venue
+
+    def limit(self, window_sec: float) -> int:
+        return self.per_10s if window_sec == 10.0 else self.per_1m
+
+
+def order_limits_from(rate_limits: Any) -> OrderLimits:
+    """The ORDERS entries of exchangeInfo's ``rateLimits`` (10 s and 1 min); Binance's defaults for a
+    window the venue does not state (or states unusably)."""
+    found: dict[float, int] = {}
+    for r in rate_limits if isinstance(rate_limits, list) else []:
+        if not isinstance(r, dict) or r.get("rateLimitType") != "ORDERS":
+            continue
+        try:
+            window = float(_INTERVAL_SEC[str(r.get("interval"))] * int(r.get("intervalNum") or 1))
+            limit = int(r["limit"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if window in ORDER_WINDOWS_SEC and limit > 0:
+            found[window] = limit
+    if not found:
+        return OrderLimits()
+    return OrderLimits(found.get(10.0, ORDERS_PER_10S), found.get(60.0, ORDERS_PER_1M), "exchangeInfo")
+
+
 def _count(headers: Mapping[str, str] | None, name: str) -> int | None:
     value = header(headers, name)
     try:
@@ -121,15 +163,24 @@ class VenueLimits:
         self.order_count_1m: int | None = None
         self.ban: VenuePause | None = None
         self.rate_limit: VenuePause | None = None
+        self.order_limits = OrderLimits()  # the venue's own (exchangeInfo) once a service reads them
+        self._counts_at: float | None = None  # when the request that brought the last order counts went out
+        self._orders_sent: deque[float] = deque()  # our own placements over the last minute
+        self._reserved: dict[str, float] = {}  # client id -> when it was counted ahead of its send
         # told of every new or longer pause (metrics, journal); must not block
         self.listeners: list[Callable[[VenuePause], None]] = []
 
     # ------------------------------------------------------------------ learning
 
     def record(
-        self, status: int | None, headers: Mapping[str, str] | None, body: str | None
+        self,
+        status: int | None,
+        headers: Mapping[str, str] | None,
+        body: str | None,
+        sent_at: float | None = None,
     ) -> VenuePause | None:
-        """One HTTP response. Returns the pause it starts or lengthens, else None."""
+        """One HTTP response (to a request sent at ``sent_at``, default now). Returns the pause it starts
+        or lengthens, else None."""
         for attr, name in (
             ("used_weight_1m", "X-MBX-USED-WEIGHT-1M"),
             ("order_count_10s", "X-MBX-ORDER-COUNT-10S"),
@@ -138,6 +189,8 @@ class VenueLimits:
             value = _count(headers, name)
             if value is not None:
                 setattr(self, attr, value)
+                if attr != "used_weight_1m":
+                    self._counts_at = sent_at if sent_at is not None else self.clock()
         if status not in (418, 429):
             return None
         now = self.clock()
@@ -188,7 +241,47 @@ class VenueLimits:
             listener(pause)
         return pause
 
+    def order_sent(self, key: str | None = None) -> None:
+        """An order placement goes out now (``key``: its client id, which ends its reservation)."""
+        now = self.clock()
+        if key is not None:
+            self._reserved.pop(key, None)
+        self._orders_sent.append(now)
+        self._forget(now)
+
+    def reserve_order(self, key: str) -> None:
+        """An order allowed to go out shortly: counted from now until it is sent, so a burst decided
+        concurrently cannot all pass on one count."""
+        now = self.clock()
+        self._reserved[key] = now
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        horizon = now - ORDER_WINDOWS_SEC[-1]
+        while self._orders_sent and self._orders_sent[0] <= horizon:
+            self._orders_sent.popleft()
+        for key in [k for k, t in self._reserved.items() if t <= horizon]:  # never sent: long moot
+            del self._reserved[key]
+
     # ------------------------------------------------------------------ reading
+
+    def order_counts(self) -> tuple[int, int]:
+        """The account's order counts (10 s, 1 min) as far as we can tell, erring high: the venue's last
+        count plus every order this process sent since the request that carried it went out (a request
+        in flight then may be counted twice, never missed) plus the reserved ones not sent yet; once that
+        count is older than its window, only our own orders in the window (and the reserved ones)."""
+        now = self.clock()
+        self._forget(now)
+        pending = len(self._reserved)
+        out = []
+        for window, seen in zip(ORDER_WINDOWS_SEC, (self.order_count_10s, self.order_count_1m), strict=True):
+            own = sum(1 for t in self._orders_sent if t > now - window) + pending
+            at = self._counts_at
+            if seen is None or at is None or now - at >= window:
+                out.append(own)
+            else:
+                out.append(max(own, seen + sum(1 for t in self._orders_sent if t >= at) + pending))
+        return out[0], out[1]
 
     def current(self) -> VenuePause | None:
         """The pause in force now (the later-ending one when both are), or None."""

@@ -64,6 +64,7 @@ from services.router.ledger import MAY_EXIST, Admission, IntentLedger, LedgerEnt
 from services.router.lifecycle import Lifecycle
 from services.router.load import LagWindow, entry_age_sec, measure, report_due
 from services.router.lookup import lookup_intent
+from services.router.order_budget import entry_budget_refusal
 from services.router.policy import entry_policy
 from services.router.replace import cancel_replace_order
 from services.router.retrying import Budget
@@ -126,6 +127,7 @@ class RouterService(Service):
     async def prepare(self) -> None:
         self.sink = LedgerSink(self.journal, self.ledger)
         self.submitter = OrderSubmitter(self.venue, self.sink)
+        await self._load_order_limits()
         await self._load_ledger()
 
     async def run_tasks(self) -> list[Awaitable[None]]:
@@ -284,15 +286,43 @@ class RouterService(Service):
             now_ms=int(time.time() * 1000),
             mark_price=mark,
         )
-        if not decision.allowed:
-            POLICY_BLOCKS.labels(self.name, decision.reason.split(":", 1)[0]).inc()
-            return decision.reason
+        refusal = decision.reason if not decision.allowed else self._entry_budget_refusal(intent)
+        if refusal:
+            POLICY_BLOCKS.labels(self.name, refusal.split(":", 1)[0]).inc()
+            return refusal
         if decision.leverage is None:
             return ""
         if decision.leverage_capped:
             LEVERAGE_CAPPED.inc()
         life.leverage = decision.leverage
         return ""
+
+    def _entry_budget_refusal(self, intent: OrderIntent) -> str:
+        """An entry the order budget leaves room for is counted from now (concurrent entries see it)."""
+        if intent.is_exit:
+            return ""
+        limits = self.venue.limits
+        refusal = entry_budget_refusal(
+            limits.order_limits, limits.order_counts(), self.settings.entry_order_share
+        )
+        if not refusal:
+            limits.reserve_order(intent.client_order_id)
+        return refusal
+
+    async def _load_order_limits(self) -> None:
+        """The venue's order limits, read once at start; Binance's defaults when it cannot be read."""
+        try:
+            limits = await self.venue.load_order_limits()
+        except VenueError as e:
+            limits = self.venue.limits.order_limits
+            log_event(self.log, "router.order_limits_unread", logging.WARNING, error=str(e))
+        log_event(
+            self.log,
+            "router.order_limits",
+            per_10s=limits.per_10s,
+            per_1m=limits.per_1m,
+            source=limits.source,
+        )
 
     async def on_cancel(self, msg: CancelIntent) -> None:
         INTENTS.labels(self.name, "cancel", "-").inc()

@@ -11,7 +11,8 @@ Rules, in the order they matter:
    handed to the resolver; it is never resent blind.
 2. Retries are bounded by attempts and by an elapsed cap; each retry emits
    exactly one ``order.retry``.
-3. Errors the policy calls fatal end the intent as REJECTED at once.
+3. Errors the policy calls fatal end the intent as REJECTED at once, and so does -1015 (the order
+   budget is spent) for an entry; a protective order waits for the window and goes again.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ class OrderSubmitter:
                     return modified
                 intent, qty = modified
                 life.intent = intent
-            elif d.policy is not Policy.RETRYABLE:
+            elif d.policy is not Policy.RETRYABLE or (d.order_budget_spent and not intent.is_exit):
+                # an entry refused for the order budget is dropped, not retried into the limit: what the
+                # budget has left (after the window) belongs to protective orders first
                 await life.move(OrderState.REJECTED, d.reason, error_class=d.error_class, code=d.code)
                 return SubmitOutcome(OrderState.REJECTED, d.reason, life)
             return RETRY

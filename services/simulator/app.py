@@ -5,8 +5,8 @@ The user data stream (listenKey REST here, its WebSocket on a port of its own) i
 Every /fapi request goes through one dispatcher: log it, apply "before"
 faults, charge Binance's request weight and order counts (429, then 418 bans:
 see ratelimit.py), check the signature, run the handler against the engine,
-apply "after" faults. Every answer carries X-MBX-USED-WEIGHT-1M and
-X-MBX-ORDER-COUNT-10S/1M. The control API is unauthenticated on purpose: it is a test
+apply "after" faults. Every answer carries X-MBX-USED-WEIGHT-1M, the answer to an order placement
+the limiter admitted X-MBX-ORDER-COUNT-10S/1M too (as on Binance: order responses only). The control API is unauthenticated on purpose: it is a test
 and operator tool and the simulator binds to loopback by default.
 """
 
@@ -367,9 +367,11 @@ class Simulator:
         }
         self.requests.append(entry)
 
+        admitted_order = False  # order counts go only on the answer to a placement the limiter took
+
         def done(resp: Response, code: int | None = None) -> Response:
             entry["status"], entry["code"] = resp.status_code, code
-            resp.headers.update(self.rate.headers(ip))
+            resp.headers.update(self.rate.headers(ip, order_counts=admitted_order))
             return resp
 
         symbol = params.get("symbol")
@@ -380,6 +382,7 @@ class Simulator:
         refused = self.rate.admit(ip, method, path, params)
         if refused is not None:
             return done(refusal_response(refused), refused.code)
+        admitted_order = ratelimit.places_order(method, path)
         handler = self.routes.get((method, path))
         if handler is None:
             return done(*_error_response(SimError(404, -5000, f"Path {path}, Method {method} is invalid")))

@@ -13,7 +13,9 @@ reading is taken and marked HARSHER.
   A placement refused by the limiter itself (429/418) moves no order counter: the
   venue never took it in. A placement the limiter admits counts, even when the
   matching engine rejects it afterwards (-2019, -4116, ...): HARSHER than the
-  docs promise, which say rejected orders are "not guaranteed" to be counted.
+  docs promise, which say rejected orders are "not guaranteed" to be counted. Every order counts,
+  reduce-only and close-position ones too (the venue spares them under -1008 load shedding, never
+  here); cancels and reads never do. Order modify and batch endpoints are not served (404 -5000).
 - Sending anything while the Retry-After of an earlier 429 has not elapsed bans
   the IP (418). The ban lasts ``ban_base_sec`` doubled per earlier ban, capped at
   3 days, and offences are never forgiven until a reset (HARSHER: Binance only
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WEIGHT_WINDOW_SEC = 60.0
-ORDER_WINDOWS = ((10.0, "TEN_SECONDS"), (60.0, "MINUTE"))
+# window -> how Binance names it in -1015's message ("... current limit is 300 orders per 10 SECOND.")
+ORDER_WINDOWS = ((10.0, "10 SECOND"), (60.0, "1 MINUTE"))
 BAN_MAX_SEC = 3 * 24 * 3600.0
 
 # Injected http_error faults (app.py) imitate a refusal without touching the limiter's state.
@@ -240,15 +243,18 @@ class RateLimiter:
 
     # ------------------------------------------------------------------ reporting
 
-    def headers(self, ip: str) -> dict[str, str]:
+    def headers(self, ip: str, order_counts: bool = True) -> dict[str, str]:
+        """The usage headers of an answer to ``ip``; the order counts only with ``order_counts``: Binance
+        sends them on order responses alone, and does not promise them on refused orders (HARSHER: a
+        client learns the account's count only from its own orders the limiter admitted)."""
         now = self.clock()
         used = self._ip(ip, now).used if ip in self._ips else 0
-        counts = self._order_counts(now)
-        return {
-            WEIGHT_HEADER: str(used),
-            ORDER_10S_HEADER: str(counts[10.0]),
-            ORDER_1M_HEADER: str(counts[60.0]),
-        }
+        out = {WEIGHT_HEADER: str(used)}
+        if order_counts:
+            counts = self._order_counts(now)
+            out[ORDER_10S_HEADER] = str(counts[10.0])
+            out[ORDER_1M_HEADER] = str(counts[60.0])
+        return out
 
     def advertised(self) -> list[dict[str, Any]]:
         """exchangeInfo's rateLimits for the limits in force."""

@@ -70,7 +70,7 @@ CASES = [
     (-4164, Policy.FATAL, "notional_too_small", False, None),
     # venue load: retryable, refused before handling (not ambiguous)
     (-1008, Policy.RETRYABLE, "venue_overloaded", False, None),
-    (-1015, Policy.RETRYABLE, "rate_limited", False, None),
+    (-1015, Policy.RETRYABLE, "order_rate_limited", False, None),
     (-4131, Policy.RETRYABLE, "price_protection_rejected", False, None),
     # the position is not what the order assumed: re-read it, resize or end MOOT
     (-4118, RM, "reduce_only_check_failed", False, Modification.RESIZE_REDUCE_ONLY),
@@ -154,6 +154,22 @@ def test_rate_limit_429_is_a_venue_pause_not_a_ban():
     assert not classify_order_error_policy(code=-1008).venue_pause  # overloaded: an attempt like any other
 
 
+def test_order_count_429_is_a_venue_pause_that_spends_the_order_budget():
+    # what the venue answers past its order limit: refused, never placed (not ambiguous)
+    err = raised_by_ccxt(
+        429, {"code": -1015, "msg": "Too many new orders; current limit is 300 orders per 10 SECOND."}
+    )
+    d = classify_order_error_policy(err)
+    assert (d.reason, d.code, d.ambiguous, d.venue_pause, d.order_budget_spent) == (
+        "order_rate_limited",
+        -1015,
+        False,
+        True,
+        True,
+    )
+    assert not classify_order_error_policy(code=-1003).order_budget_spent  # the IP's weight: not orders
+
+
 @pytest.mark.parametrize(
     "text,code",
     [
@@ -168,7 +184,7 @@ def test_rate_limit_429_is_a_venue_pause_not_a_ban():
         ("Price not increased by tick size.", -4014),
         ("Illegal characters found in parameter 'newClientOrderId'.", -1100),
         ("Parameter 'reduceOnly' sent when not required.", -1106),
-        ("Too many new orders; current limit is 300 orders per TEN_SECONDS.", -1015),
+        ("Too many new orders; current limit is 300 orders per 10 SECOND.", -1015),
         ("Server is currently overloaded with other requests.", -1008),
     ],
 )

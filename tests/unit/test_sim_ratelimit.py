@@ -184,7 +184,7 @@ def test_order_counters_ten_seconds_and_minute(clock):
     clock.at(3)
     r = order(rl)
     assert (r.status, r.code, r.retry_after_sec) == (429, -1015, 7)
-    assert r.msg == "Too many new orders; current limit is 3 orders per TEN_SECONDS."
+    assert r.msg == "Too many new orders; current limit is 3 orders per 10 SECOND."
     assert rl.headers(IP)["X-MBX-ORDER-COUNT-10S"] == "3"  # the refused order is not counted
     clock.at(10)
     assert order(rl) is None  # t=0 left the 10 s window
@@ -195,7 +195,7 @@ def test_order_counters_ten_seconds_and_minute(clock):
     assert (h["X-MBX-ORDER-COUNT-10S"], h["X-MBX-ORDER-COUNT-1M"]) == ("1", "5")
     r = order(rl)
     assert (r.status, r.code, r.retry_after_sec) == (429, -1015, 40)  # t=0 leaves the minute at 60
-    assert r.msg == "Too many new orders; current limit is 5 orders per MINUTE."
+    assert r.msg == "Too many new orders; current limit is 5 orders per 1 MINUTE."
 
 
 def test_order_counters_are_account_wide_weight_is_per_ip(clock):
