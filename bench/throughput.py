@@ -4,7 +4,8 @@ nats-server, the simulator and every service (risk, router, reconciler, entry, v
 processes, as ``make run`` starts them (tools/stack.py LocalStack; an open bus on free ports, like
 the other benches). A driver publishes Signals at a fixed rate whatever happens to them (open loop),
 round robin over ``--symbols`` synthetic symbols, for ``--seconds`` per rate; it then waits for the
-rate's backlog to drain (``--drain``) before the next rate. Per rate it reports, from what the
+rate's backlog to drain (``--drain``) and for risk's posture to be back to normal (at most 60 s,
+reported as ``posture_at_start``) before the next rate. Per rate it reports, from what the
 services publish on the bus (core subscriptions, the bench's own clock):
 
 - entry decisions (``entry.decision``: accepted / refused by reason, the guard mode they saw), the
@@ -55,8 +56,10 @@ Settings the bench changes, and why (everything else is ``make run``'s default):
 killed (SIGKILL) and started again on the same port and store after ``--outage`` seconds. Then,
 from the journal (not the live subscription, which misses the outage) and the venue's state: every
 signal the bus acked has a decision, every accepted entry settled, every filled entry has a stage-1
-stop that reached ACKED, every client order id was placed once; and the time from the kill to the
-first FILLED seen after the restart.
+stop that reached ACKED (a fill whose stop reached the venue only after a later entry had flipped
+the position is listed by the stop's state: refused, never counted as protection), every client
+order id was placed once, every open position on the venue rests with a stop at the end; and the
+time from the kill to the first FILLED seen after the restart.
 
 ``--rss-minutes M``: one rate for M minutes; the RSS (``/proc/<pid>/status`` VmRSS) of every process
 each minute, and its growth from the first sample after a warm-up minute to the last.
@@ -72,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -97,9 +101,11 @@ from bench.throughput_report import (
     per_signal_ms,
     rate_summary,
     rss_growth,
+    unprotected_positions,
 )
 from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings
+from libs.common.guard import GuardView
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import OrderTransition, Signal, SignalDecision
 from libs.common.replay import load_journal, order_subjects, replay_timelines
@@ -109,6 +115,7 @@ from tools.natsd import NatsServer
 from tools.stack import SERVICES, SIMULATOR, LocalStack
 
 P99_TARGET_MS = 50.0
+CALM_WITHIN_SEC = 60.0
 # the reconcile summary's belief-debt inputs (services/risk/belief_controller.py DebtInputs)
 SUMMARY_DEBT = ("mismatch_streak", "open_gaps", "gap_breaches", "orphans", "unknown_orders")
 HIGH = str(10**8)
@@ -319,6 +326,7 @@ async def run_rate(
     seconds: float,
     at_half: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> dict:
+    posture = await ctx.calm()
     ctx.obs.summary_max.clear()
     reconcile_before = Counter(ctx.obs.reconcile)
     before = ctx.cpu.sample()
@@ -330,6 +338,7 @@ async def run_rate(
     return {
         "rate": rate,
         "seconds": round(window[1] - window[0], 2),
+        "posture_at_start": posture,
         **rate_summary(records, window),
         "driver_late_ms": {k: v for k, v in dist(late).items() if k in ("p50", "p99", "max")},
         "drained": drained,
@@ -356,6 +365,23 @@ class Bench:
         self.sim = SimControl(stack[SIMULATOR.name].url)
         self.drain_sec = drain_sec
         self.cpu = CpuMeter(self.pids)
+        self.guard = GuardView(nc, settings.kv_bucket, require_knobs=True)
+        self.stop = asyncio.Event()
+        self.guard_task = asyncio.create_task(self.guard.run(self.stop))
+
+    async def calm(self, within: float = CALM_WITHIN_SEC) -> dict:
+        """Until risk's posture is back to normal (a rate starts from a calm stack, not from the last
+        rate's or the warm-up's tightened caps), at most ``within`` s; the wait is reported."""
+        t0 = time.perf_counter()
+        with contextlib.suppress(TimeoutError):
+            await self.guard.wait_until(lambda k: k is not None and k.mode == "normal", within)
+        knobs = self.guard.current()
+        return {"mode": knobs.mode if knobs else None, "waited_sec": round(time.perf_counter() - t0, 1)}
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.guard_task
+        self.sim.close()
 
     def pids(self) -> dict[str, int]:
         out = {"bench": os.getpid()}
@@ -470,14 +496,16 @@ async def journal_checks(b: Bench, published: list[SignalRecord]) -> dict:
     )
     duplicates = {cid: n for cid, n in placed.items() if n > 1}
     return {
-        "published_signals": len(published),
+        "published_signals (warm-up included)": len(published),
         "without_decision": len(no_decision),
         "accepted": accepted,
         "accepted_not_settled": len(unsettled),
         "filled": filled,
-        "filled_without_acked_stop": dict(unprotected),
+        "filled_without_acked_stop (by the stop's last state)": dict(unprotected),
         "venue_client_ids_placed_twice": duplicates,
-        "ok": not no_decision and not unsettled and not unprotected and not duplicates,
+        "venue_positions_without_stop_at_end": unprotected_positions(st),
+        "no_lost_intent_no_duplicate": not no_decision and not unsettled and not duplicates,
+        "every_fill_got_an_acked_stop": not unprotected,
     }
 
 
@@ -521,8 +549,8 @@ async def drive(stack: LocalStack, a: argparse.Namespace, rates: list[float]) ->
         out.update(await rates_mode(b, rates, a.seconds))
     out["protective_orders_not_stage1 (reconciler repairs, exits)"] = dict(b.obs.other_protective)
     out["reconciler_event_examples"] = b.obs.examples
+    await b.close()
     await nc.close()
-    b.sim.close()
     return out
 
 

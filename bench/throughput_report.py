@@ -152,3 +152,18 @@ def rss_growth(series: Sequence[Mapping[str, float]], warmup_samples: int = 1) -
         return {}
     first, last = series[warmup_samples], series[-1]
     return {name: round(last[name] - first[name], 1) for name in last if name in first}
+
+
+def unprotected_positions(state: dict) -> list[str]:
+    """Symbols whose venue position has no resting close-position stop on its closing side."""
+    stops = {
+        (a["symbol"], a["side"])
+        for a in state["algo_orders"]
+        if a["algoStatus"] == "NEW" and a["closePosition"] and a["orderType"] == "STOP_MARKET"
+    }
+    return sorted(
+        p["symbol"]
+        for p in state["positions"]
+        if float(p["positionAmt"]) != 0
+        and (p["symbol"], "SELL" if float(p["positionAmt"]) > 0 else "BUY") not in stops
+    )

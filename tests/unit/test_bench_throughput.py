@@ -16,6 +16,7 @@ from bench.throughput_report import (
     reason_kind,
     rss_growth,
     stage1_outcome,
+    unprotected_positions,
 )
 
 # a real /proc/<pid>/stat line, with a command name holding a space and a ')'
@@ -132,3 +133,25 @@ def test_rss_growth_from_after_the_warm_up_sample_and_cpu_per_signal():
     assert rss_growth(series, warmup_samples=1) == {"router": 3.5, "entry": 0.0}
     assert rss_growth(series[:1], warmup_samples=1) == {}
     assert per_signal_ms({"router": 1.0, "entry": 0.5}, 100) == {"router": 10.0, "entry": 5.0, "total": 15.0}
+
+
+def test_a_venue_position_is_protected_only_by_a_resting_close_position_stop_on_its_closing_side():
+    def stop(symbol: str, side: str, status: str = "NEW") -> dict:
+        return {
+            "symbol": symbol,
+            "side": side,
+            "algoStatus": status,
+            "closePosition": True,
+            "orderType": "STOP_MARKET",
+        }
+
+    state = {
+        "positions": [
+            {"symbol": "AUSDT", "positionAmt": "1.5"},
+            {"symbol": "BUSDT", "positionAmt": "-2"},
+            {"symbol": "CUSDT", "positionAmt": "3"},
+            {"symbol": "DUSDT", "positionAmt": "0"},
+        ],
+        "algo_orders": [stop("AUSDT", "SELL"), stop("BUSDT", "SELL"), stop("CUSDT", "SELL", "EXPIRED")],
+    }
+    assert unprotected_positions(state) == ["BUSDT", "CUSDT"]
