@@ -16,7 +16,8 @@ services publish on the bus (core subscriptions, the bench's own clock):
   reason and venue code: a refused stop is counted as such, never as protection), or unsettled;
 - CPU seconds of every process (``/proc/<pid>/stat``; nats-server and the bench's own process
   included) during the sending window, and CPU ms per signal over window + drain (the whole
-  cost of the rate's signals, plus what the idle stack burns meanwhile);
+  cost of the rate's signals), with and without what the idle stack burns (measured for 10 s
+  after the warm-up: reconcile ticks, risk evaluations, heartbeats);
 - the backlog left at the window's end and how long it took to drain;
 
 and at the end the highest rate whose signal -> FILLED p99 is under 50 ms with at least 99% of its
@@ -116,6 +117,7 @@ from tools.stack import SERVICES, SIMULATOR, LocalStack
 
 P99_TARGET_MS = 50.0
 CALM_WITHIN_SEC = 60.0
+IDLE_SEC = 10.0
 # the reconcile summary's belief-debt inputs (services/risk/belief_controller.py DebtInputs)
 SUMMARY_DEBT = ("mismatch_streak", "open_gaps", "gap_breaches", "orphans", "unknown_orders")
 HIGH = str(10**8)
@@ -335,6 +337,8 @@ async def run_rate(
     drained, drain_sec = await drain(records, ctx.drain_sec)
     after = ctx.cpu.sample()
     total = cpu_delta(before, after)
+    spent = time.perf_counter() - window[0]
+    above_idle = {k: v - ctx.idle_cpu.get(k, 0.0) * spent for k, v in total.items()}
     return {
         "rate": rate,
         "seconds": round(window[1] - window[0], 2),
@@ -346,6 +350,7 @@ async def run_rate(
         "cpu_s_window": cpu_delta(before, in_window),
         "cpu_s_window_and_drain": total,
         "cpu_ms_per_signal": per_signal_ms(total, len(records)),
+        "cpu_ms_per_signal_above_idle": per_signal_ms(above_idle, len(records)),
         "venue_429_418_recent": await asyncio.to_thread(venue_refusals, ctx.sim),
         "reconciler_events": dict(ctx.obs.reconcile - reconcile_before),
         "reconcile_summary_max": dict(ctx.obs.summary_max),
@@ -365,6 +370,7 @@ class Bench:
         self.sim = SimControl(stack[SIMULATOR.name].url)
         self.drain_sec = drain_sec
         self.cpu = CpuMeter(self.pids)
+        self.idle_cpu: dict[str, float] = {}  # CPU seconds per second of each process, idle
         self.guard = GuardView(nc, settings.kv_bucket, require_knobs=True)
         self.stop = asyncio.Event()
         self.guard_task = asyncio.create_task(self.guard.run(self.stop))
@@ -409,6 +415,16 @@ class Bench:
             "filled": sum(r.filled_at is not None for r in records),
             "drained": drained,
         }
+
+    async def measure_idle(self, seconds: float = IDLE_SEC) -> dict[str, float]:
+        """What the stack burns with no signals (reconcile ticks, risk evaluations, heartbeats), in CPU
+        ms per second: taken out of ``cpu_ms_per_signal_above_idle``."""
+        await self.calm()
+        before, t0 = self.cpu.sample(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        used = cpu_delta(before, self.cpu.sample())
+        self.idle_cpu = {k: v / (time.perf_counter() - t0) for k, v in used.items()}
+        return {k: round(v * 1000, 1) for k, v in self.idle_cpu.items()}
 
 
 async def rates_mode(b: Bench, rates: list[float], seconds: float) -> dict:
@@ -541,6 +557,7 @@ async def drive(stack: LocalStack, a: argparse.Namespace, rates: list[float]) ->
     b = Bench(stack, nc, settings, mix, a.drain)
     await b.obs.subscribe(nc)
     out: dict[str, Any] = {"warm_up": await b.warm_up()}
+    out["idle_cpu_ms_per_sec"] = await b.measure_idle()
     if a.kill_nats:
         out["kill_nats"] = await kill_nats_mode(b, rates[0], a.seconds, a.outage)
     elif a.rss_minutes:
