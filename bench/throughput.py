@@ -109,7 +109,7 @@ from libs.common.config import NatsSettings
 from libs.common.guard import GuardView
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
 from libs.common.messages import OrderTransition, Signal, SignalDecision
-from libs.common.replay import load_journal, order_subjects, replay_timelines
+from libs.common.replay import IntentTimeline, load_journal, order_subjects, replay_timelines
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 from services.simulator.testing import SimControl
 from tools.natsd import NatsServer
@@ -462,7 +462,7 @@ async def kill_nats_mode(b: Bench, rate: float, seconds: float, outage: float) -
     first = next((t for t in b.obs.fill_times if t > marks["restart"]), None)
     res["kill_to_first_fill_after_restart_sec"] = round(first - marks["kill"], 2) if first else None
     res["restart_to_first_fill_sec"] = round(first - marks["restart"], 2) if first else None
-    res["checks"] = await journal_checks(b, [r for r in b.obs.records.values() if r.published_at])
+    res["checks"] = await journal_checks(b, [r for r in b.obs.records.values() if r.published_at is not None])
     return res
 
 
@@ -481,8 +481,8 @@ async def journal_checks(b: Bench, published: list[SignalRecord]) -> dict:
     finally:
         await nc.close()
 
-    def timeline_of(cid_intent: str) -> Any:
-        return timelines.get(make_correlation_id(cid_intent))
+    def timeline_of(intent_id: str) -> IntentTimeline | None:
+        return timelines.get(make_correlation_id(intent_id))
 
     no_decision, unsettled, unprotected = [], [], Counter[str]()
     accepted = filled = 0
