@@ -184,6 +184,16 @@ class Publisher:
             f"publish to {subj} failed after {self.settings.publish_attempts} attempts: {last!r}"
         )
 
+    async def send(self, msg: BusMessage, msg_id: str) -> asyncio.Future[PubAck]:
+        """Send ``msg`` now and return the future of its ack (the journal's pipeline). No retry here: a
+        caller whose ack does not come publishes it again with ``publish`` (same id: stored once)."""
+        return await self.js.publish_async(
+            self.subject(msg),
+            encode(msg),
+            headers={MSG_ID_HEADER: msg_id},
+            wait_stall=self.settings.publish_timeout_sec,
+        )
+
 
 @dataclass(frozen=True)
 class ConsumerSpec:

@@ -2,9 +2,16 @@
 
 ``emit`` only enqueues: the venue call that follows a SUBMITTING transition
 must not wait for a JetStream round trip. One sender task publishes the queue
-strictly in order, each event with a ``Nats-Msg-Id`` fixed when it was
-emitted, so a publish retried after a timeout is stored once. If NATS is
-unreachable the queue simply grows (bounded) and drains when it is back.
+in order, each event with a ``Nats-Msg-Id`` fixed when it was emitted, so a
+publish retried after a timeout is stored once. If NATS is unreachable the
+queue simply grows (bounded) and drains when it is back.
+
+The sender pipelines: it sends a window of events before awaiting their acks
+(one round trip per window, not per event: under load a serial sender was the
+queue every lane waited on). A window never holds two events of one intent
+(one correlation id), nor two events without one, so even an event that must be
+sent again (its ack lost with a connection) is stored after its predecessors of
+the same intent: the order that replay and every reader rely on.
 
 Durability point: a consumer must ``await journal.flush()`` before it acks
 the message that caused the events, so an acked intent always has its
@@ -39,6 +46,14 @@ class EventSink(Protocol):
     async def flush(self, within_sec: float = 10.0) -> None: ...
 
 
+PIPELINE = 64  # events sent before their acks are awaited
+
+
+def _order_key(msg: BusMessage) -> str:
+    """Events with one key are stored strictly in emit order: one intent's, and those without an intent."""
+    return getattr(msg, "correlation_id", None) or "-"
+
+
 class Journal:
     def __init__(self, publisher: Publisher, service: str, max_backlog: int = 100_000) -> None:
         self.publisher, self.service = publisher, service
@@ -51,6 +66,7 @@ class Journal:
         self._progress = asyncio.Condition()
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.journal"))
         self.dropped = 0
+        self._backlog_gauge = JOURNAL_BACKLOG.labels(service)  # set twice per event: looked up once
 
     @property
     def backlog(self) -> int:
@@ -68,7 +84,7 @@ class Journal:
             self._limited("journal.dropped_oldest", logging.ERROR, dropped=self.dropped)
         self._seq += 1
         self._queue.append((self._seq, msg, f"{self.service}.{self._boot}.{self._seq}"))
-        JOURNAL_BACKLOG.labels(self.service).set(len(self._queue))
+        self._backlog_gauge.set(len(self._queue))
         self._wake.set()
 
     def wake(self) -> None:
@@ -97,17 +113,63 @@ class Journal:
                 self._wake.clear()
                 await wait_event(self._wake, 1.0)
                 continue
-            seq, msg, msg_id = self._queue[0]
+            window = self._window()
+            acks = await self._send(window)
+            for (seq, msg, msg_id), ack in zip(window, acks, strict=True):
+                if not await self._acked(ack):
+                    try:  # its ack did not come: again, with retries (same id: stored once)
+                        await self.publisher.publish(msg, msg_id)
+                    except BusUnavailable as e:
+                        self._limited("journal.backlogging", error=str(e), backlog=len(self._queue))
+                        for later in acks:
+                            if later is not None:
+                                later.cancel()  # sent again from this one on, in order
+                        if stop.is_set():
+                            return
+                        await wait_event(stop, 0.5)
+                        break
+                await self._stored_up_to(seq)
+
+    def _window(self) -> list[tuple[int, BusMessage, str]]:
+        """The queue's head up to the first event whose intent is already in the window."""
+        keys: set[str] = set()
+        out: list[tuple[int, BusMessage, str]] = []
+        for item in self._queue:
+            key = _order_key(item[1])
+            if key in keys or len(out) >= PIPELINE:
+                break
+            keys.add(key)
+            out.append(item)
+        return out
+
+    async def _send(self, window: list[tuple[int, BusMessage, str]]) -> list[asyncio.Future | None]:
+        """Send every event of the window; None for one that could not even be sent (published alone)."""
+        acks: list[asyncio.Future | None] = []
+        for _, msg, msg_id in window:
             try:
-                await self.publisher.publish(msg, msg_id)
-            except BusUnavailable as e:
-                self._limited("journal.backlogging", error=str(e), backlog=len(self._queue))
-                if stop.is_set():
-                    return
-                await wait_event(stop, 0.5)
-                continue
+                acks.append(await self.publisher.send(msg, msg_id))
+            except Exception:
+                acks.append(None)
+                acks += [None] * (len(window) - len(acks))
+                break
+        return acks
+
+    async def _acked(self, ack: asyncio.Future | None) -> bool:
+        if ack is None:
+            return False
+        try:
+            async with asyncio.timeout(self.publisher.settings.publish_timeout_sec):
+                await ack
+            return True
+        except Exception:
+            ack.cancel()  # frees its slot in the client's window of async publishes
+            return False
+
+    async def _stored_up_to(self, seq: int) -> None:
+        # the head may have been dropped meanwhile (a full queue drops its oldest): pop only our own
+        if self._queue and self._queue[0][0] == seq:
             self._queue.popleft()
-            self._stored = seq
-            JOURNAL_BACKLOG.labels(self.service).set(len(self._queue))
-            async with self._progress:
-                self._progress.notify_all()
+        self._stored = max(self._stored, seq)
+        self._backlog_gauge.set(len(self._queue))
+        async with self._progress:
+            self._progress.notify_all()
