@@ -12,6 +12,7 @@ from services.reconciler.snapshot import Snapshot, VenueOrderView
 from services.reconciler.state import ReconcileState, TickWork
 
 NOT_FOUND = "not found"  # how a missing order reads in mismatches and repairs
+STILL_THERE = frozenset({"open", "unknown"})  # a lookup's answers that settle nothing
 
 
 def vanished_orders(belief: Belief, snapshot: Snapshot) -> list[KnownOrder]:
@@ -46,6 +47,12 @@ def settle_vanished(
             since = st.not_found_since.setdefault(cid, work.now)
             if work.now - since < st.config.not_found_grace_sec:
                 continue
+        elif seen.state in STILL_THERE:
+            # the lookup, newer than the listing, finds it open (placed after the read, or a listing the
+            # venue had not caught up with) or cannot say how it stands: it is still believed. Forgetting
+            # a live stop would count a missing order and repair a position that has its stop (bench.throughput)
+            st.not_found_since.pop(cid, None)
+            continue
         st.not_found_since.pop(cid, None)
         flat = abs(snap.position(known.symbol).qty) <= QTY_TOLERANCE
         work.out.repairs.append(_forget(cid, known, seen.state if seen else NOT_FOUND, flat, st, work))

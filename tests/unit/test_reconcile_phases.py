@@ -86,6 +86,20 @@ def test_an_unanswered_or_unknown_lookup_changes_nothing():
     assert work.out.repairs == [] and work.found == []
 
 
+@pytest.mark.parametrize("venue_state", ["open", "unknown"])
+def test_a_vanished_order_the_lookup_finds_open_or_cannot_place_stays_believed(venue_state):
+    # the listing predates the order (or lags the venue); the lookup, made after it, is the newer word
+    b, st, work = quiet(), state(), TickWork(100.0)
+    sl = order(ours(Bucket.SL, "a"))
+    known(b, sl)
+    st.not_found_since[sl.client_order_id] = 99.0
+    settle_vanished(
+        b, Snapshot(long(), []), {sl.client_order_id: answer(sl.client_order_id, venue_state)}, st, work
+    )
+    assert b.knows(sl.client_order_id)
+    assert work.out.repairs == [] and work.found == [] and st.not_found_since == {}
+
+
 @pytest.mark.parametrize(
     "bucket,venue_state,positions,mismatch",
     [
