@@ -51,6 +51,7 @@ class Journal:
         self._progress = asyncio.Condition()
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.journal"))
         self.dropped = 0
+        self._backlog = JOURNAL_BACKLOG.labels(service)  # set twice per event: looked up once
 
     @property
     def backlog(self) -> int:
@@ -68,7 +69,7 @@ class Journal:
             self._limited("journal.dropped_oldest", logging.ERROR, dropped=self.dropped)
         self._seq += 1
         self._queue.append((self._seq, msg, f"{self.service}.{self._boot}.{self._seq}"))
-        JOURNAL_BACKLOG.labels(self.service).set(len(self._queue))
+        self._backlog.set(len(self._queue))
         self._wake.set()
 
     def wake(self) -> None:
@@ -108,6 +109,6 @@ class Journal:
                 continue
             self._queue.popleft()
             self._stored = seq
-            JOURNAL_BACKLOG.labels(self.service).set(len(self._queue))
+            self._backlog.set(len(self._queue))
             async with self._progress:
                 self._progress.notify_all()
