@@ -15,7 +15,11 @@ position; between signals the driver cancels the stop on the simulator (the
 venue allows one close-position stop per side), so every stage-1 stop is a
 real placement.
 
-    python -m bench.order_path [--n 1000] [--warmup 100]
+CPU per signal: utime + stime of each process (/proc/<pid>/stat) over the measured signals, divided by
+their number; the driver's own removal of each stop (a REST call to the simulator) is in the simulator's
+share. ``--profile DIR`` runs the router and the entry under cProfile (``ERL_PROFILE``, .prof files in DIR).
+
+    python -m bench.order_path [--n 1000] [--warmup 100] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -44,7 +49,14 @@ from tools.stack import ENTRY, ROUTER, SIMULATOR, LocalStack
 SETTLED = (OrderState.FILLED, OrderState.ACKED, OrderState.MOOT, OrderState.REJECTED, OrderState.FAILED)
 
 
-async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` so far (its threads included), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(nats_url: str, sim_url: str, n: int, warmup: int, pids: dict[str, int]) -> dict:
     settings = NatsSettings(url=nats_url)
     nc = await connect_nats(settings, "bench", fail_fast=True)
     pub = Publisher(nc.jetstream(), settings, "bench")
@@ -65,7 +77,10 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
     stage1: list[float] = []
     stage1_outcomes: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
+    cpu_before: dict[str, float] = {}
     for i in range(warmup + n):
+        if i == warmup:
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         sid = uuid.uuid4().hex
         entry_intent = make_intent_id("signal", sid, Bucket.ENTRY)
         cid = make_client_order_id(entry_intent, Bucket.ENTRY)
@@ -85,6 +100,7 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
             overhead.append(total - venue_ms)
             stage1.append((t2 - t1) * 1000)
             stage1_outcomes[stop_state.value] += 1
+    cpu_ms = {name: round((cpu_seconds(pid) - cpu_before[name]) * 1000 / n, 3) for name, pid in pids.items()}
     breakdown = await hop_breakdown(nc, settings)
     await nc.close()
     sim.close()
@@ -94,18 +110,21 @@ async def drive(nats_url: str, sim_url: str, n: int, warmup: int) -> dict:
         "internal_overhead_ms": dist(overhead),
         "fill_to_stage1_stop_acked_ms": {**dist(stage1), "outcomes": dict(stage1_outcomes)},
         "hops_ms (server store times)": breakdown,
+        "cpu_ms_per_signal": {**cpu_ms, "total": round(sum(cpu_ms.values()), 3)},
     }
 
 
 async def hop_breakdown(nc: NatsClient, settings: NatsSettings) -> dict:
     """Where the time goes, from JetStream's own store timestamps of each message of a chain."""
     stored: dict[tuple[str, str], float] = {}
+    families: Counter[str] = Counter()
     signal_of: dict[str, str] = {}  # client order id -> signal id
     sub = await nc.jetstream().subscribe(f"{settings.subject_prefix}.>", ordered_consumer=True)
     info = await sub.consumer_info()
     for _ in range(info.num_pending or 0):
         m = await sub.next_msg(timeout=5)
         msg = decode(settings.subject_prefix, m.subject, m.data)
+        families[f"{msg.family} {getattr(msg, 'to_state', None) or ''}".strip()] += 1
         ts = m.metadata.timestamp.timestamp()
         if isinstance(msg, Signal):
             stored[("signal", msg.signal_id)] = ts
@@ -129,13 +148,18 @@ async def hop_breakdown(nc: NatsClient, settings: NatsSettings) -> dict:
         hops["signal->intent (entry)"].append((t_int - t_sig) * 1000)
         hops["intent->SUBMITTING (router)"].append((t_sub - t_int) * 1000)
         hops["SUBMITTING->FILLED (venue+router)"].append((t_fill - t_sub) * 1000)
-    return {k: dist(v) for k, v in hops.items()}
+    signals = families["signal"] or 1
+    return {
+        **{k: dist(v) for k, v in hops.items()},
+        "journal_messages_per_signal": {k: round(c / signals, 2) for k, c in sorted(families.items())},
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--profile", metavar="DIR", help="cProfile the router and the entry into DIR")
     a = ap.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="erl-bench-"))
     # back-to-back orders far beyond the venue's 300 per 10 s: this bench isolates our own overhead
@@ -148,11 +172,16 @@ def main() -> None:
         baseline = asyncio.run(jetstream_baseline(nats.url))
         sim = stack.add(SIMULATOR)
         sim.wait_ready()
+        profile = {"ERL_PROFILE": str(Path(a.profile).resolve())} if a.profile else {}
         for spec in (ROUTER, ENTRY):
-            stack.add(spec)
+            stack.add(spec, env=profile)
         for spec in (ROUTER, ENTRY):
             assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
-        result = asyncio.run(drive(nats.url, sim.url, a.n, a.warmup))
+        procs = {name: stack[name].proc for name in ("router", "entry", "simulator")} | {
+            "nats-server": nats.proc
+        }
+        pids = {name: p.pid for name, p in procs.items() if p is not None}
+        result = asyncio.run(drive(nats.url, sim.url, a.n, a.warmup, pids))
     finally:
         stack.stop()
     result = {
@@ -160,6 +189,7 @@ def main() -> None:
         "machine": machine(),
         "baseline_js_acked_publish_ms": baseline,
         **result,
+        "overhead_p50_over_baseline_p50": round(result["internal_overhead_ms"]["p50"] / baseline["p50"], 2),
     }
     print(json.dumps(result, indent=2))
 

@@ -38,7 +38,7 @@ from libs.common.aio import wait_event
 from libs.common.config import NatsSettings
 from libs.common.logs import RateLimitedLog, log_event, redact
 from libs.common.messages import BusMessage, DeadLetter, DecodeError, decode, encode, subject_for
-from libs.common.telemetry import BUS_MESSAGES, DEAD_LETTERS, NATS_CONNECTED, PUBLISH_FAILURES
+from libs.common.telemetry import BUS_MESSAGES, DEAD_LETTERS, NATS_CONNECTED, PUBLISH_FAILURES, Children
 
 
 def stored_ts_ms(m: Msg) -> int | None:
@@ -306,6 +306,7 @@ class ConsumerLoop:
         self._queues: dict[str, deque[tuple[BusMessage, Msg, _LazyHeartbeat]]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.consumer"))
+        self._outcomes = Children(BUS_MESSAGES)
         self.in_flight = 0
         self.handled = 0  # messages finished (acked, nak'ed or dead-lettered)
         # not yet delivered to us, as the server said at the last watchdog check (None: not known)
@@ -434,7 +435,7 @@ class ConsumerLoop:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            BUS_MESSAGES.labels(self.service, family, "error").inc()
+            self._outcomes(self.service, family, "error").inc()
             log_event(
                 log,
                 "consumer.handler_failed",
@@ -451,7 +452,7 @@ class ConsumerLoop:
                 with contextlib.suppress(Exception):
                     await m.nak(delay=min(2.0**meta.num_delivered, 30.0))
             return
-        BUS_MESSAGES.labels(self.service, family, "ok").inc()
+        self._outcomes(self.service, family, "ok").inc()
         with contextlib.suppress(Exception):
             await m.ack()
 

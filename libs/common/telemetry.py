@@ -6,11 +6,30 @@ spelled two ways. Labels are low-cardinality by design: no symbol or order id.
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, Generic, TypeVar, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common.messages import CancelOutcome, GuardMode, MismatchKind, OrderRetry, RepairKind
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """``metric.labels(*values)``, each child looked up once: prometheus_client's ``labels`` takes a lock
+    and rebuilds the label tuple on every call, and the per-message paths call it several times a message.
+    Children are never removed from our metrics, so a kept child stays the live series."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[tuple[Any, ...], M] = {}
+
+    def __call__(self, *values: Any) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
 
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

@@ -37,12 +37,13 @@ from libs.common.messages import (
 from libs.common.protection import stage1_intents
 from libs.common.service import Service
 from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
-from libs.common.telemetry import ENTRY_BLOCKS, SIGNALS, STAGE1_GAPS
+from libs.common.telemetry import ENTRY_BLOCKS, SIGNALS, STAGE1_GAPS, Children
 from libs.venue.client import limits_from_settings, make_exchange
 from services.entry.intents import entry_intent_from_signal
 from services.entry.policy import entry_decision
 
 REMEMBER = 10_000
+_SIGNALS = Children(SIGNALS)
 STOP_FAILED = frozenset({OrderState.REJECTED, OrderState.FAILED, OrderState.BLOCKED})
 
 
@@ -202,7 +203,7 @@ class EntryService(Service):
     ) -> None:
         """Count, journal and log one decision (``intent`` None = refused for ``refusal``)."""
         outcome = "sent" if intent is not None else "refused"
-        SIGNALS.labels(outcome).inc()
+        _SIGNALS(outcome).inc()
         self._count(outcome)
         await self.journal.emit(
             SignalDecision(
@@ -217,6 +218,8 @@ class EntryService(Service):
         log_event(
             self.log,
             f"entry.{outcome}",
+            # an accepted signal is routine (and journaled with its decision); a refusal is worth a look
+            logging.DEBUG if intent is not None else logging.INFO,
             signal_id=signal.signal_id,
             symbol=signal.symbol,
             reason=refusal,

@@ -1,9 +1,8 @@
 """python -m services.reconciler"""
 
-import asyncio
-
 from libs.common.config import BootSettings, ExchangeSettings, NatsSettings, ReconcilerSettings, load
 from libs.common.logs import setup_logging
+from libs.common.service import run_service
 from services.reconciler.service import ReconcilerService
 
 
@@ -15,7 +14,7 @@ def main() -> None:
         load(ReconcilerSettings),
         load(BootSettings),
     )
-    asyncio.run(svc.serve_forever())
+    run_service(svc)
 
 
 if __name__ == "__main__":

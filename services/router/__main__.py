@@ -1,9 +1,8 @@
 """python -m services.router"""
 
-import asyncio
-
 from libs.common.config import ExchangeSettings, GuardSettings, NatsSettings, RouterSettings, load
 from libs.common.logs import setup_logging
+from libs.common.service import run_service
 from services.router.service import RouterService
 
 
@@ -12,7 +11,7 @@ def main() -> None:
     svc = RouterService(
         load(NatsSettings), load(ExchangeSettings).require_keys(), load(RouterSettings), load(GuardSettings)
     )
-    asyncio.run(svc.serve_forever())
+    run_service(svc)
 
 
 if __name__ == "__main__":

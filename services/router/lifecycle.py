@@ -8,10 +8,24 @@ from libs.common.journal import EventSink
 from libs.common.logs import log_event
 from libs.common.messages import OrderIntent, OrderTransition
 from libs.common.state_machine import OrderState, transition
-from libs.common.telemetry import ORDER_TRANSITIONS
+from libs.common.telemetry import ORDER_TRANSITIONS, Children
 from libs.venue.parsing import VenueOrder
 
 log = logging.getLogger("erl.router.lifecycle")
+_TRANSITIONS = Children(ORDER_TRANSITIONS)
+
+# every transition is journaled (``erl tail`` shows it): the log repeats only the ones worth a look, so
+# the routine path of an order formats no log line (about 7% of the router's CPU, profiled)
+ROUTINE = frozenset(
+    {
+        OrderState.SUBMITTING,
+        OrderState.ACKED,
+        OrderState.PARTIALLY_FILLED,
+        OrderState.FILLED,
+        OrderState.CANCEL_PENDING,
+        OrderState.CANCELED,
+    }
+)
 
 
 class Lifecycle:
@@ -44,7 +58,7 @@ class Lifecycle:
         self.reason = reason
         if order is not None:
             self.last_order = order
-        ORDER_TRANSITIONS.labels(to.value).inc()
+        _TRANSITIONS(to.value).inc()
         i = self.intent
         event = OrderTransition(
             correlation_id=i.correlation_id,
@@ -69,6 +83,7 @@ class Lifecycle:
         log_event(
             log,
             "order.transition",
+            logging.DEBUG if to in ROUTINE else logging.INFO,
             correlation_id=i.correlation_id,
             client_order_id=i.client_order_id,
             symbol=i.symbol,

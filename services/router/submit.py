@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from libs.common.journal import EventSink
 from libs.common.messages import OrderIntent
 from libs.common.state_machine import OrderState
-from libs.common.telemetry import SUBMIT_LATENCY
+from libs.common.telemetry import SUBMIT_LATENCY, Children
 from libs.venue.binance_usdm import BinanceUSDM
 from libs.venue.error_policy import ErrorDecision, Modification, Policy, VenueError
 from services.router.cancel import cancel_order
@@ -34,6 +34,7 @@ from services.router.lookup import lookup_intent
 from services.router.retrying import RETRY, Budget, GaveUp, Retry, RetryTarget
 
 log = logging.getLogger("erl.router.submit")
+_SUBMIT_LATENCY = Children(SUBMIT_LATENCY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +100,10 @@ class OrderSubmitter:
             try:
                 order = await self.venue.create(intent, qty)
             except VenueError:
-                SUBMIT_LATENCY.labels("error").observe(time.perf_counter() - t)
+                _SUBMIT_LATENCY("error").observe(time.perf_counter() - t)
                 raise
             took = time.perf_counter() - t
-            SUBMIT_LATENCY.labels("ok").observe(took)
+            _SUBMIT_LATENCY("ok").observe(took)
             await life.settle(order, venue_ms=round(took * 1000, 3))
             return SubmitOutcome(life.state, "venue", life)
 

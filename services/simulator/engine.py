@@ -182,6 +182,10 @@ class Engine:
         self.lock = threading.RLock()
         self.rng = random.Random(self.seed)
         self._next_id = 1_000_000
+        # client id -> ids of the orders (algo orders) that carried it, oldest first: the venue's lookups
+        # and its duplicate check by client id, without a scan of every order ever placed
+        self._order_ids_by_cid: dict[str, list[int]] = {}
+        self._algo_ids_by_cid: dict[str, list[int]] = {}
         self.reset()
 
     # ------------------------------------------------------------------ setup
@@ -206,6 +210,7 @@ class Engine:
                 self.prices[sym] = px
             self.orders.clear()
             self.algos.clear()
+            self.reindex()
             self.positions.clear()
             self.leverage.clear()
             self.fills.clear()
@@ -273,10 +278,37 @@ class Engine:
 
     # ------------------------------------------------------------------ validation helpers
 
-    def _open_client_ids(self) -> set[str]:
-        ids = {o.client_id for o in self.orders.values() if o.open}
-        ids |= {a.client_id for a in self.algos.values() if a.open}
-        return ids
+    def reindex(self) -> None:
+        """Rebuild the client id index from ``orders`` and ``algos`` (after they were replaced wholesale)."""
+        self._order_ids_by_cid.clear()
+        self._algo_ids_by_cid.clear()
+        for o in sorted(self.orders.values(), key=lambda x: x.order_id):
+            self._order_ids_by_cid.setdefault(o.client_id, []).append(o.order_id)
+        for a in sorted(self.algos.values(), key=lambda x: x.algo_id):
+            self._algo_ids_by_cid.setdefault(a.client_id, []).append(a.algo_id)
+
+    def _add_order(self, o: Order) -> None:
+        self.orders[o.order_id] = o
+        self._order_ids_by_cid.setdefault(o.client_id, []).append(o.order_id)
+
+    def _add_algo(self, a: AlgoOrder) -> None:
+        self.algos[a.algo_id] = a
+        self._algo_ids_by_cid.setdefault(a.client_id, []).append(a.algo_id)
+
+    def _orders_with_client_id(self, client_id: str) -> list[Order]:
+        """Orders that carried ``client_id``, newest first."""
+        ids = sorted(self._order_ids_by_cid.get(client_id, ()), reverse=True)
+        return [self.orders[i] for i in ids if i in self.orders]
+
+    def _algos_with_client_id(self, client_id: str) -> list[AlgoOrder]:
+        """Algo orders that carried ``client_id``, newest first."""
+        ids = sorted(self._algo_ids_by_cid.get(client_id, ()), reverse=True)
+        return [self.algos[i] for i in ids if i in self.algos]
+
+    def _client_id_open(self, client_id: str) -> bool:
+        return any(o.open for o in self._orders_with_client_id(client_id)) or any(
+            a.open for a in self._algos_with_client_id(client_id)
+        )
 
     def _check_client_id(self, client_id: str, param: str = "newClientOrderId") -> None:
         if not CLIENT_ID.match(client_id):
@@ -284,7 +316,7 @@ class Engine:
                 -1100,
                 f"Illegal characters found in parameter '{param}'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{{1,36}}$'.",
             )
-        if client_id in self._open_client_ids():
+        if self._client_id_open(client_id):
             raise _bad(-4116, "ClientOrderId is duplicated.")
 
     @staticmethod
@@ -477,7 +509,7 @@ class Engine:
                 orig_type=type,
                 visible_at=now + self.query_lag_ms,
             )
-            self.orders[o.order_id] = o
+            self._add_order(o)
             self._changed("order", o, exec_type="NEW")
             self._execute(o, taker=True)
             return o
@@ -556,7 +588,7 @@ class Engine:
                 # without an activation price it tracks from now, from the current price
                 a.activated = activate_price is None
                 a.best_price = self.prices[symbol] if a.activated else 0.0
-            self.algos[a.algo_id] = a
+            self._add_algo(a)
             self._changed("algo", a)
             return a
 
@@ -664,8 +696,8 @@ class Engine:
             found = None
             if client_id:
                 # newest first: a client id may be reused once the earlier order closed
-                for o in sorted(self.orders.values(), key=lambda x: -x.order_id):
-                    if o.client_id == client_id and o.symbol == symbol and (not query or self.visible(o)):
+                for o in self._orders_with_client_id(client_id):
+                    if o.symbol == symbol and (not query or self.visible(o)):
                         found = o
                         break
         return found if found is not None and (not query or self.visible(found)) else None
@@ -679,12 +711,8 @@ class Engine:
         else:
             found = None
             if client_id:
-                for a in sorted(self.algos.values(), key=lambda x: -x.algo_id):
-                    if (
-                        a.client_id == client_id
-                        and (symbol is None or a.symbol == symbol)
-                        and (not query or self.visible(a))
-                    ):
+                for a in self._algos_with_client_id(client_id):
+                    if (symbol is None or a.symbol == symbol) and (not query or self.visible(a)):
                         found = a
                         break
         return found if found is not None and (not query or self.visible(found)) else None
@@ -828,7 +856,7 @@ class Engine:
             orig_type=a.order_type,
             stop_price=a.trigger_price,
         )
-        self.orders[o.order_id] = o
+        self._add_order(o)
         a.actual_order_id = o.order_id
         # placed in the matching engine: TRIGGERED (with the order's id), then the order's own updates
         a.status = "TRIGGERED"

@@ -70,6 +70,7 @@ def restore(e: Engine, doc: dict[str, Any], source: str = "state") -> None:
             e.positions = positions
             e.orders = {o.order_id: o for o in orders}
             e.algos = {a.algo_id: a for a in algos}
+            e.reindex()
     except StateFileError:
         raise
     except (KeyError, TypeError, ValueError) as ex:

@@ -1,9 +1,8 @@
 """python -m services.venue_stream"""
 
-import asyncio
-
 from libs.common.config import ExchangeSettings, NatsSettings, VenueStreamSettings, load
 from libs.common.logs import setup_logging
+from libs.common.service import run_service
 from services.venue_stream.service import VenueStreamService
 
 
@@ -12,7 +11,7 @@ def main() -> None:
     svc = VenueStreamService(
         load(NatsSettings), load(ExchangeSettings).require_keys(), load(VenueStreamSettings)
     )
-    asyncio.run(svc.serve_forever())
+    run_service(svc)
 
 
 if __name__ == "__main__":
