@@ -54,13 +54,21 @@ def settle_vanished(
             st.not_found_since.pop(cid, None)
             continue
         st.not_found_since.pop(cid, None)
-        flat = abs(snap.position(known.symbol).qty) <= QTY_TOLERANCE
-        work.out.repairs.append(_forget(cid, known, seen.state if seen else NOT_FOUND, flat, st, work))
+        gone = _position_gone(known, snap.position(known.symbol).qty)
+        work.out.repairs.append(_forget(cid, known, seen.state if seen else NOT_FOUND, gone, st, work))
         belief.forget_order(cid)
 
 
+def _position_gone(known: KnownOrder, qty: float) -> bool:
+    """The position an order closes is no longer there: flat, or flipped to the side the order would
+    add to (a sell stop protects a long; the venue expires a close-position stop whose position flipped)."""
+    if abs(qty) <= QTY_TOLERANCE:
+        return True
+    return (known.side == "sell" and qty < 0) or (known.side == "buy" and qty > 0)
+
+
 def _forget(
-    cid: str, known: KnownOrder, state: str, flat: bool, st: ReconcileState, work: TickWork
+    cid: str, known: KnownOrder, state: str, gone: bool, st: ReconcileState, work: TickWork
 ) -> RepairAction:
     if state == "filled":
         work.explained.add(
@@ -69,9 +77,9 @@ def _forget(
         return RepairAction(
             symbol=known.symbol, action="forget_order", client_order_id=cid, reason="filled on the venue"
         )
-    if cid in st.leftover_cancels or (flat and state == "expired" and known.bucket in (Bucket.SL, Bucket.TP)):
+    if cid in st.leftover_cancels or (gone and state == "expired" and known.bucket in (Bucket.SL, Bucket.TP)):
         # we cancelled it as a leftover, or the venue expired a close-position order whose position went
-        # flat: both are what should happen to protection without a position
+        # flat or flipped: both are what should happen to protection without its position
         st.leftover_cancels.pop(cid, None)
         return RepairAction(
             symbol=known.symbol,

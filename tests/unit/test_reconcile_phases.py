@@ -106,6 +106,7 @@ def test_a_vanished_order_the_lookup_finds_open_or_cannot_place_stays_believed(v
         (Bucket.SL, "expired", {}, False),  # close-position stop expired with its position: as it should
         (Bucket.TP, "expired", {}, False),
         (Bucket.SL, "expired", long(), True),  # expired under a live position: protection lost
+        (Bucket.SL, "expired", long(-0.01), False),  # the long it closed flipped short: expired with it
         (Bucket.ENTRY, "expired", {}, True),
         (Bucket.SL, "canceled", {}, True),  # cancelled behind our back
     ],
