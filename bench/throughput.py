@@ -49,6 +49,9 @@ Settings the bench changes, and why (everything else is ``make run``'s default):
   as API errors, and 20 a minute would halt entries and end the measurement; the bench counts those
   refusals itself. The belief controller is left alone: if it tightens, ``guard_modes_seen`` and
   the refusal reasons show it (with the reconciler's events and its summaries' debt inputs);
+  ``--no-mismatch-halt`` sets only KILL_RECONCILE_MISMATCH_STREAK_MAX=10^6: the flips' own race (a
+  close-position stop expired by a flip, looked up before its transition arrived, under the next
+  position) is a missing order to the reconciler, and a latched halt would end every later rate;
   ``--hold-posture`` sets RISK_TIGHTEN_AFTER=10^6 (it never tightens) and
   KILL_RECONCILE_MISMATCH_STREAK_MAX=10^6 (a mismatch storm never halts), to measure the order path
   apart from the posture (the debt it would have acted on is still reported).
@@ -134,6 +137,8 @@ BENCH_ENV = {
     "KILL_API_ERROR_MAX": "1000000",
 }
 HOLD_POSTURE = {"RISK_TIGHTEN_AFTER": "1000000", "KILL_RECONCILE_MISMATCH_STREAK_MAX": "1000000"}
+# the posture reacts (load shedding, the belief controller), but the flips' mismatch storm never latches a halt
+NO_MISMATCH_HALT = {"KILL_RECONCILE_MISMATCH_STREAK_MAX": "1000000"}
 
 
 # ---------------------------------------------------------------------------- the signal mix
@@ -594,6 +599,11 @@ def main() -> None:
         action="store_true",
         help="the belief controller never tightens, mismatch storms never halt (the debt is still reported)",
     )
+    ap.add_argument(
+        "--no-mismatch-halt",
+        action="store_true",
+        help="everything reacts as by default (load shedding included), but a mismatch storm never latches a halt",
+    )
     ap.add_argument("--rss-minutes", type=int, default=0, help="one rate for this long, RSS each minute")
     a = ap.parse_args()
     rates = parse_rates(a.rates)
@@ -604,7 +614,11 @@ def main() -> None:
     if a.kill_nats and a.rss_minutes:
         raise SystemExit("--kill-nats and --rss-minutes are separate runs: give one")
     run_dir = Path(tempfile.mkdtemp(prefix="erl-bench-"))
-    env = {**BENCH_ENV, **(HOLD_POSTURE if a.hold_posture else {})}
+    env = {
+        **BENCH_ENV,
+        **(HOLD_POSTURE if a.hold_posture else {}),
+        **(NO_MISMATCH_HALT if a.no_mismatch_halt else {}),
+    }
     stack = LocalStack(run_dir, extra_env={**env, "SIM_SYMBOLS": str(a.symbols)})
     result: dict[str, Any] = {
         "benchmark": "throughput",
