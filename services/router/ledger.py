@@ -61,9 +61,12 @@ class LedgerEntry:
 class IntentLedger:
     """client order id -> the last journaled state, for the recovery horizon."""
 
-    def __init__(self, horizon_sec: float, complete_since: float) -> None:
+    def __init__(self, horizon_sec: float, complete_since: float, max_entries: int = 100_000) -> None:
         self.horizon_sec = horizon_sec
         self.complete_since = complete_since
+        # bounded memory at any rate (about 330 bytes an intent): past it the oldest go, as past the
+        # horizon, and an intent from before the newest one dropped is looked up in the journal instead
+        self.max_entries = max_entries
         self._entries: OrderedDict[str, LedgerEntry] = OrderedDict()
 
     def __len__(self) -> int:
@@ -72,6 +75,10 @@ class IntentLedger:
     def record(self, client_order_id: str, state: OrderState, at: float, correlation_id: str) -> None:
         self._entries[client_order_id] = LedgerEntry(state, at, correlation_id)
         self._entries.move_to_end(client_order_id)
+        while len(self._entries) > self.max_entries:
+            _, dropped = self._entries.popitem(last=False)
+            # published no later than its last transition: every intent from before then is looked up
+            self.complete_since = max(self.complete_since, dropped.at + 0.001)  # ts are in ms
 
     def get(self, client_order_id: str) -> LedgerEntry | None:
         return self._entries.get(client_order_id)
