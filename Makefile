@@ -41,6 +41,8 @@ bench: install
 	$(PY) -m bench.halt_propagation
 	$(PY) -m bench.reconcile_tick
 	$(PY) -m bench.resting_fill
+	$(PY) -m bench.throughput --rates 40,60,80,100 --hold-posture
+	$(PY) -m bench.crash
 
 # seeded fault soak with an invariant checker (not part of make test): make soak SEED=1 SECONDS=120
 soak: install
