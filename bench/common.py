@@ -6,6 +6,10 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Sequence
+
+from tools.natsd import NatsServer
+from tools.stack import SIMULATOR, Child, ChildSpec, LocalStack
 
 
 def pct(values: list[float], p: float) -> float:
@@ -77,3 +81,21 @@ async def jetstream_baseline(nats_url: str, n: int = 500) -> dict[str, float]:
         await js.delete_stream(stream)
         await nc.close()
     return dist(lat)
+
+
+def start_stack(
+    stack: LocalStack, services: Sequence[ChildSpec]
+) -> tuple[NatsServer, Child, dict[str, float]]:
+    """nats-server, the same-run JetStream baseline on it, the simulator, then ``services``: each ready,
+    or an error naming the log folder."""
+    import asyncio
+
+    nats = stack.start_nats()
+    baseline = asyncio.run(jetstream_baseline(nats.url))
+    sim = stack.add(SIMULATOR)
+    assert sim.wait_ready(), f"simulator not ready, see {stack.run_dir}/logs"
+    for spec in services:
+        stack.add(spec)
+    for spec in services:
+        assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {stack.run_dir}/logs"
+    return nats, sim, baseline

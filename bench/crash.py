@@ -38,7 +38,7 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
-from bench.common import dist, jetstream_baseline, machine
+from bench.common import dist, machine, start_stack
 from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings, RouterSettings
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
@@ -46,7 +46,7 @@ from libs.common.messages import OrderIntent, OrderTransition, ReplaceIntent, de
 from libs.common.protection import market_exit
 from libs.common.state_machine import OrderState
 from services.simulator.testing import SimControl
-from tools.stack import RECONCILER, RISK, ROUTER, SIMULATOR, VENUE_STREAM, LocalStack
+from tools.stack import RECONCILER, RISK, ROUTER, VENUE_STREAM, LocalStack
 
 ENTRY_SYMBOLS = 10
 REQUEST_LOG = 500_000  # every request of the run stays in the simulator's log (the -1015 count)
@@ -261,14 +261,7 @@ def main() -> None:
     services = (RISK, ROUTER, RECONCILER, *(() if a.no_stream else (VENUE_STREAM,)))
     result: dict = {"benchmark": "crash", "machine": machine()}
     try:
-        nats = stack.start_nats()
-        result["baseline_js_acked_publish_ms"] = asyncio.run(jetstream_baseline(nats.url))
-        sim_child = stack.add(SIMULATOR)
-        assert sim_child.wait_ready(), "simulator not ready"
-        for spec in services:
-            stack.add(spec)
-        for spec in services:
-            assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
+        nats, sim_child, result["baseline_js_acked_publish_ms"] = start_stack(stack, services)
         sim = SimControl(sim_child.url)
         lim = sim.limits()
         result["venue_order_limits"] = {"10s": lim["orders_limit_10s"], "1m": lim["orders_limit_1m"]}

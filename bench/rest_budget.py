@@ -20,15 +20,14 @@ REST pass is the slower backstop, and the target is 10% of the limit (issue 10).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import dist, jetstream_baseline, machine
+from bench.common import dist, machine, start_stack
 from services.simulator.testing import SimControl
-from tools.stack import ENTRY, RECONCILER, RISK, ROUTER, SIMULATOR, VENUE_STREAM, LocalStack
+from tools.stack import ENTRY, RECONCILER, RISK, ROUTER, VENUE_STREAM, LocalStack
 
 WINDOW_SEC = 60.0  # the venue's rolling window
 
@@ -80,14 +79,7 @@ def main() -> None:
     )
     result: dict = {"benchmark": "rest_budget", "machine": machine()}
     try:
-        nats = stack.start_nats()
-        result["baseline_js_acked_publish_ms"] = asyncio.run(jetstream_baseline(nats.url))
-        sim_child = stack.add(SIMULATOR)
-        assert sim_child.wait_ready(), "simulator not ready"
-        for spec in services:
-            stack.add(spec)
-        for spec in services:
-            assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
+        _, sim_child, result["baseline_js_acked_publish_ms"] = start_stack(stack, services)
         sim = SimControl(sim_child.url)
         limit = sim.limits()["weight_limit_1m"]
         target = share * limit

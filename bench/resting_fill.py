@@ -23,14 +23,14 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
-from bench.common import dist, jetstream_baseline, machine
+from bench.common import dist, machine, start_stack
 from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings
 from libs.common.ids import Bucket, make_client_order_id, make_intent_id
 from libs.common.messages import OrderTransition, Signal, decode
 from libs.common.state_machine import OrderState
 from services.simulator.testing import SimControl
-from tools.stack import ENTRY, ROUTER, SIMULATOR, VENUE_STREAM, LocalStack
+from tools.stack import ENTRY, ROUTER, VENUE_STREAM, LocalStack
 
 BTC, BTC_ID = "BTC/USDT:USDT", "BTCUSDT"
 MARK, LIMIT, THROUGH = 50_000.0, 49_900.0, 49_850.0
@@ -112,14 +112,7 @@ def main() -> None:
     )
     services = (ROUTER, ENTRY, VENUE_STREAM)
     try:
-        nats = stack.start_nats()
-        baseline = asyncio.run(jetstream_baseline(nats.url))
-        sim = stack.add(SIMULATOR)
-        sim.wait_ready()
-        for spec in services:
-            stack.add(spec)
-        for spec in services:
-            assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
+        nats, sim, baseline = start_stack(stack, services)
         result = asyncio.run(drive(nats.url, sim.url, a.n, a.warmup))
     finally:
         stack.stop()

@@ -95,7 +95,7 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bench.common import dist, jetstream_baseline, machine
+from bench.common import dist, machine, start_stack
 from bench.procstat import CpuMeter, cpu_delta, read_rss_kib
 from bench.signal_mix import SignalMix
 from bench.throughput_report import (
@@ -627,14 +627,7 @@ def main() -> None:
         "settings_changed": env,
     }
     try:
-        nats = stack.start_nats()
-        result["baseline_js_acked_publish_ms"] = asyncio.run(jetstream_baseline(nats.url))
-        sim = stack.add(SIMULATOR)
-        assert sim.wait_ready(), f"simulator not ready, see {run_dir}/logs"
-        for spec in SERVICES:
-            stack.add(spec)
-        for spec in SERVICES:
-            assert stack[spec.name].wait_ready(), f"{spec.name} not ready, see {run_dir}/logs"
+        _, _, result["baseline_js_acked_publish_ms"] = start_stack(stack, SERVICES)
         result.update(asyncio.run(drive(stack, a, rates)))
     finally:
         stack.stop()
