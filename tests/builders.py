@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from libs.common.config import ReconcilerSettings
+from libs.common.config import ReconcilerSettings, RiskSettings
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
-from libs.common.messages import OrderIntent, OrderTransition
+from libs.common.messages import GuardKnobs, OrderIntent, OrderTransition
 from libs.common.protection import stage1_intents
 from libs.common.state_machine import OrderState
 from services.reconciler.belief import Belief, KnownOrder
 from services.reconciler.snapshot import PositionView, Snapshot, VenueOrderView
 from services.reconciler.state import ReconcileState, TickResult
 from services.reconciler.tick import reconcile_tick
+from services.risk.belief_controller import DebtInputs
+from services.risk.kill_switch import KillState
+from services.risk.posture import OperatorHalt, compose_knobs
 
 # ============================================================================= messages
 
@@ -143,3 +146,17 @@ def refused(b: Belief, intent: OrderIntent, now: float) -> None:
         (OrderState.SUBMITTING, OrderState.REJECTED),
     ):
         b.apply_transition(transition(intent, src, dst, code=-2010), now)
+
+
+def knobs(settings: RiskSettings, **kw: Any) -> GuardKnobs:
+    """Risk's knobs from a calm posture (normal controller, no kill, no operator halt); ``kw`` overrides."""
+    args: dict[str, Any] = dict(
+        controller_mode=0,
+        trace=None,
+        debt_inputs=DebtInputs(),
+        kill=KillState(False, ()),
+        operator=OperatorHalt(),
+        state_error=None,
+    )
+    args.update(kw)
+    return compose_knobs(settings, **args)

@@ -66,20 +66,13 @@ def load_reading(report: RouterLoad | None, now: float, s: RiskSettings) -> Load
         )
     lag, depth = report.lag_sec, (report.backlog or 0) + report.in_flight
     seen = f"entry lag {lag:.2f} s, {depth} waiting"
-    if lag >= s.router_lag_block_sec or depth >= s.router_backlog_block:
-        why = (
-            f"lag >= {s.router_lag_block_sec:g} s"
-            if lag >= s.router_lag_block_sec
-            else f"waiting >= {s.router_backlog_block}"
-        )
-        return LoadReading(LoadLevel.BLOCK, f"{seen} ({why}: block)", lag, depth)
-    if lag >= s.router_lag_throttle_sec or depth >= s.router_backlog_throttle:
-        why = (
-            f"lag >= {s.router_lag_throttle_sec:g} s"
-            if lag >= s.router_lag_throttle_sec
-            else f"waiting >= {s.router_backlog_throttle}"
-        )
-        return LoadReading(LoadLevel.THROTTLE, f"{seen} ({why}: throttle)", lag, depth)
+    for level, lag_max, depth_max, word in (
+        (LoadLevel.BLOCK, s.router_lag_block_sec, s.router_backlog_block, "block"),
+        (LoadLevel.THROTTLE, s.router_lag_throttle_sec, s.router_backlog_throttle, "throttle"),
+    ):
+        if lag >= lag_max or depth >= depth_max:
+            why = f"lag >= {lag_max:g} s" if lag >= lag_max else f"waiting >= {depth_max}"
+            return LoadReading(level, f"{seen} ({why}: {word})", lag, depth)
     return LoadReading(LoadLevel.OK, seen, lag, depth)
 
 

@@ -30,7 +30,6 @@ from services.risk.posture import (
     SummaryUse,
     after_command,
     belief_trace,
-    compose_knobs,
     fold_summary,
     is_api_error,
     kill_inputs,
@@ -40,6 +39,7 @@ from services.risk.posture import (
     stricter,
     summary_use,
 )
+from tests.builders import knobs
 
 NOW = 1_700_000_000.0
 SETTINGS = RiskSettings(max_notional_usdt=10_000, max_leverage=10, min_entry_conf=0.5)
@@ -64,16 +64,7 @@ def transition(to_state: OrderState, error_class: str | None = None) -> OrderTra
 
 
 def compose(**kw) -> GuardKnobs:
-    args = dict(
-        controller_mode=0,
-        trace=None,
-        debt_inputs=DebtInputs(),
-        kill=KillState(False, ()),
-        operator=OperatorHalt(),
-        state_error=None,
-    )
-    args.update(kw)
-    return compose_knobs(SETTINGS, **args)
+    return knobs(SETTINGS, **kw)
 
 
 # ---------------------------------------------------------------------- evidence

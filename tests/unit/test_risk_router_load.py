@@ -6,10 +6,9 @@ import pytest
 
 from libs.common.config import RiskSettings
 from libs.common.messages import GuardKnobs, RouterLoad
-from services.risk.belief_controller import DebtInputs
-from services.risk.kill_switch import KillState
-from services.risk.posture import OperatorHalt, compose_knobs, knobs_changed, previous_posture
+from services.risk.posture import OperatorHalt, knobs_changed, previous_posture
 from services.risk.router_load import NOT_REPORTED, LoadLevel, LoadShedder, load_reading, newer
+from tests.builders import knobs
 
 NOW = 1_700_000_000.0
 S = RiskSettings(
@@ -102,16 +101,7 @@ def test_a_throttle_reading_goes_to_defensive_not_halted():
 
 
 def compose(**kw) -> GuardKnobs:
-    args = dict(
-        controller_mode=0,
-        trace=None,
-        debt_inputs=DebtInputs(),
-        kill=KillState(False, ()),
-        operator=OperatorHalt(),
-        state_error=None,
-    )
-    args.update(kw)
-    return compose_knobs(S, **args)
+    return knobs(S, **kw)
 
 
 def test_the_knobs_take_the_stricter_controller_and_say_the_router_is_behind():
