@@ -74,7 +74,8 @@ class Belief:
             del self.intents[cid]
 
     def apply_transition(self, t: OrderTransition, now: float) -> None:
-        self.last_activity[t.symbol] = now
+        if not _leaves_the_position_alone(t):
+            self.last_activity[t.symbol] = now
         o = self.orders.get(t.client_order_id)
         intent = self.intents.get(t.client_order_id)
         if o is None:
@@ -144,3 +145,14 @@ class Belief:
     def forget_order(self, client_order_id: str) -> None:
         self.orders.pop(client_order_id, None)
         self.intents.pop(client_order_id, None)
+
+
+def _leaves_the_position_alone(t: OrderTransition) -> bool:
+    """A stop or take-profit that ended without a fill (cancelled or expired, e.g. behind our back): no
+    fill can be on its way, so the symbol need not settle before its protection is repaired (the crash
+    bench's cancelled stops otherwise waited a paced tick, about 10 s)."""
+    return (
+        t.bucket in (Bucket.SL, Bucket.TP)
+        and t.to_state in (OrderState.CANCELED, OrderState.EXPIRED)
+        and not t.filled_qty
+    )

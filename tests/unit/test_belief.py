@@ -73,6 +73,16 @@ def test_busy_while_settling_or_with_an_order_in_flight():
     assert b.busy(BTC, 1_000.0) and not b.busy(ETH, 1_000.0)
 
 
+def test_a_stop_that_ended_without_a_fill_does_not_make_its_symbol_settle():
+    b = Belief(settle_sec=2.0)
+    stop = journal_intent(Bucket.SL)
+    b.apply_transition(transition(stop, S.ACKED, S.CANCELED), 100.0)
+    assert not b.busy(stop.symbol, 100.5)  # repaired at once, not after a settle
+    entry = journal_intent(Bucket.ENTRY)
+    b.apply_transition(transition(entry, S.SUBMITTING, S.FILLED), 100.0)
+    assert b.busy(entry.symbol, 100.5)  # a fill: its stage-1 stop is on its way
+
+
 def test_open_orders_and_unknown_orders():
     b = Belief()
     b.adopt_order(KnownOrder("a", BTC, Bucket.SL, "sell", S.ACKED))
