@@ -185,6 +185,10 @@ class Engine:
         # client id -> ids of the orders (algo orders) that carried it, oldest first: the venue's lookups
         # and its duplicate check by client id, without a scan of every order ever placed
         self._order_ids_by_cid: dict[str, list[int]] = {}
+        # orders and conditional orders that were open when last looked at (a superset of the open ones:
+        # an order never reopens), so the checks that need only open orders do not scan the whole history
+        self._live_orders: dict[int, Order] = {}
+        self._live_algos: dict[int, AlgoOrder] = {}
         self._algo_ids_by_cid: dict[str, list[int]] = {}
         self.reset()
 
@@ -257,8 +261,8 @@ class Engine:
 
     def used_margin(self) -> float:
         used = sum(abs(p.qty) * p.entry_price / self.lev(s) for s, p in self.positions.items() if p.qty)
-        for o in self.orders.values():
-            if o.open and not o.reduce_only:
+        for o in self._open_orders():
+            if not o.reduce_only:
                 used += (o.qty - o.executed) * (o.price or self.prices[o.symbol]) / self.lev(o.symbol)
         return used
 
@@ -282,18 +286,38 @@ class Engine:
         """Rebuild the client id index from ``orders`` and ``algos`` (after they were replaced wholesale)."""
         self._order_ids_by_cid.clear()
         self._algo_ids_by_cid.clear()
+        self._live_orders.clear()
+        self._live_algos.clear()
         for o in sorted(self.orders.values(), key=lambda x: x.order_id):
             self._order_ids_by_cid.setdefault(o.client_id, []).append(o.order_id)
+            if o.open:
+                self._live_orders[o.order_id] = o
         for a in sorted(self.algos.values(), key=lambda x: x.algo_id):
             self._algo_ids_by_cid.setdefault(a.client_id, []).append(a.algo_id)
+            if a.open:
+                self._live_algos[a.algo_id] = a
 
     def _add_order(self, o: Order) -> None:
         self.orders[o.order_id] = o
         self._order_ids_by_cid.setdefault(o.client_id, []).append(o.order_id)
+        self._live_orders[o.order_id] = o
 
     def _add_algo(self, a: AlgoOrder) -> None:
         self.algos[a.algo_id] = a
         self._algo_ids_by_cid.setdefault(a.client_id, []).append(a.algo_id)
+        self._live_algos[a.algo_id] = a
+
+    def _open_orders(self) -> list[Order]:
+        """Every open order, oldest first (as ``orders`` lists them)."""
+        for oid in [i for i, o in self._live_orders.items() if not o.open]:
+            del self._live_orders[oid]
+        return list(self._live_orders.values())
+
+    def _open_algos(self) -> list[AlgoOrder]:
+        """Every open conditional order, oldest first."""
+        for aid in [i for i, a in self._live_algos.items() if not a.open]:
+            del self._live_algos[aid]
+        return list(self._live_algos.values())
 
     def _orders_with_client_id(self, client_id: str) -> list[Order]:
         """Orders that carried ``client_id``, newest first."""
@@ -433,11 +457,8 @@ class Engine:
         pos = self.pos_qty(symbol)
         stale = [
             a
-            for a in self.algos.values()
-            if a.open
-            and a.close_position
-            and a.symbol == symbol
-            and (pos == 0 or (a.side == "SELL") == (pos < 0))
+            for a in self._open_algos()
+            if a.close_position and a.symbol == symbol and (pos == 0 or (a.side == "SELL") == (pos < 0))
         ]
         if not stale or (self.keep_protection is not None and self.keep_protection(symbol)):
             return
@@ -630,7 +651,7 @@ class Engine:
         is_stop = order_type in ("STOP_MARKET", "STOP")
         if close_position and any(
             x.open and x.close_position and x.symbol == symbol and x.side == side and x.is_stop == is_stop
-            for x in self.algos.values()
+            for x in self._open_algos()
         ):
             # one close-position stop (and one take-profit) per direction
             raise _bad(
@@ -757,17 +778,13 @@ class Engine:
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         with self.lock:
             return [
-                o
-                for o in self.orders.values()
-                if o.open and (symbol is None or o.symbol == symbol) and self.visible(o)
+                o for o in self._open_orders() if (symbol is None or o.symbol == symbol) and self.visible(o)
             ]
 
     def open_algos(self, symbol: str | None = None) -> list[AlgoOrder]:
         with self.lock:
             return [
-                a
-                for a in self.algos.values()
-                if a.open and (symbol is None or a.symbol == symbol) and self.visible(a)
+                a for a in self._open_algos() if (symbol is None or a.symbol == symbol) and self.visible(a)
             ]
 
     def all_orders(self, symbol: str) -> list[Order]:
@@ -793,13 +810,13 @@ class Engine:
 
     def _match(self, symbol: str) -> list[int]:
         touched: list[int] = []
-        for o in list(self.orders.values()):
+        for o in self._open_orders():
             if o.symbol == symbol and o.open and o.type == "LIMIT":
                 before = o.executed
                 self._execute(o, taker=False)
                 if o.executed != before:
                     touched.append(o.order_id)
-        for a in list(self.algos.values()):
+        for a in self._open_algos():
             if not (a.symbol == symbol and a.open):
                 continue
             if (
