@@ -261,7 +261,7 @@ class Engine:
 
     def used_margin(self) -> float:
         used = sum(abs(p.qty) * p.entry_price / self.lev(s) for s, p in self.positions.items() if p.qty)
-        for o in self._open_orders():
+        for o in self.live_orders():
             if not o.reduce_only:
                 used += (o.qty - o.executed) * (o.price or self.prices[o.symbol]) / self.lev(o.symbol)
         return used
@@ -307,13 +307,13 @@ class Engine:
         self._algo_ids_by_cid.setdefault(a.client_id, []).append(a.algo_id)
         self._live_algos[a.algo_id] = a
 
-    def _open_orders(self) -> list[Order]:
+    def live_orders(self) -> list[Order]:
         """Every open order, oldest first (as ``orders`` lists them)."""
         for oid in [i for i, o in self._live_orders.items() if not o.open]:
             del self._live_orders[oid]
         return list(self._live_orders.values())
 
-    def _open_algos(self) -> list[AlgoOrder]:
+    def live_algos(self) -> list[AlgoOrder]:
         """Every open conditional order, oldest first."""
         for aid in [i for i, a in self._live_algos.items() if not a.open]:
             del self._live_algos[aid]
@@ -457,7 +457,7 @@ class Engine:
         pos = self.pos_qty(symbol)
         stale = [
             a
-            for a in self._open_algos()
+            for a in self.live_algos()
             if a.close_position and a.symbol == symbol and (pos == 0 or (a.side == "SELL") == (pos < 0))
         ]
         if not stale or (self.keep_protection is not None and self.keep_protection(symbol)):
@@ -651,7 +651,7 @@ class Engine:
         is_stop = order_type in ("STOP_MARKET", "STOP")
         if close_position and any(
             x.open and x.close_position and x.symbol == symbol and x.side == side and x.is_stop == is_stop
-            for x in self._open_algos()
+            for x in self.live_algos()
         ):
             # one close-position stop (and one take-profit) per direction
             raise _bad(
@@ -778,13 +778,13 @@ class Engine:
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         with self.lock:
             return [
-                o for o in self._open_orders() if (symbol is None or o.symbol == symbol) and self.visible(o)
+                o for o in self.live_orders() if (symbol is None or o.symbol == symbol) and self.visible(o)
             ]
 
     def open_algos(self, symbol: str | None = None) -> list[AlgoOrder]:
         with self.lock:
             return [
-                a for a in self._open_algos() if (symbol is None or a.symbol == symbol) and self.visible(a)
+                a for a in self.live_algos() if (symbol is None or a.symbol == symbol) and self.visible(a)
             ]
 
     def all_orders(self, symbol: str) -> list[Order]:
@@ -810,13 +810,13 @@ class Engine:
 
     def _match(self, symbol: str) -> list[int]:
         touched: list[int] = []
-        for o in self._open_orders():
+        for o in self.live_orders():
             if o.symbol == symbol and o.open and o.type == "LIMIT":
                 before = o.executed
                 self._execute(o, taker=False)
                 if o.executed != before:
                     touched.append(o.order_id)
-        for a in self._open_algos():
+        for a in self.live_algos():
             if not (a.symbol == symbol and a.open):
                 continue
             if (

@@ -21,8 +21,8 @@ def status(sim: Simulator) -> dict[str, Any]:
     e = sim.engine
     with e.lock:
         positions = {s: p.qty for s, p in e.positions.items() if p.qty}
-        open_orders = sum(o.open for o in e.orders.values())
-        open_algos = sum(a.open for a in e.algos.values())
+        open_orders = len(e.live_orders())
+        open_algos = len(e.live_algos())
     return {
         "service": "simulator",
         "ready": True,

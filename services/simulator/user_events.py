@@ -151,7 +151,7 @@ class UserEvents:
     def _open_notional(self, symbol: str) -> tuple[float, float]:
         """Bids / asks notional of the symbol's open orders (``b`` / ``a``)."""
         bids = asks = 0.0
-        for x in self.engine.orders.values():
+        for x in self.engine.live_orders():
             if x.open and x.symbol == symbol:
                 n = (x.qty - x.executed) * (x.price or self.engine.prices[symbol])
                 if x.side == "BUY":
