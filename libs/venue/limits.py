@@ -18,10 +18,10 @@ used: the venue's last count plus every order this process sent since, so it nev
 
 from __future__ import annotations
 
+import bisect
 import email.utils
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -165,7 +165,9 @@ class VenueLimits:
         self.rate_limit: VenuePause | None = None
         self.order_limits = OrderLimits()  # the venue's own (exchangeInfo) once a service reads them
         self._counts_at: float | None = None  # when the request that brought the last order counts went out
-        self._orders_sent: deque[float] = deque()  # our own placements over the last minute
+        # our own placements over the last minute, in time order (counted by bisection: at hundreds of
+        # orders a minute a scan per entry was a tenth of the router's CPU)
+        self._orders_sent: list[float] = []
         self._reserved: dict[str, float] = {}  # client id -> when it was counted ahead of its send
         # told of every new or longer pause (metrics, journal); must not block
         self.listeners: list[Callable[[VenuePause], None]] = []
@@ -246,7 +248,8 @@ class VenueLimits:
         now = self.clock()
         if key is not None:
             self._reserved.pop(key, None)
-        self._orders_sent.append(now)
+        sent = self._orders_sent
+        sent.append(max(now, sent[-1]) if sent else now)  # kept in order even if the clock steps back
         self._forget(now)
 
     def reserve_order(self, key: str) -> None:
@@ -258,8 +261,7 @@ class VenueLimits:
 
     def _forget(self, now: float) -> None:
         horizon = now - ORDER_WINDOWS_SEC[-1]
-        while self._orders_sent and self._orders_sent[0] <= horizon:
-            self._orders_sent.popleft()
+        del self._orders_sent[: bisect.bisect_right(self._orders_sent, horizon)]
         for key in [k for k, t in self._reserved.items() if t <= horizon]:  # never sent: long moot
             del self._reserved[key]
 
@@ -275,12 +277,13 @@ class VenueLimits:
         pending = len(self._reserved)
         out = []
         for window, seen in zip(ORDER_WINDOWS_SEC, (self.order_count_10s, self.order_count_1m), strict=True):
-            own = sum(1 for t in self._orders_sent if t > now - window) + pending
+            sent = self._orders_sent
+            own = len(sent) - bisect.bisect_right(sent, now - window) + pending
             at = self._counts_at
             if seen is None or at is None or now - at >= window:
                 out.append(own)
             else:
-                out.append(max(own, seen + sum(1 for t in self._orders_sent if t >= at) + pending))
+                out.append(max(own, seen + len(sent) - bisect.bisect_left(sent, at) + pending))
         return out[0], out[1]
 
     def current(self) -> VenuePause | None:
