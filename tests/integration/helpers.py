@@ -124,3 +124,16 @@ async def server_state(
         if time.monotonic() > deadline:
             raise AssertionError(f"the server's state never got there in {within}s: {value}")
         await asyncio.sleep(0.05)
+
+
+async def protection_goes_through(bus: Any, sim: Any) -> None:
+    """With entries refused, a stop and an exit on a fresh BTC position still reach the venue."""
+    px = sim.price(BTC_ID)
+    sim.set_position(BTC_ID, amount=0.02, entry_price=px)
+    sl = stop_intent("sell", round(px * 0.9, 1), qty=0.02)
+    exit_ = make_intent(Bucket.EXIT, side="sell", qty=0.01)
+    await bus.publish(sl)
+    await bus.publish(exit_)
+    await bus.tap.wait_for(
+        lambda: settled(bus.tap, sl, OrderState.ACKED) and settled(bus.tap, exit_, OrderState.FILLED)
+    )

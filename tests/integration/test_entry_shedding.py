@@ -13,10 +13,9 @@ import time
 import pytest
 
 from libs.common.config import GuardSettings
-from libs.common.ids import Bucket
 from libs.common.messages import GuardKnobs, RouterLoad, Signal, SignalDecision
 from libs.common.state_machine import OrderState
-from tests.integration.helpers import BTC, BTC_ID, make_intent, settled, stop_intent
+from tests.integration.helpers import BTC, make_intent, protection_goes_through, settled
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +68,7 @@ async def test_late_entries_at_the_router_block_new_entries_exits_flow_and_entri
     t = await bus.tap.wait_for(lambda: settled(bus.tap, queued))
     assert (t.to_state, t.reason) == (S.BLOCKED, "entries_blocked:halted")
     # ... while a stop and an exit go through: protection is never shed
-    px = sim.price(BTC_ID)
-    sim.set_position(BTC_ID, amount=0.02, entry_price=px)
-    sl = stop_intent("sell", round(px * 0.9, 1), qty=0.02)
-    exit_ = make_intent(Bucket.EXIT, side="sell", qty=0.01)
-    await bus.publish(sl)
-    await bus.publish(exit_)
-    await bus.tap.wait_for(lambda: settled(bus.tap, sl, S.ACKED) and settled(bus.tap, exit_, S.FILLED))
+    await protection_goes_through(bus, sim)
 
     # the late entry leaves the window: the lag is gone, entries come back one step at a time
     await risk.wait_published(lambda k: k.mode == "normal", within_sec=30)

@@ -13,7 +13,14 @@ from libs.common.messages import DeadLetter, GuardKnobs, OrderRetry, OrderTransi
 from libs.common.replay import find_by_client_order_id, fold, load_journal, order_subjects, summarize
 from libs.common.state_machine import OrderState
 from libs.common.telemetry import DEAD_LETTERS
-from tests.integration.helpers import BTC_ID, make_intent, path_of, server_state, settled, stop_intent
+from tests.integration.helpers import (
+    BTC_ID,
+    make_intent,
+    path_of,
+    protection_goes_through,
+    server_state,
+    settled,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +61,7 @@ async def test_halt_blocks_entries_but_not_stops_or_exits(bus, sim, router_facto
     t = await bus.tap.wait_for(lambda: settled(bus.tap, entry))
     assert (t.to_state, t.reason) == (S.BLOCKED, "entries_blocked:halted")
     assert not [r for r in sim.requests_log() if r["params"].get("newClientOrderId") == entry.client_order_id]
-    px = sim.price(BTC_ID)
-    sim.set_position(BTC_ID, amount=0.02, entry_price=px)
-    sl = stop_intent("sell", round(px * 0.9, 1), qty=0.02)
-    exit_ = make_intent(Bucket.EXIT, side="sell", qty=0.01)
-    await bus.publish(sl)
-    await bus.publish(exit_)
-    await bus.tap.wait_for(lambda: settled(bus.tap, sl, S.ACKED) and settled(bus.tap, exit_, S.FILLED))
+    await protection_goes_through(bus, sim)
 
 
 async def test_unreadable_guard_fails_safe_for_entries_only(bus, sim, router_factory):
