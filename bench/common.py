@@ -11,6 +11,14 @@ from collections.abc import Sequence
 from tools.natsd import NatsServer
 from tools.stack import SIMULATOR, Child, ChildSpec, LocalStack
 
+# the venue's weight and order limits raised far past any bench's rate (enforcement stays on, so a 429
+# would still show): benches that measure our own path must not measure the venue's budget instead
+RAISED_VENUE_LIMITS = {
+    "SIM_WEIGHT_LIMIT_1M": str(10**8),
+    "SIM_ORDERS_LIMIT_10S": str(10**8),
+    "SIM_ORDERS_LIMIT_1M": str(10**8),
+}
+
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)

@@ -37,7 +37,7 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bench.common import dist, jetstream_baseline, machine
+from bench.common import RAISED_VENUE_LIMITS, dist, jetstream_baseline, machine
 from libs.common.bus import Publisher, connect_nats
 from libs.common.config import NatsSettings
 from libs.common.ids import Bucket, make_client_order_id, make_intent_id
@@ -165,15 +165,12 @@ def main() -> None:
     # back-to-back orders far beyond the venue's 300 per 10 s: this bench isolates our own overhead. The
     # limits are raised, not switched off: the router gives entries a share of the limits exchangeInfo
     # states (ROUTER_ENTRY_ORDER_SHARE), and a venue without enforcement still states Binance's
-    high = "100000000"
     stack = LocalStack(
         run_dir,
         extra_env={
             "SIM_TICK_MS": "0",
             "SIM_START_BALANCE": "1000000000",
-            "SIM_WEIGHT_LIMIT_1M": high,
-            "SIM_ORDERS_LIMIT_10S": high,
-            "SIM_ORDERS_LIMIT_1M": high,
+            **RAISED_VENUE_LIMITS,
         },
     )
     try:

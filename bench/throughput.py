@@ -95,7 +95,7 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bench.common import dist, machine, start_stack
+from bench.common import RAISED_VENUE_LIMITS, dist, machine, start_stack
 from bench.procstat import CpuMeter, cpu_delta, read_rss_kib
 from bench.signal_mix import SignalMix
 from bench.throughput_report import (
@@ -123,13 +123,10 @@ CALM_WITHIN_SEC = 60.0
 IDLE_SEC = 10.0
 # the reconcile summary's belief-debt inputs (services/risk/belief_controller.py DebtInputs)
 SUMMARY_DEBT = ("mismatch_streak", "open_gaps", "gap_breaches", "orphans", "unknown_orders")
-HIGH = str(10**8)
 BENCH_ENV = {
     "SIM_TICK_MS": "0",
     "SIM_START_BALANCE": "1000000000",
-    "SIM_WEIGHT_LIMIT_1M": HIGH,
-    "SIM_ORDERS_LIMIT_10S": HIGH,
-    "SIM_ORDERS_LIMIT_1M": HIGH,
+    **RAISED_VENUE_LIMITS,
     "GUARD_REQUIRE_KNOBS": "1",
     "RISK_MAX_NOTIONAL_USDT": "1000000000",
     "RISK_MAX_OPEN_ORDERS": "1000000",
