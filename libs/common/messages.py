@@ -10,6 +10,7 @@ consumer pull one intent's whole lifecycle with a subject filter.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
@@ -105,6 +106,13 @@ class BusMessage(BaseModel):
         """The router lane, a subject token before the last one (``<prefix>.intent.order.entry.<cid>``);
         None for messages outside the router's lanes."""
         return None
+
+    def qualifier(self) -> str | None:
+        """The subject token before the last one, if the family has one: the lane of an intent or
+        fact, the state of a transition. Consumers filter on it; decode accepts subjects without it
+        (journaled before it existed)."""
+        lane = self.lane()
+        return None if lane is None else lane.value
 
 
 # ----------------------------------------------------------------------------- signals and intents
@@ -263,6 +271,12 @@ class OrderTransition(BusMessage):
     code: int | None = None
     leverage: int | None = None
     venue_ms: float | None = Field(None, description="duration of the venue call that produced this state")
+
+    def qualifier(self) -> str:
+        """``<prefix>.order.transition.<to_state>.<cid>``: a consumer that needs a few states (the
+        entry's fills and stop outcomes, risk's API errors) filters on them instead of being handed,
+        and acking, every transition of every order (issue 14)."""
+        return self.to_state.value
 
 
 class OrderRetry(BusMessage):
@@ -723,9 +737,12 @@ MESSAGE_TYPES: tuple[type[BusMessage], ...] = (
 )
 _BY_FAMILY: dict[str, type[BusMessage]] = {m.family: m for m in MESSAGE_TYPES}
 assert len(_BY_FAMILY) == len(MESSAGE_TYPES), "two messages share a subject family"
-# the families whose subjects carry a lane token (subject_for): the models that define ``lane``
-_LANED = {m.family for m in MESSAGE_TYPES if m.lane is not BusMessage.lane}
-_LANES = {lane.value for lane in Lane}
+# the families whose subjects carry a qualifier token (subject_for), and the tokens each may carry
+_LANES = frozenset(lane.value for lane in Lane)
+_QUALIFIERS: dict[str, frozenset[str]] = {
+    **{m.family: _LANES for m in MESSAGE_TYPES if m.lane is not BusMessage.lane},
+    OrderTransition.family: frozenset(s.value for s in OrderState),
+}
 
 
 class DecodeError(ValueError):
@@ -733,10 +750,25 @@ class DecodeError(ValueError):
 
 
 def subject_for(prefix: str, msg: BusMessage) -> str:
-    lane = msg.lane()
-    if lane is not None:
-        return f"{prefix}.{msg.family}.{lane.value}.{msg.subject_token()}"
+    qualifier = msg.qualifier()
+    if qualifier is not None:
+        return f"{prefix}.{msg.family}.{qualifier}.{msg.subject_token()}"
     return f"{prefix}.{msg.family}.{msg.subject_token()}"
+
+
+def transition_subjects(prefix: str, correlation_id: str) -> list[str]:
+    """One intent's transitions: any state, and those journaled before the state token."""
+    family = f"{prefix}.{OrderTransition.family}"
+    return [f"{family}.*.{correlation_id}", f"{family}.{correlation_id}"]
+
+
+def transition_filters(prefix: str, states: Iterable[OrderState] | None = None) -> list[str]:
+    """Consumer filter for order transitions: all of them, or those ending in one of ``states``
+    (plus transitions journaled before the state token, which name no state: kept, never lost)."""
+    family = f"{prefix}.{OrderTransition.family}"
+    if states is None:
+        return [f"{family}.>"]
+    return [f"{family}.{s.value}.>" for s in sorted(states)] + [f"{family}.*"]
 
 
 def family_of(prefix: str, subject: str) -> str:
@@ -749,9 +781,10 @@ def model_for_subject(prefix: str, subject: str) -> type[BusMessage]:
     family = family_of(prefix, subject)
     model = _BY_FAMILY.get(family)
     if model is None:
-        # a laned subject (``intent.order.<lane>``); one without a lane is from before lanes existed
-        base, _, lane = family.rpartition(".")
-        model = _BY_FAMILY.get(base) if base in _LANED and lane in _LANES else None
+        # a qualified subject (``intent.order.<lane>``, ``order.transition.<state>``); one without
+        # its qualifier is from before qualifiers existed
+        base, _, qualifier = family.rpartition(".")
+        model = _BY_FAMILY.get(base) if qualifier in _QUALIFIERS.get(base, ()) else None
     if model is None:
         raise DecodeError(f"no schema for subject family {family!r}")
     return model

@@ -33,6 +33,7 @@ from libs.common.messages import (
     Signal,
     SignalDecision,
     Stage1GapAssertion,
+    transition_filters,
 )
 from libs.common.protection import stage1_intents
 from libs.common.service import Service
@@ -45,6 +46,9 @@ from services.entry.policy import entry_decision
 REMEMBER = 10_000
 _SIGNALS = Children(SIGNALS)
 STOP_FAILED = frozenset({OrderState.REJECTED, OrderState.FAILED, OrderState.BLOCKED})
+# the transitions ``on_transition`` acts on (fills of entries, ends of entries and stops, stops placed);
+# the consumer is handed only these: about half of all transitions are SUBMITTING alone
+FILLS_STATES = TERMINAL_ORDER_STATES | STOP_FAILED | {OrderState.ACKED, OrderState.PARTIALLY_FILLED}
 
 
 @dataclass
@@ -132,7 +136,10 @@ class EntryService(Service):
             self.nats_settings.stream,
             # new on first creation (never protect fills from before this service existed), then resume
             ConsumerSpec(
-                "entry-fills", [f"{prefix}.order.transition.>"], deliver_new=True, max_ack_pending=1024
+                "entry-fills",
+                transition_filters(prefix, FILLS_STATES),
+                deliver_new=True,
+                max_ack_pending=1024,
             ),
             self.on_transition,
             service=self.name,

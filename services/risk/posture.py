@@ -114,15 +114,15 @@ def belief_trace(step: ControllerTrace, previous: BeliefTrace | None) -> BeliefT
 # ---------------------------------------------------------------------- API errors and the kill switch
 
 
+# the transitions that may be API errors: risk's consumer is handed these, not every transition
+API_ERROR_STATES = frozenset({OrderState.REJECTED, OrderState.FAILED})
+
+
 def is_api_error(msg: BusMessage) -> bool:
     """Retries, venue IP bans (an API error in itself) and venue rejections or failures with an error class."""
     if isinstance(msg, OrderRetry | VenueBan):
         return True
-    return (
-        isinstance(msg, OrderTransition)
-        and msg.to_state in (OrderState.REJECTED, OrderState.FAILED)
-        and bool(msg.error_class)
-    )
+    return isinstance(msg, OrderTransition) and msg.to_state in API_ERROR_STATES and bool(msg.error_class)
 
 
 @dataclass

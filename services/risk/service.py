@@ -52,6 +52,7 @@ from libs.common.messages import (
     check_operator_reason,
     decode,
     encode,
+    transition_filters,
 )
 from libs.common.service import Service
 from libs.common.telemetry import (
@@ -70,6 +71,7 @@ from libs.common.telemetry import (
 from services.risk.belief_controller import MODES, BeliefController
 from services.risk.kill_switch import KillState, KillSwitch
 from services.risk.posture import (
+    API_ERROR_STATES,
     UNREADABLE_KNOBS,
     ApiErrorWindow,
     BeliefTrace,
@@ -333,7 +335,7 @@ class RiskService(Service):
                 f"{p}.reconcile.rebuild.>",
                 f"{p}.risk.command.>",
                 f"{p}.order.retry.>",
-                f"{p}.order.transition.>",
+                *transition_filters(p, API_ERROR_STATES),
                 f"{p}.venue.ban.>",
                 f"{p}.venue.stream.>",
             ],

@@ -39,6 +39,7 @@ from libs.common.messages import (
     ReplaceIntent,
     VenueOrderFact,
     decode,
+    transition_subjects,
 )
 from libs.common.retry import RetryPolicy
 from libs.common.service import Service
@@ -623,14 +624,18 @@ class RouterService(Service):
         (then the journal itself is asked: one direct get of its last transition)."""
         if self.ledger.covers(intent.ts_ms / 1000):
             return None
-        subject = f"{self.nats_settings.subject_prefix}.order.transition.{intent.correlation_id}"
-        try:
-            raw = await self.js.get_last_msg(self.nats_settings.stream, subject)
-        except nats.js.errors.NotFoundError:
+        prefix = self.nats_settings.subject_prefix
+        last = None  # the latest of its transitions, whichever state (or subject form) it is under
+        for subject in transition_subjects(prefix, intent.correlation_id):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                raw = await self.js.get_last_msg(self.nats_settings.stream, subject)
+                if last is None or (raw.seq or 0) > (last.seq or 0):
+                    last = raw
+        if last is None:
             # no transition on record, and too old for the ledger to vouch for: treat it as maybe sent
             return LedgerEntry(OrderState.SUBMITTING, time.time(), intent.correlation_id)
-        stored = int(raw.time.timestamp() * 1000) if raw.time else None
-        t = decode(self.nats_settings.subject_prefix, raw.subject or subject, raw.data or b"", stored)
+        stored = int(last.time.timestamp() * 1000) if last.time else None
+        t = decode(prefix, last.subject or "", last.data or b"", stored)
         assert isinstance(t, OrderTransition)
         return LedgerEntry(t.to_state, t.ts_ms / 1000, t.correlation_id)
 

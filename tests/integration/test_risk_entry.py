@@ -12,6 +12,7 @@ from libs.common.messages import (
     HaltCommand,
     KillSwitchEvent,
     OrderIntent,
+    OrderRetry,
     OrderTransition,
     ProtectionGap,
     RepairAction,
@@ -165,6 +166,26 @@ async def test_api_error_rate_trips(bus, sim, router_factory, risk_factory):
         await bus.publish(make_intent(Bucket.EXIT, side="sell"))
     knobs = await risk.wait_published(lambda k: "api_errors" in k.kill_reasons)
     assert not knobs.allow_entries
+
+
+async def test_venue_rejections_count_as_api_errors(bus, sim, router_factory, risk_factory):
+    """Risk's consumer takes only REJECTED / FAILED transitions (their state is in the subject): the
+    rejections still reach it. Fails if its filter left REJECTED out."""
+    await router_factory()
+    risk = await risk_factory(kill=KillSettings(api_error_max=3, stale_data_sec=3600))
+    sim.add_fault(
+        kind="binance_error",
+        method="POST",
+        path="/fapi/v1/order",
+        count=None,
+        code=-1111,
+        msg="Precision is over the maximum defined for this asset.",
+    )
+    for _ in range(4):
+        await bus.publish(make_intent(Bucket.EXIT, side="sell"))
+    knobs = await risk.wait_published(lambda k: "api_errors" in k.kill_reasons)
+    assert not knobs.allow_entries
+    assert not bus.tap.of(OrderRetry)  # fatal: no retries, so the transitions alone tripped it
 
 
 async def test_belief_controller_tightens_with_persistence_and_recovers_with_hysteresis(

@@ -7,6 +7,7 @@ from libs.common.messages import (
     Lane,
     OrderIntent,
     OrderRetry,
+    OrderTransition,
     ReplaceIntent,
     Signal,
     VenueOrderFact,
@@ -14,7 +15,10 @@ from libs.common.messages import (
     encode,
     model_for_subject,
     subject_for,
+    transition_filters,
+    transition_subjects,
 )
+from libs.common.state_machine import OrderState
 from tests.builders import intent
 
 
@@ -62,6 +66,52 @@ def test_subjects_from_before_lanes_still_decode():
         model_for_subject("erl", "erl.order.retry.entry.c1")
     with pytest.raises(DecodeError):
         model_for_subject("erl", "erl.intent.order.fast.c1")
+
+
+def _transition(to: OrderState) -> OrderTransition:
+    return OrderTransition(
+        correlation_id="c1",
+        intent_id="i1",
+        client_order_id="c1x",
+        symbol="BTC/USDT:USDT",
+        bucket=Bucket.ENTRY,
+        from_state=OrderState.SUBMITTING,
+        to_state=to,
+    )
+
+
+def _matches(filter_: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` one or more at the end."""
+    f, s = filter_.split("."), subject.split(".")
+    for i, tok in enumerate(f):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(f) == len(s)
+
+
+def test_transitions_carry_their_state_and_filters_select_by_it():
+    filled, submitting = _transition(OrderState.FILLED), _transition(OrderState.SUBMITTING)
+    assert subject_for("erl", filled) == "erl.order.transition.FILLED.c1"
+    assert decode("erl", subject_for("erl", filled), encode(filled)) == filled
+    assert decode("erl", "erl.order.transition.c1", encode(filled)) == filled  # from before the token
+    with pytest.raises(DecodeError):
+        model_for_subject("erl", "erl.order.transition.entry.c1")  # a state, not a lane
+    wanted = transition_filters("erl", {OrderState.FILLED, OrderState.REJECTED})
+    picks = [
+        s
+        for s in ("erl.order.transition.FILLED.c1", "erl.order.transition.SUBMITTING.c1")
+        if any(_matches(f, s) for f in wanted)
+    ]
+    assert picks == [subject_for("erl", filled)]
+    assert any(_matches(f, "erl.order.transition.c1") for f in wanted)  # untokened ones are never lost
+    assert not any(_matches(f, subject_for("erl", submitting)) for f in wanted)
+    assert transition_filters("erl") == ["erl.order.transition.>"]
+    one = transition_subjects("erl", "c1")
+    for subject in (subject_for("erl", filled), subject_for("erl", submitting), "erl.order.transition.c1"):
+        assert any(_matches(f, subject) for f in one)
+    assert not any(_matches(f, "erl.order.transition.FILLED.c2") for f in one)
 
 
 def test_every_family_maps_to_one_model():

@@ -9,7 +9,7 @@ import uuid
 
 from libs.common.bus import Publisher
 from libs.common.ids import Bucket, make_client_order_id, make_correlation_id, make_intent_id
-from libs.common.messages import OrderIntent, OrderTransition, SignalDecision
+from libs.common.messages import OrderIntent, OrderTransition, SignalDecision, transition_subjects
 from libs.common.protection import market_exit
 from libs.common.state_machine import OrderState
 from tools.erl import fmt
@@ -59,7 +59,7 @@ async def cmd_signal(a: argparse.Namespace, ep: Endpoints) -> int:
     prefix = ep.nats.subject_prefix
     async with connected(ep.nats) as nc:
         decisions = await Watch(nc, ep.nats, f"{prefix}.entry.decision.{signal.signal_id}").start()
-        orders = await Watch(nc, ep.nats, f"{prefix}.order.transition.{cid}").start()
+        orders = await Watch(nc, ep.nats, transition_subjects(prefix, cid)[0]).start()
         ack = await Publisher(nc.jetstream(), ep.nats, "erl-cli").publish(
             signal, f"signal.{signal.signal_id}"
         )
@@ -109,7 +109,7 @@ async def cmd_close(a: argparse.Namespace, ep: Endpoints) -> int:
     )
     prefix = ep.nats.subject_prefix
     async with connected(ep.nats) as nc:
-        orders = await Watch(nc, ep.nats, f"{prefix}.order.transition.{intent.correlation_id}").start()
+        orders = await Watch(nc, ep.nats, transition_subjects(prefix, intent.correlation_id)[0]).start()
         ack = await Publisher(nc.jetstream(), ep.nats, "erl-cli").publish(intent, intent.intent_id)
         print(
             f"close     {intent.side} {qty:g} {a.symbol} reduce-only at market (position {held:+g})  "
