@@ -333,11 +333,13 @@ async def run_rate(
     posture = await ctx.calm()
     ctx.obs.summary_max.clear()
     reconcile_before = Counter(ctx.obs.reconcile)
+    bus_before = await ctx.bus_counts()
     before = ctx.cpu.sample()
     records, window, late = await send(ctx.pub, ctx.mix, ctx.obs, rate, seconds, at_half)
     in_window = ctx.cpu.sample()
     drained, drain_sec = await drain(records, ctx.drain_sec)
     after = ctx.cpu.sample()
+    bus_after = await ctx.bus_counts()
     total = cpu_delta(before, after)
     spent = time.perf_counter() - window[0]
     above_idle = {k: v - ctx.idle_cpu.get(k, 0.0) * spent for k, v in total.items()}
@@ -353,6 +355,10 @@ async def run_rate(
         "cpu_s_window_and_drain": total,
         "cpu_ms_per_signal": per_signal_ms(total, len(records)),
         "cpu_ms_per_signal_above_idle": per_signal_ms(above_idle, len(records)),
+        "bus_per_signal": {
+            k: round((bus_after.get(k, 0) - bus_before.get(k, 0)) / max(len(records), 1), 2)
+            for k in sorted(bus_after)
+        },
         "venue_429_418_recent": await asyncio.to_thread(venue_refusals, ctx.sim),
         "reconciler_events": dict(ctx.obs.reconcile - reconcile_before),
         "reconcile_summary_max": dict(ctx.obs.summary_max),
@@ -398,6 +404,17 @@ class Bench:
         for name, child in self.stack.children.items():
             if child.proc is not None:
                 out[name] = child.proc.pid
+        return out
+
+    async def bus_counts(self) -> dict[str, int]:
+        """Messages stored in the journal and deliveries to each durable consumer so far: per signal,
+        what the bus does for one (nats-server's CPU follows these counts)."""
+        js = self.nc.jetstream()
+        info = await js.stream_info(self.settings.stream)
+        out = {"stored": info.state.messages}
+        for c in await js.consumers_info(self.settings.stream):
+            if c.name and c.delivered is not None:
+                out[f"delivered:{c.name}"] = c.delivered.consumer_seq or 0
         return out
 
     def rss_mib(self) -> dict[str, float]:
