@@ -21,6 +21,8 @@ lifecycle in the journal.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import os
 from collections import deque
@@ -63,7 +65,10 @@ class Journal:
         self._stored = 0  # last sequence stored in the stream
         self._queue: deque[tuple[int, BusMessage, str]] = deque()
         self._wake = asyncio.Event()
-        self._progress = asyncio.Condition()
+        # flush() callers, by the sequence they wait for: each is woken once, when it is stored (a
+        # condition woken for every stored event re-checked every waiter: quadratic under load)
+        self._flushes: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._flush_ids = itertools.count()
         self._limited = RateLimitedLog(logging.getLogger(f"erl.{service}.journal"))
         self.dropped = 0
         self._backlog_gauge = JOURNAL_BACKLOG.labels(service)  # set twice per event: looked up once
@@ -96,9 +101,11 @@ class Journal:
         target = self._seq
         if self._stored >= target:
             return
+        done = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._flushes, (target, next(self._flush_ids), done))
         try:
-            async with asyncio.timeout(within_sec), self._progress:
-                await self._progress.wait_for(lambda: self._stored >= target)
+            async with asyncio.timeout(within_sec):
+                await done
         except TimeoutError:
             raise JournalNotFlushed(
                 f"{target - self._stored} event(s) not stored after {within_sec}s"
@@ -128,7 +135,7 @@ class Journal:
                             return
                         await wait_event(stop, 0.5)
                         break
-                await self._stored_up_to(seq)
+                self._stored_up_to(seq)
 
     def _window(self) -> list[tuple[int, BusMessage, str]]:
         """The queue's head up to the first event whose intent is already in the window."""
@@ -165,11 +172,13 @@ class Journal:
             ack.cancel()  # frees its slot in the client's window of async publishes
             return False
 
-    async def _stored_up_to(self, seq: int) -> None:
+    def _stored_up_to(self, seq: int) -> None:
         # the head may have been dropped meanwhile (a full queue drops its oldest): pop only our own
         if self._queue and self._queue[0][0] == seq:
             self._queue.popleft()
         self._stored = max(self._stored, seq)
         self._backlog_gauge.set(len(self._queue))
-        async with self._progress:
-            self._progress.notify_all()
+        while self._flushes and self._flushes[0][0] <= self._stored:
+            done = heapq.heappop(self._flushes)[2]
+            if not done.done():  # a flush that timed out left its future cancelled
+                done.set_result(None)

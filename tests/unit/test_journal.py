@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from libs.common.journal import PIPELINE, Journal
+import pytest
+
+from libs.common.journal import PIPELINE, Journal, JournalNotFlushed
 from libs.common.messages import SignalDecision, Stage1GapAssertion
 
 
@@ -88,3 +90,23 @@ async def test_events_without_an_intent_keep_their_order_too():
     j.emit_nowait(refused)
     j.emit_nowait(refused.model_copy(update={"signal_id": "s2"}))
     assert len(j._window()) == 1  # no correlation id: one key, one per window
+
+
+async def test_each_flush_returns_once_what_it_waits_for_is_stored_and_a_timed_out_one_leaves_no_trace():
+    j = Journal(FakeStream(), "t")  # type: ignore[arg-type]
+    stream: FakeStream = j.publisher  # type: ignore[assignment]
+    j.emit_nowait(retry("c1", 1))
+    stream.lose = {j._queue[0][2]}  # its ack never comes: the sender re-publishes it after the timeout
+    early = asyncio.ensure_future(j.flush(within_sec=5))
+    j.emit_nowait(retry("c2", 1))
+    late = asyncio.ensure_future(j.flush(within_sec=5))
+    with pytest.raises(JournalNotFlushed):
+        await j.flush(within_sec=0.001)  # nothing is sending yet: it times out
+    assert not early.done() and not late.done()
+    stop = asyncio.Event()
+    sender = asyncio.ensure_future(j.run_flusher(stop))
+    await asyncio.wait_for(asyncio.gather(early, late), 5)
+    assert len(stream.stored) == 2 and j._flushes == []
+    stop.set()
+    j.wake()
+    await sender
