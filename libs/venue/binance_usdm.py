@@ -15,7 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import ccxt
 
 from libs.common.config import ExchangeSettings
-from libs.common.marks import read_mark
+from libs.common.marks import read_marks
 from libs.common.messages import OrderIntent
 from libs.venue.client import BinanceUSDMClient, exchange_from_settings
 from libs.venue.error_policy import Policy, VenueError, classify_order_error_policy
@@ -175,13 +175,12 @@ class BinanceUSDM:
         return float(total) if total is not None else None
 
     @_edge
-    async def mark_price(self, symbol: str) -> float:
-        """The venue's mark price (premiumIndex with the symbol: weight 1); the router's one mark read.
-
-        Uncached: the router reads it through a ``MarkCache`` (libs/common/marks.py). Raises on failure.
-        """
+    async def mark_prices(self) -> dict[str, float]:
+        """Every listed symbol's mark price, by ccxt symbol, in one read (premiumIndex without a symbol:
+        weight 10); the router's mark reads. Uncached: the router reads through a ``MarkCache``
+        (libs/common/marks.py). Raises on failure."""
         await self.ensure_markets()
-        return await read_mark(self.ex, symbol)
+        return await read_marks(self.ex)
 
     @_edge
     async def set_leverage(self, symbol: str, leverage: int) -> None:

@@ -24,7 +24,7 @@ from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, N
 from libs.common.guard import GuardView
 from libs.common.ids import Bucket
 from libs.common.logs import log_event
-from libs.common.marks import MarkCache, read_mark
+from libs.common.marks import MarkCache, read_marks
 from libs.common.messages import (
     BusMessage,
     GuardKnobs,
@@ -88,7 +88,7 @@ class EntryService(Service):
         self.open_entries: set[str] = set()
         self.last_entry_at: dict[str, float] = {}
         self.marks = MarkCache(
-            lambda symbol: read_mark(self.ex, symbol),
+            lambda: read_marks(self.ex),
             fresh_sec=settings.price_cache_sec,
             max_stale_sec=settings.price_max_stale_sec,
             service=self.name,

@@ -106,7 +106,7 @@ class RouterService(Service):
         self.venue_limits = self.venue.limits
         # the notional cap's price: the venue's mark, read by the router itself (never an intent's number)
         self.marks = MarkCache(
-            self.venue.mark_price,
+            self.venue.mark_prices,
             fresh_sec=settings.mark_cache_sec,
             max_stale_sec=settings.mark_max_stale_sec,
             service=self.name,

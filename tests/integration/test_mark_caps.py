@@ -20,6 +20,8 @@ S = OrderState
 KNOBS = GuardSettings(require_knobs=True)
 CAP = 10_000.0  # the risk service's normal-mode notional cap; the simulator's BTC mark is 50,000
 PREMIUM_INDEX = "/fapi/v1/premiumIndex"
+ETH = "ETH/USDT:USDT"
+UNLISTED = "DOGE/USDT:USDT"  # not one of the simulator's markets
 
 
 def decision(tap, signal_id: str) -> SignalDecision | None:
@@ -155,15 +157,18 @@ async def test_unreadable_mark_refuses_entries_while_exits_and_stops_flow(
 
 
 async def test_router_reads_the_mark_once_for_a_burst_of_entries(bus, sim, router_factory):
-    """Hot path: a cached mark costs no venue round trip per entry."""
+    """Hot path: a cached mark costs no venue round trip per entry, and one read (premiumIndex without
+    a symbol, weight 10) prices every symbol."""
     await router_factory(mark_cache_sec=30.0, mark_max_stale_sec=60.0)
-    intents = [make_intent(qty=0.001) for _ in range(10)]
+    intents = [make_intent(qty=0.001) for _ in range(5)] + [
+        make_intent(symbol=ETH, qty=0.01) for _ in range(5)
+    ]
     for i in intents:
         await bus.publish(i)
     for i in intents:
         await bus.tap.wait_for(lambda i=i: settled(bus.tap, i, S.FILLED))
     reads = mark_reads(sim)
-    assert len(reads) == 1 and reads[0]["params"]["symbol"] == BTC_ID
+    assert len(reads) == 1 and "symbol" not in reads[0]["params"], reads
 
 
 async def test_router_rereads_a_stale_mark_before_the_cap(bus, sim, router_factory, risk_factory):
@@ -176,3 +181,21 @@ async def test_router_rereads_a_stale_mark_before_the_cap(bus, sim, router_facto
     second = make_intent(qty=0.19)  # 11,400 at 60,000
     t = await outcome(bus, second)
     assert (t.to_state, t.reason) == (S.BLOCKED, "notional_cap:11400.00>10000")
+
+
+async def test_symbol_the_venue_does_not_list_gets_no_mark(
+    bus, sim, router_factory, risk_factory, entry_factory
+):
+    """Each service's one bulk read prices BTC and ETH; a symbol its answer does not list gets no mark
+    (no guess, no per-symbol read): refused by the entry service and blocked by the router."""
+    await capped_stack(router_factory, risk_factory, entry_factory)
+    for signal_id, symbol in (("btc", BTC), ("eth", ETH)):
+        assert (await decided(bus, sig(signal_id, symbol=symbol))).accepted
+    d = await decided(bus, sig("unlisted", symbol=UNLISTED, ref_price=0.1))
+    assert not d.accepted and d.reason == "mark_price_unavailable"
+    direct = make_intent(symbol=UNLISTED, qty=1.0, notional_usdt=0.1)
+    t = await outcome(bus, direct)
+    assert (t.to_state, t.reason) == (S.BLOCKED, "notional_unknown")
+    assert creates(sim, direct.client_order_id) == []
+    reads = mark_reads(sim)
+    assert reads and all("symbol" not in r["params"] for r in reads), reads

@@ -124,6 +124,32 @@ async def test_headers_grow_by_the_documented_weight(sim, ex):
     assert (view["ips"][IP]["bans"], view["ips"][IP]["banned_until_ms"]) == (0, None)
 
 
+async def test_mark_prices_one_symbol_weighs_1_every_symbol_10_in_binances_list_form(sim, ex):
+    """premiumIndex as Binance serves it: one object with a symbol (weight 1), a JSON array of every
+    listed symbol's object without (weight 10); the services' one bulk mark read uses the latter."""
+    start = used(ex)
+    assert (await ex.fetch_mark_price(BTC))["markPrice"] == sim.price("BTCUSDT")
+    assert used(ex) == start + 1
+    rows = await ex.fapiPublicGetPremiumIndex()
+    assert used(ex) == start + 11
+    fields = {
+        "symbol",
+        "markPrice",
+        "indexPrice",
+        "estimatedSettlePrice",
+        "lastFundingRate",
+        "interestRate",
+        "nextFundingTime",
+        "time",
+    }
+    assert isinstance(rows, list) and all(isinstance(r, dict) and set(r) == fields for r in rows)
+    listed = {r["symbol"]: r["markPrice"] for r in rows}
+    assert sorted(listed) == sorted(m["id"] for m in ex.markets.values())
+    assert all(isinstance(v, str) and float(v) == sim.price(s) for s, v in listed.items())
+    r = get(sim, "/fapi/v1/premiumIndex?symbol=NOPEUSDT")
+    assert (r.status_code, r.json()["code"]) == (400, -1121)
+
+
 def test_every_fapi_answer_carries_the_weight_header(sim):
     r = get(sim, "/fapi/v1/openOrders")  # unsigned: refused, weight counted all the same
     assert r.status_code in (400, 401) and r.headers[WEIGHT] == "40"
