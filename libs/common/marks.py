@@ -1,10 +1,12 @@
 """Venue mark prices for money checks: never a price a caller supplies.
 
 A notional cap is only as good as the price it multiplies by, so the entry service and the router
-each read the venue's own mark prices and keep them in a ``MarkCache``. One read answers for every
-symbol (Binance ``GET /fapi/v1/premiumIndex`` without a symbol: request weight 10, whatever the
-number of symbols; one read per symbol would cost 1 each, once per symbol and ``fresh_sec``: 50
-symbols at 1 s is 3,000 weight a minute, over the venue's 2,400 on its own). Per symbol:
+each read the venue's own mark prices and keep them in a ``MarkCache``. One refresh answers for every
+symbol the cache was asked about lately: from ``BULK_FROM`` of them on, one read of every symbol
+(Binance ``GET /fapi/v1/premiumIndex`` without a symbol: request weight 10, whatever the number of
+symbols; one read per symbol would cost 1 each, once per symbol and ``fresh_sec``: 50 symbols at 1 s
+is 3,000 weight a minute, over the venue's 2,400 on its own); below it, one read per symbol (weight 1
+each: a bot on two symbols must not pay 10 a second for its marks). Per symbol:
 
 - younger than ``fresh_sec``: used as is, no venue call;
 - older but younger than ``max_stale_sec``: still used, and one background read refreshes every
@@ -80,13 +82,34 @@ def marks_from_premium_index(
     return marks
 
 
-async def read_marks(exchange: Any) -> dict[str, float]:
-    """Every symbol's mark, by ccxt symbol, in one read (ccxt's implicit ``fapiPublicGetPremiumIndex``:
-    premiumIndex without a symbol). Raises whatever ccxt raises, or ValueError for an answer that is
-    not a list."""
+# premiumIndex weighs 1 with a symbol and 10 without: from 10 symbols on, one read of all costs no more
+BULK_FROM = 10
+
+
+async def read_marks(exchange: Any, symbols: Sequence[str]) -> dict[str, float]:
+    """The marks of ``symbols`` (at least), by ccxt symbol, through ccxt's implicit
+    ``fapiPublicGetPremiumIndex``: without a symbol (every symbol in one read) from ``BULK_FROM`` symbols
+    on, else one read per symbol, concurrently. A symbol whose own read failed is left out (no mark);
+    when every read failed, the first error is raised. Raises whatever ccxt raises, or ValueError for a
+    bulk answer that is not a list."""
     await exchange.load_markets()  # the id -> symbol map; loaded once, then a finished future
-    rows = await exchange.fapiPublicGetPremiumIndex()
-    return marks_from_premium_index(rows, exchange.markets_by_id)
+    if len(symbols) >= BULK_FROM:
+        rows = await exchange.fapiPublicGetPremiumIndex()
+        return marks_from_premium_index(rows, exchange.markets_by_id)
+    # a symbol that is no loaded market is not read (the venue would refuse it, -1121): no mark
+    ids = [m["id"] for s in symbols if (m := (exchange.markets or {}).get(s)) is not None]
+    answers = await asyncio.gather(
+        *(exchange.fapiPublicGetPremiumIndex({"symbol": venue_id}) for venue_id in ids),
+        return_exceptions=True,
+    )
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    if failed and len(failed) == len(answers):
+        raise failed[0]
+    return marks_from_premium_index([a for a in answers if isinstance(a, dict)], exchange.markets_by_id)
+
+
+def _covers(symbols: frozenset[str] | None, symbol: str) -> bool:
+    return symbols is None or symbol in symbols
 
 
 class MarkCache:
@@ -95,21 +118,26 @@ class MarkCache:
 
     def __init__(
         self,
-        read: Callable[[], Awaitable[Mapping[str, float]]],
+        read: Callable[[Sequence[str]], Awaitable[Mapping[str, float]]],
         *,
         fresh_sec: float,
         max_stale_sec: float,
         clock: Callable[[], float] = time.monotonic,
         service: str = "",
     ) -> None:
-        """``read``: every symbol's positive mark, by symbol, in one venue call (``read_marks``)."""
+        """``read``: the positive marks of the symbols it is given (those asked about within
+        ``max_stale_sec``), by symbol (``read_marks``)."""
         self.read, self.clock = read, clock
         self.fresh_sec, self.max_stale_sec = fresh_sec, max(max_stale_sec, fresh_sec)
         self.service = service
         self._marks: dict[str, tuple[float, float]] = {}  # symbol -> (mark, read at)
+        self._asked: dict[str, float] = {}  # symbol -> when a caller last asked for its mark
         self._answered_at: float | None = None  # when the last answered read was asked
         self._failed_at: float | None = None  # when the last read failed (None: it answered)
         self._in_flight: asyncio.Task[Mapping[str, float] | None] | None = None
+        # the symbols the read in flight, and the last answered one, asked for (None: every symbol)
+        self._in_flight_covers: frozenset[str] | None = None
+        self._answer_covers: frozenset[str] | None = None
         self.reads = 0  # venue reads started (status, tests)
         self.failures = 0
         self._limited = RateLimitedLog(log, 10.0)
@@ -117,6 +145,7 @@ class MarkCache:
     async def get(self, symbol: str) -> float | None:
         """A mark of ``symbol`` no older than ``max_stale_sec``, or None when the venue cannot say."""
         now = self.clock()
+        self._asked[symbol] = now
         cached = self._marks.get(symbol)
         if cached is not None:
             mark, at = cached
@@ -128,7 +157,11 @@ class MarkCache:
                     self._start_read()  # refresh in the background; this caller does not wait
                 return mark
         marks: Mapping[str, float] | None
-        if self._may_read(now):
+        if self._may_read(now) or (self._failed_at is None and not _covers(self._answer_covers, symbol)):
+            # (a symbol the last answer did not ask for is read at once: it was not asked about yet)
+            task = self._in_flight
+            if task is not None and not _covers(self._in_flight_covers, symbol):
+                await asyncio.shield(task)  # a read without it: then one with it
             marks = await asyncio.shield(self._start_read())
             if marks is None:
                 return None  # the read failed (logged)
@@ -164,7 +197,9 @@ class MarkCache:
         task = self._in_flight
         if task is None:
             self.reads += 1
-            task = self._in_flight = asyncio.ensure_future(self._read_once())
+            wanted = self._wanted(self.clock())
+            self._in_flight_covers = None if len(wanted) >= BULK_FROM else frozenset(wanted)
+            task = self._in_flight = asyncio.ensure_future(self._read_once(wanted, self._in_flight_covers))
             task.add_done_callback(self._read_done)
         return task
 
@@ -172,10 +207,18 @@ class MarkCache:
         if self._in_flight is task:
             self._in_flight = None
 
-    async def _read_once(self) -> Mapping[str, float] | None:
+    def _wanted(self, now: float) -> list[str]:
+        """The symbols asked about within ``max_stale_sec`` (the others are forgotten)."""
+        for symbol in [s for s, at in self._asked.items() if now - at > self.max_stale_sec]:
+            del self._asked[symbol]
+        return sorted(self._asked)
+
+    async def _read_once(
+        self, wanted: list[str], covers: frozenset[str] | None
+    ) -> Mapping[str, float] | None:
         asked_at = self.clock()  # the marks are at least this old once they arrive
         try:
-            marks = await self.read()
+            marks = await self.read(wanted)
         except Exception as e:  # any failure: no mark (callers refuse entries), never a guess
             self.failures += 1
             self._failed_at = self.clock()
@@ -189,6 +232,7 @@ class MarkCache:
         for symbol, mark in marks.items():
             self._marks[symbol] = (mark, asked_at)
         self._answered_at, self._failed_at = asked_at, None
+        self._answer_covers = covers
         return marks
 
     def status(self) -> dict:

@@ -9,7 +9,7 @@ is, so it is never journaled as a venue refusal. ccxt's own retries are off
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import ccxt
@@ -175,12 +175,12 @@ class BinanceUSDM:
         return float(total) if total is not None else None
 
     @_edge
-    async def mark_prices(self) -> dict[str, float]:
-        """Every listed symbol's mark price, by ccxt symbol, in one read (premiumIndex without a symbol:
-        weight 10); the router's mark reads. Uncached: the router reads through a ``MarkCache``
-        (libs/common/marks.py). Raises on failure."""
+    async def mark_prices(self, symbols: Sequence[str]) -> dict[str, float]:
+        """The mark prices of ``symbols`` (at least), by ccxt symbol (``read_marks``: one read of every
+        symbol, weight 10, from 10 symbols on; one per symbol, weight 1, below); the router's mark reads.
+        Uncached: the router reads through a ``MarkCache`` (libs/common/marks.py). Raises on failure."""
         await self.ensure_markets()
-        return await read_marks(self.ex)
+        return await read_marks(self.ex, symbols)
 
     @_edge
     async def set_leverage(self, symbol: str, leverage: int) -> None:

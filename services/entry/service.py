@@ -88,7 +88,7 @@ class EntryService(Service):
         self.open_entries: set[str] = set()
         self.last_entry_at: dict[str, float] = {}
         self.marks = MarkCache(
-            lambda: read_marks(self.ex),
+            lambda symbols: read_marks(self.ex, symbols),
             fresh_sec=settings.price_cache_sec,
             max_stale_sec=settings.price_max_stale_sec,
             service=self.name,

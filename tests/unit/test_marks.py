@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from libs.common.marks import MarkCache, cap_notional, marks_from_premium_index, read_marks
+from libs.common.marks import BULK_FROM, MarkCache, cap_notional, marks_from_premium_index, read_marks
 
 BTC, ETH, SOL = "BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"
 
@@ -28,14 +28,18 @@ class Venue:
         self.error: Exception | None = None
         self.delay = 0.0
         self.reads = 0
+        self.asked: list[list[str]] = []  # the symbols each read was given
 
-    async def read(self) -> dict[str, float]:
+    async def read(self, symbols) -> dict[str, float]:
         self.reads += 1
+        self.asked.append(list(symbols))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
-        return dict(self.prices)
+        if len(symbols) >= BULK_FROM:
+            return dict(self.prices)
+        return {s: p for s, p in self.prices.items() if s in symbols}  # each symbol read alone
 
 
 def cache(venue: Venue, clock: Clock, fresh: float = 1.0, max_stale: float = 5.0) -> MarkCache:
@@ -68,20 +72,30 @@ async def test_one_read_serves_every_symbol_it_lists():
     marks = cache(venue, clock)
     assert await marks.get(BTC) == 50_000.0
     assert await marks.get(ETH) == 3_000.0
-    assert venue.reads == 1
-    assert list(marks.status()["symbols"]) == [BTC, ETH]
+    assert list(marks.status()["symbols"]) == [BTC, ETH] and venue.reads == 2
+    clock.t += 1.5
+    venue.prices[BTC], venue.prices[ETH] = 60_000.0, 4_000.0
+    assert await marks.get(BTC) == 50_000.0  # aging: served, one refresh for both in the background
+    await settle()
+    assert (await marks.get(BTC), await marks.get(ETH)) == (60_000.0, 4_000.0)
+    assert venue.reads == 3 and venue.asked[-1] == [BTC, ETH]
+    many = cache(venue, clock)
+    many._asked.update({f"S{i}/USDT:USDT": clock.t for i in range(BULK_FROM)})  # a bot on many symbols
+    assert await many.get(BTC) == 60_000.0 and await many.get(ETH) == 4_000.0
+    assert venue.reads == 4  # one read of every symbol (premiumIndex without a symbol)
 
 
 async def test_aging_mark_is_served_and_refreshed_in_the_background():
     venue, clock = Venue(), Clock()
     marks = cache(venue, clock)
     await marks.get(BTC)
+    await marks.get(ETH)
     venue.prices[BTC], venue.prices[ETH], venue.delay = 60_000.0, 4_000.0, 0.05
     clock.t += 2.0  # older than fresh, younger than max stale: no wait
     assert await asyncio.wait_for(marks.get(BTC), 0.01) == 50_000.0
     assert await marks.get(ETH) == 3_000.0  # the refresh in flight is shared, not repeated
     await asyncio.sleep(0.1)
-    assert (await marks.get(BTC), await marks.get(ETH)) == (60_000.0, 4_000.0) and venue.reads == 2
+    assert (await marks.get(BTC), await marks.get(ETH)) == (60_000.0, 4_000.0) and venue.reads == 3
 
 
 async def test_mark_older_than_max_stale_is_reread_before_use():
@@ -129,20 +143,21 @@ async def test_symbol_absent_from_the_answer_gets_no_mark_and_no_read_per_entry(
     venue, clock = Venue(), Clock()
     marks = cache(venue, clock)
     assert await marks.get(SOL) is None  # the venue lists no SOL: never a guess
-    assert await marks.get(SOL) is None and await marks.get(BTC) == 50_000.0
-    assert venue.reads == 1  # within fresh_sec of the answer: not asked again
+    assert await marks.get(SOL) is None and venue.reads == 1  # within fresh_sec: not asked again
+    assert await marks.get(BTC) == 50_000.0 and venue.reads == 2  # a symbol not asked for yet: read
+    assert await marks.get(SOL) is None and venue.reads == 2
     venue.prices[SOL] = 150.0
     clock.t += 1.0
-    assert await marks.get(SOL) == 150.0 and venue.reads == 2
+    assert await marks.get(SOL) == 150.0 and venue.reads == 3
     # dropped from a later answer: the older mark serves up to max stale, then none
     del venue.prices[SOL]
     clock.t += 2.0
     assert await marks.get(SOL) == 150.0
     await settle()
-    assert venue.reads == 3
+    assert venue.reads == 4
     clock.t += 3.5
-    assert await marks.get(SOL) is None and venue.reads == 4
-    assert await marks.get(BTC) == 50_000.0 and venue.reads == 4
+    assert await marks.get(SOL) is None and venue.reads == 5
+    assert await marks.get(BTC) == 50_000.0 and venue.reads == 5
 
 
 async def test_concurrent_callers_of_any_symbol_share_one_read():
@@ -151,7 +166,20 @@ async def test_concurrent_callers_of_any_symbol_share_one_read():
     marks = cache(venue, clock)
     got = await asyncio.gather(*(marks.get(BTC) for _ in range(10)), marks.get(ETH), marks.get(SOL))
     assert got == [50_000.0] * 10 + [3_000.0, None]
-    assert venue.reads == 1
+    # the first read was for BTC alone (below BULK_FROM symbols, one read each): the callers of the
+    # others, asked meanwhile, share one more read of all three
+    assert venue.asked == [[BTC], [BTC, ETH, SOL]]
+
+
+async def test_a_symbol_first_asked_for_right_after_a_read_is_read_at_once_not_refused():
+    venue, clock = Venue(), Clock()
+    marks = cache(venue, clock)
+    assert await marks.get(BTC) == 50_000.0
+    assert await marks.get(ETH) == 3_000.0  # within fresh_sec of BTC's read, which did not ask for it
+    assert venue.asked == [[BTC], [BTC, ETH]]
+    assert await marks.get(SOL) is None  # asked for and not listed: refused, not read again per entry
+    assert await marks.get(SOL) is None
+    assert venue.reads == 3
 
 
 async def test_close_cancels_the_read_in_flight():
@@ -223,5 +251,39 @@ async def test_read_marks_loads_markets_and_reads_premium_index_without_a_symbol
             return [{"symbol": "BTCUSDT", "markPrice": "50000"}, {"symbol": "SOLUSDT", "markPrice": "150"}]
 
     ex = Ex()
-    assert await read_marks(ex) == {BTC: 50_000.0, SOL: 150.0}
+    many = [f"S{i}/USDT:USDT" for i in range(BULK_FROM)]
+    assert await read_marks(ex, many) == {BTC: 50_000.0, SOL: 150.0}
     assert ex.calls == [("load_markets",), ("premiumIndex", None)]
+
+
+async def test_read_marks_of_fewer_symbols_reads_each_and_leaves_a_failed_one_out():
+    class Ex:
+        markets_by_id = MARKETS_BY_ID
+
+        def __init__(self) -> None:
+            self.calls: list = []
+            self.fail: set[str] = set()
+
+        async def load_markets(self):
+            pass
+
+        markets = {BTC: {"id": "BTCUSDT"}, SOL: {"id": "SOLUSDT"}}
+
+        async def fapiPublicGetPremiumIndex(self, params=None):
+            self.calls.append(params)
+            if params["symbol"] in self.fail:
+                raise RuntimeError("503")
+            return {
+                "symbol": params["symbol"],
+                "markPrice": "150" if params["symbol"] == "SOLUSDT" else "50000",
+            }
+
+    ex = Ex()
+    assert await read_marks(ex, [BTC, SOL]) == {BTC: 50_000.0, SOL: 150.0}
+    assert ex.calls == [{"symbol": "BTCUSDT"}, {"symbol": "SOLUSDT"}]  # weight 1 each, not 10
+    assert await read_marks(ex, ["NOPE/USDT:USDT"]) == {} and len(ex.calls) == 2  # no market: not read
+    ex.fail = {"SOLUSDT"}
+    assert await read_marks(ex, [BTC, SOL]) == {BTC: 50_000.0}
+    ex.fail = {"SOLUSDT", "BTCUSDT"}
+    with pytest.raises(RuntimeError):
+        await read_marks(ex, [BTC, SOL])
