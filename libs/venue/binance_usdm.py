@@ -109,9 +109,9 @@ class BinanceUSDM:
         await self.ensure_markets()
         self.limits.order_sent(intent.client_order_id)  # on the account's order counters, whatever the answer
         market = self.ex.market(intent.symbol)
-        req = create_request(
-            intent, qty, market, self.ex, self.ex.handle_option("createOrder", "timeInForce")
-        )
+        # ccxt's option, read only for the orders that carry it (three option lookups)
+        tif = self.ex.handle_option("createOrder", "timeInForce") if intent.order_type == "limit" else None
+        req = create_request(intent, qty, market, self.ex, tif)
         post = self.ex.fapiPrivatePostAlgoOrder if req.algo else self.ex.fapiPrivatePostOrder
         answer = await post(req.params)
         if answer is None:
