@@ -41,11 +41,11 @@ def exit_(**kw: Any) -> dict[str, Any]:
 
 
 def sl(**kw: Any) -> dict[str, Any]:
-    return dict(bucket=Bucket.SL, order_type="stop_market", **kw)
+    return {"bucket": Bucket.SL, "order_type": "stop_market", **kw}
 
 
 def tp(**kw: Any) -> dict[str, Any]:
-    return dict(bucket=Bucket.TP, order_type="take_profit_market", **kw)
+    return {"bucket": Bucket.TP, "order_type": "take_profit_market", **kw}
 
 
 def trail(**kw: Any) -> dict[str, Any]:
