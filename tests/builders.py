@@ -160,3 +160,36 @@ def knobs(settings: RiskSettings, **kw: Any) -> GuardKnobs:
     )
     args.update(kw)
     return compose_knobs(settings, **args)
+
+
+# ============================================================================= venue client, offline
+
+
+SIM_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+
+
+async def offline_client(answer: Any = None) -> Any:
+    """A real ccxt client (our ``make_exchange``) with the simulator's markets and no server: its HTTP
+    ``fetch`` records each request in ``client.sent`` (url, method, headers, body) and answers ``answer``
+    (``client.answer``, changeable). The caller closes it."""
+    from libs.venue.client import make_exchange
+    from services.simulator import wire
+    from services.simulator.engine import Engine
+
+    client = make_exchange(api_url="http://sim.invalid", api_key="k", api_secret="s")
+    info = wire.exchange_info(Engine(SIM_SYMBOLS))
+
+    async def exchange_info(params: Any = None) -> Any:
+        return info
+
+    client.fapiPublicGetExchangeInfo = exchange_info
+    await client.load_markets()
+    client.sent, client.answer = [], answer
+
+    async def fetch(url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
+        client.sent.append((url, method, headers, body))
+        return client.answer
+
+    client.fetch = fetch
+    client.timeout_on_exit = 0  # no connection ever opened: nothing to wait for on close
+    return client

@@ -21,7 +21,8 @@ from libs.venue.client import BinanceUSDMClient, exchange_from_settings
 from libs.venue.error_policy import Policy, VenueError, classify_order_error_policy
 from libs.venue.limits import OrderLimits, VenueLimits, order_limits_from
 from libs.venue.parsing import VenueOrder, VenuePosition, position_from_ccxt, venue_order_from_ccxt
-from libs.venue.requests import create_order_args, order_ref
+from libs.venue.raw_orders import order_from_answer
+from libs.venue.requests import create_request, order_ref
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -102,14 +103,28 @@ class BinanceUSDM:
 
     @_edge
     async def create(self, intent: OrderIntent, qty: float | None) -> VenueOrder:
+        """Place ``intent``: the raw request ccxt's ``create_order`` would send (``create_request``),
+        posted through ccxt's implicit endpoint methods (its signing, clock, limits hooks and error
+        mapping), the answer read straight into a ``VenueOrder`` (ccxt parses the shapes we do not)."""
         await self.ensure_markets()
-        typ, side, amount, price, params = create_order_args(intent, qty)
-        if amount is None:
-            # closePosition stops carry no quantity; ccxt still wants a number it will drop
-            amount = 0.0
         self.limits.order_sent(intent.client_order_id)  # on the account's order counters, whatever the answer
-        order = await self.ex.create_order(intent.symbol, typ, side, amount, price, params)
-        return venue_order_from_ccxt(order, intent.client_order_id, is_trigger=intent.is_trigger)
+        market = self.ex.market(intent.symbol)
+        # ccxt's option, read only for the orders that carry it (three option lookups)
+        tif = self.ex.handle_option("createOrder", "timeInForce") if intent.order_type == "limit" else None
+        req = create_request(intent, qty, market, self.ex, tif)
+        post = self.ex.fapiPrivatePostAlgoOrder if req.algo else self.ex.fapiPrivatePostOrder
+        answer = await post(req.params)
+        if answer is None:
+            raise ccxt.NullResponse(self.ex.id + " parseOrder() returned empty response")
+        cid = intent.client_order_id
+        order = order_from_answer(
+            answer, cid, is_trigger=intent.is_trigger, market_id=market["id"], symbol=market["symbol"]
+        )
+        if order is None:
+            order = venue_order_from_ccxt(
+                self.ex.parse_order(answer, market), cid, is_trigger=intent.is_trigger
+            )
+        return order
 
     @_edge
     async def fetch_order(self, symbol: str, client_order_id: str, trigger: bool) -> VenueOrder | None:
