@@ -299,3 +299,14 @@ async def test_order_and_account_events_are_read_from_the_tap_and_never_reach_cc
     tap(None, {"e": "listenKeyExpired", "E": "5", "listenKey": "k"})
     await run
     assert downs == ["listen_key_expired"]
+
+
+def test_the_stream_client_does_not_offer_permessage_deflate():
+    from libs.common.config import ExchangeSettings
+    from libs.venue.client import stream_client_from_settings
+
+    settings = ExchangeSettings(
+        api_url="http://127.0.0.1:1", api_key="k", api_secret="s", ws_url="ws://h:1/ws"
+    )
+    ws = stream_client_from_settings(settings).options["ws"]
+    assert ws["compress"] == 0 and ws["cost"] == 5  # ccxt's own ws options kept
