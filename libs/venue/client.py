@@ -194,6 +194,10 @@ def stream_client_from_settings(
         recv_window_ms=settings.recv_window_ms,
     )
     ex = BinanceUSDMStreamClient(config, venue_limits or limits_from_settings(settings))
+    # ccxt offers permessage-deflate by default and Binance (like the simulator) accepts it: every event
+    # is then deflated by the venue and inflated here, for a few small events per order (py-spy had zlib
+    # in both profiles). The extension is the client's to offer (RFC 7692): without it, plain frames.
+    ex.options["ws"] = {**ex.options.get("ws", {}), "compress": 0}
     _point_at(ex, api_url)
     if api_url and settings.ws_url:
         # ccxt dials <base without /ws>/private/ws?listenKey=... (Binance's /private split)

@@ -1,8 +1,8 @@
 """The one order-state map: a venue order's status -> our lifecycle state. Pure.
 
-ccxt parses every Binance order answer into its unified status (REST order and algo-order endpoints,
-and ccxt's user-data stream parser for ``ORDER_TRADE_UPDATE``), so this one map serves the REST reads
-today and the stream tomorrow.
+ccxt parses Binance's REST order answers into its unified status; the user data stream's raw events
+(libs/venue/stream_events.py) carry the venue's own word, read through ``unified_status`` as ccxt reads
+it, so both land on the same state.
 """
 
 from __future__ import annotations
@@ -17,6 +17,30 @@ _BY_STATUS: dict[str, OrderState] = {
     "expired": OrderState.EXPIRED,
     "rejected": OrderState.REJECTED,
 }
+
+
+# the venue's own status word (Binance order ``status`` / stream ``X``, algo ``algoStatus``) -> ccxt's
+# unified status, as ccxt's binance ``parse_order_status`` maps it (4.5.x)
+_UNIFIED: dict[str, str] = {
+    "NEW": "open",
+    "PARTIALLY_FILLED": "open",
+    "ACCEPTED": "open",
+    "TRIGGERING": "open",
+    "FILLED": "closed",
+    "TRIGGERED": "closed",
+    "FINISHED": "closed",
+    "CANCELED": "canceled",
+    "CANCELLED": "canceled",
+    "PENDING_CANCEL": "canceling",
+    "REJECTED": "rejected",
+    "EXPIRED": "expired",
+    "EXPIRED_IN_MATCH": "expired",
+}
+
+
+def unified_status(venue_status: str) -> str:
+    """The venue's status word as ccxt's unified status (a word ccxt does not know stays as it is)."""
+    return _UNIFIED.get(venue_status, venue_status)
 
 
 def order_state(status: str | None, filled: float) -> OrderState:

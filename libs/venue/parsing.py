@@ -1,12 +1,12 @@
 """ccxt answers -> our types: one parse of an order and of a position for every service. Pure.
+(The user data stream's raw events: libs/venue/stream_events.py.)
 
 Parsing raises on an answer it cannot read (that is not a venue refusal: it propagates).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from libs.common.messages import Side
@@ -108,92 +108,3 @@ def position_from_ccxt(p: dict[str, Any]) -> VenuePosition:
     contracts = float(p.get("contracts") or 0)
     qty = -contracts if p.get("side") == "short" else contracts
     return VenuePosition(p["symbol"], qty, float(p.get("entryPrice") or 0), float(p.get("markPrice") or 0))
-
-
-# a conditional order's stream states while its trigger is working: the order it placed reports the fill
-_ALGO_WORKING = frozenset({"TRIGGERING", "TRIGGERED"})
-
-
-@dataclass(frozen=True, slots=True)
-class StreamOrderUpdate:
-    """One order update pushed on the user data stream (ccxt's ``watch_orders``), in our types.
-
-    ``complete``: it says how the order stands (state, filled quantity and average price) as fully as a
-    REST lookup would; when False only a lookup can tell (e.g. an algo order finished without its fill).
-    """
-
-    order: VenueOrder
-    event_ms: int | None  # the venue's transaction time: orders the updates of one order
-    complete: bool
-
-
-def stream_update_from_ccxt(order: dict[str, Any]) -> StreamOrderUpdate:
-    """ccxt's parse of an ``ORDER_TRADE_UPDATE`` or ``ALGO_UPDATE``; raises ValueError on one we cannot
-    read (no client id, symbol or status), which the caller counts as malformed.
-
-    An algo update is the conditional order itself (ccxt's id is the algo id): TRIGGERING / TRIGGERED
-    keep it working (the order it placed follows as its own update, with the same client id, and carries
-    the fill); FINISHED carries the fill in ``aq`` / ``ap`` (ccxt leaves them in ``info``).
-    """
-    info = order.get("info") or {}
-    raw = str(info.get("X") or "")
-    if not order.get("clientOrderId") or not order.get("symbol") or not raw:
-        raise ValueError(f"stream order update without client id, symbol or status: {info!r}"[:300])
-    is_algo = "aid" in info or "caid" in info
-    parsed = venue_order_from_ccxt(order, is_trigger=is_algo)
-    state, filled, average = parsed.state, parsed.filled, parsed.average
-    if is_algo and raw in _ALGO_WORKING:
-        state = OrderState.ACKED
-    elif is_algo and raw == "FINISHED":
-        filled = float(info.get("aq") or 0)
-        average = float(info["ap"]) if info.get("ap") and float(info["ap"]) else None
-    actual = info.get("ai") if is_algo else None
-    update = replace(
-        parsed,
-        state=state,
-        venue_status=raw,
-        filled=filled,
-        average=average,
-        actual_order_id=str(actual) if actual else None,
-    )
-    event_ms = info.get("T") or order.get("lastUpdateTimestamp") or order.get("timestamp")
-    complete = state is not OrderState.UNKNOWN and not (state is OrderState.FILLED and filled <= 0)
-    return StreamOrderUpdate(update, int(event_ms) if event_ms else None, complete)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPositionUpdate:
-    """One symbol's position as an ``ACCOUNT_UPDATE`` on the user data stream states it."""
-
-    symbol: str  # unified (BTC/USDT:USDT)
-    qty: float  # signed, as VenuePosition
-    event_ms: int | None
-    reason: str  # the venue's ``m``: ORDER, FUNDING_FEE, ... (a change behind our back reads ORDER too)
-
-
-def position_updates_from_account_event(
-    msg: dict[str, Any], symbol_of: Callable[[str], str | None]
-) -> list[StreamPositionUpdate]:
-    """The positions of a raw ``ACCOUNT_UPDATE`` (ccxt keeps them only for ``watch_positions`` callers);
-    ``symbol_of`` maps the venue's id to our symbol (None: not a market we know, skipped). One-way mode
-    only: a hedge-mode leg (``ps`` LONG / SHORT) is not ours to read. Raises ValueError on one we cannot
-    read, which the caller counts as malformed."""
-    account = msg.get("a")
-    if not isinstance(account, dict) or not isinstance(account.get("P", []), list):
-        raise ValueError(f"ACCOUNT_UPDATE without an account part: {msg!r}"[:300])
-    event_ms = msg.get("T") or msg.get("E")
-    out = []
-    for p in account.get("P", []):
-        if not isinstance(p, dict) or "s" not in p or "pa" not in p:
-            raise ValueError(f"ACCOUNT_UPDATE position without symbol or amount: {p!r}"[:300])
-        if p.get("ps", "BOTH") != "BOTH":
-            continue
-        symbol = symbol_of(str(p["s"]))
-        if symbol is None:
-            continue
-        out.append(
-            StreamPositionUpdate(
-                symbol, float(p["pa"]), int(event_ms) if event_ms else None, str(account.get("m", ""))
-            )
-        )
-    return out

@@ -14,8 +14,15 @@ What ccxt 4.5.90 does not do, done here:
   ends the session (an idle account then reconnects that often: one POST, weight 1);
 - reconnects with bounded exponential backoff.
 
+What ccxt does that we do not use: it parses every order event into its unified order cache and every
+``ACCOUNT_UPDATE`` into its balance and position caches, for ``watch_*`` callers. Those events are read
+raw here instead (libs/venue/stream_events.py) and never reach ccxt's handler; ccxt still opens the
+session (listenKey POST, dial) and holds the connection (pings) for one ``watch_orders`` call, which
+now only ends when the connection does.
+
 The caller is told when a session opens (``on_up``: what happened meanwhile is only on the venue) and
-ends (``on_down``), and gets every order update parsed into our types (``on_order``).
+ends (``on_down``), and gets every order update parsed into our types (``on_order``), in the order the
+venue sent them.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ import ccxt
 from libs.common.aio import wait_event
 from libs.common.logs import log_event
 from libs.venue.client import BinanceUSDMStreamClient
-from libs.venue.parsing import (
+from libs.venue.stream_events import (
+    ORDER_EVENTS,
     StreamOrderUpdate,
     StreamPositionUpdate,
+    SymbolOf,
+    order_update_from_event,
     position_updates_from_account_event,
-    stream_update_from_ccxt,
 )
 
 log = logging.getLogger("erl.venue.stream")
@@ -115,7 +124,8 @@ class UserStream:
         self.last_message = 0.0  # clock() of the last raw message (any event)
         self.last_reason = ""
         self._markets: Any = None  # reused across sessions: one exchangeInfo per process
-        # parsed updates on their way to ``on_order``: the watch loop never waits for the caller (see _watch)
+        # parsed updates on their way to ``on_order``: the message tap runs in ccxt's receive loop and
+        # never waits for the caller
         self._updates: asyncio.Queue[StreamOrderUpdate | StreamPositionUpdate] = asyncio.Queue()
         self._lost = asyncio.Event()  # an update could not be handed over: end the session (a resume follows)
 
@@ -180,13 +190,19 @@ class UserStream:
         opened = asyncio.Event()
         ex.connected_cb = lambda _url: opened.set()
         handle = ex.handle_message
+        symbols: dict[str, str] = {}  # the venue's market id -> our symbol, once the markets are loaded
 
         def tap(client: Any, message: Any) -> Any:
             self.last_message = self.clock()
-            if isinstance(message, dict) and message.get("e") == "listenKeyExpired":
+            event = message.get("e") if isinstance(message, dict) else None
+            if event in ORDER_EVENTS:
+                self._order(message, symbols.get)  # read here, and not again by ccxt
+                return None
+            if event == "ACCOUNT_UPDATE":
+                self._positions(message, symbols.get)  # ccxt keeps it only for watch_balance/positions
+                return None
+            if event == "listenKeyExpired":
                 gone.set()  # ccxt drops it without a trace
-            elif isinstance(message, dict) and message.get("e") == "ACCOUNT_UPDATE":
-                self._positions(ex, message)
             return handle(client, message)
 
         ex.handle_message = tap  # before the first connection: the client captures the bound method
@@ -197,6 +213,7 @@ class UserStream:
             else:
                 await ex.load_markets()
                 self._markets = ex.markets
+            symbols.update((vid, str(ms[0]["symbol"])) for vid, ms in (ex.markets_by_id or {}).items() if ms)
             watch = asyncio.ensure_future(self._watch(ex))
             await self._until([opened], watch, stop, self.timing.connect_timeout_sec, "connect_timeout")
             if stop.is_set():
@@ -215,14 +232,17 @@ class UserStream:
             with contextlib.suppress(Exception):
                 await ex.close()
 
-    def _positions(self, ex: BinanceUSDMStreamClient, message: dict[str, Any]) -> None:
-        """Position changes, read from the raw event before ccxt sees it (it keeps them only for a
-        ``watch_positions`` caller): a position moved behind our back is then known at once."""
+    def _order(self, message: dict[str, Any], symbol_of: SymbolOf) -> None:
+        try:
+            update = order_update_from_event(message, symbol_of)
+        except (ValueError, TypeError, KeyError) as e:
+            body = message.get("o")
+            self.on_malformed(body if isinstance(body, dict) else message, str(e))
+            return
+        self._updates.put_nowait(update)
 
-        def symbol_of(venue_id: str) -> str | None:
-            found = (ex.markets_by_id or {}).get(venue_id)
-            return str(found[0]["symbol"]) if found else None
-
+    def _positions(self, message: dict[str, Any], symbol_of: SymbolOf) -> None:
+        """Position changes, read from the raw event: a position moved behind our back is known at once."""
         try:
             updates = position_updates_from_account_event(message, symbol_of)
         except (ValueError, TypeError) as e:
@@ -275,17 +295,12 @@ class UserStream:
             raise SessionEnded(timeout_reason)
 
     async def _watch(self, ex: BinanceUSDMStreamClient) -> None:
-        """ccxt resolves a waiting ``watch_orders`` and drops the wake-up when none waits (the updates stay
-        in its cache until the next one arrives), and it updates its cached orders in place: so parse at
-        once and call again without awaiting anything else in between."""
+        """Holds the session: ccxt.pro opens it for a watch call (listenKey POST, dial) and ends the call
+        with the connection's error (closed, pings unanswered). The order events never reach ccxt (the
+        tap reads them), so the call does not return otherwise; the loop only guards against one that
+        does (its updates were delivered by the tap already)."""
         while True:
-            for order in await ex.watch_orders():  # only the updates since the last call
-                try:
-                    update = stream_update_from_ccxt(order)
-                except (ValueError, TypeError, KeyError) as e:
-                    self.on_malformed(order.get("info") or {}, str(e))
-                    continue
-                self._updates.put_nowait(update)
+            await ex.watch_orders()
 
     def status(self) -> dict:
         return {

@@ -2,7 +2,7 @@
 
 Thin shell around ``libs.venue.user_stream``: every order update becomes a ``VenueOrderFact`` on
 ``<prefix>.venue.order.<client id>`` with a message id made of the update itself, so an update seen
-twice (a reconnect, ccxt's cache) is stored once; the router settles lifecycles from them. Every
+twice (a reconnect, the venue pushing it again) is stored once; the router settles lifecycles from them. Every
 (re)connection publishes a ``VenueStreamStatus`` with ``resumed`` (the reconciler then reads the venue
 at once: what happened while the stream was down is only there); while down, the status says so.
 """
@@ -21,7 +21,7 @@ from libs.common.messages import VenueOrderFact, VenuePositionFact, VenueStreamS
 from libs.common.service import Service
 from libs.common.telemetry import STREAM_EVENTS, STREAM_SESSIONS, STREAM_UP
 from libs.venue.client import limits_from_settings, stream_client_from_settings
-from libs.venue.parsing import StreamOrderUpdate, StreamPositionUpdate
+from libs.venue.stream_events import StreamOrderUpdate, StreamPositionUpdate
 from libs.venue.user_stream import StreamTiming, UserStream
 
 

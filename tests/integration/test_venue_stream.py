@@ -163,7 +163,8 @@ async def test_a_replayed_update_is_journaled_once_and_applied_once(
     await bus.tap.wait_for(lambda: settled(bus.tap, rest, S.FILLED))
     fill = facts(bus.tap, rest.client_order_id, status="FILLED")[0]
     # the venue (or a reconnect) pushes the same update again: one journal entry
-    from libs.venue.parsing import StreamOrderUpdate, VenueOrder
+    from libs.venue.parsing import VenueOrder
+    from libs.venue.stream_events import StreamOrderUpdate
 
     again = StreamOrderUpdate(
         VenueOrder(
