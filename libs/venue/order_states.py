@@ -1,8 +1,8 @@
 """The one order-state map: a venue order's status -> our lifecycle state. Pure.
 
 ccxt parses Binance's REST order answers into its unified status; the user data stream's raw events
-(libs/venue/stream_events.py) carry the venue's own word, read through ``unified_status`` as ccxt reads
-it, so both land on the same state.
+(libs/venue/stream_events.py) and the create answers read raw (libs/venue/raw_orders.py) carry the
+venue's own word, read through ``unified_status`` as ccxt reads it, so all land on the same state.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ _UNIFIED: dict[str, str] = {
     "REJECTED": "rejected",
     "EXPIRED": "expired",
     "EXPIRED_IN_MATCH": "expired",
+    "S": "ok",
+    "F": "rejected",
 }
 
 

@@ -15,27 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from libs.venue.order_states import order_state
+from libs.venue.order_states import order_state, unified_status
 from libs.venue.parsing import VenueOrder
 
-# ccxt binance parse_order_status
-_STATUS = {
-    "NEW": "open",
-    "PARTIALLY_FILLED": "open",
-    "ACCEPTED": "open",
-    "TRIGGERING": "open",
-    "FILLED": "closed",
-    "TRIGGERED": "closed",
-    "FINISHED": "closed",
-    "CANCELED": "canceled",
-    "CANCELLED": "canceled",
-    "PENDING_CANCEL": "canceling",
-    "REJECTED": "rejected",
-    "EXPIRED": "expired",
-    "EXPIRED_IN_MATCH": "expired",
-    "S": "ok",
-    "F": "rejected",
-}
 # ccxt binance parse_order_type_by_market: contract orders (the answer names positionSide or cumQuote)
 _CONTRACT_TYPE = {
     "limit_maker": "limit",
@@ -126,7 +108,7 @@ def order_from_answer(
 
 def _read(raw: dict[str, Any], client_order_id: str, is_trigger: bool, symbol: str) -> VenueOrder:
     status_word = _first(raw, "status", "strategyStatus", "algoStatus")
-    status = _STATUS.get(status_word, status_word) if status_word is not None else None
+    status = unified_status(status_word) if status_word is not None else None
     filled_text = _first(raw, "executedQty", "filledQty") or "0"
     filled = float(filled_text)
     amount = _nonzero(_first(raw, "origQty", "quantity", "qty"))
