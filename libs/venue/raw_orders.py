@@ -18,8 +18,9 @@ from typing import Any
 from libs.venue.order_states import order_state, unified_status
 from libs.venue.parsing import VenueOrder
 
-# ccxt binance parse_order_type_by_market: contract orders (the answer names positionSide or cumQuote)
-_CONTRACT_TYPE = {
+# ccxt binance parse_order_type_by_market: contract orders (the answer names positionSide or cumQuote);
+# the stream events' plain orders read their type through it too
+CONTRACT_ORDER_TYPE = {
     "limit_maker": "limit",
     "stop": "limit",
     "stop_market": "market",
@@ -120,7 +121,7 @@ def _read(raw: dict[str, Any], client_order_id: str, is_trigger: bool, symbol: s
     trigger_price = _nonzero(_first(raw, "stopPrice", "triggerPrice"))
     lower_type = (_first(raw, "type", "orderType") or "").lower() or None
     contract = "positionSide" in raw or "cumQuote" in raw
-    ccxt_type = (_CONTRACT_TYPE if contract else _SPOT_TYPE).get(lower_type or "", lower_type)
+    ccxt_type = (CONTRACT_ORDER_TYPE if contract else _SPOT_TYPE).get(lower_type or "", lower_type)
     if is_trigger:
         raw_type = str(raw.get("orderType") or raw.get("type") or "").upper()
         if "TRAILING" in raw_type:

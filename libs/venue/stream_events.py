@@ -26,22 +26,13 @@ from typing import Any
 from libs.common.state_machine import OrderState
 from libs.venue.order_states import order_state, unified_status
 from libs.venue.parsing import VenueOrder
+from libs.venue.raw_orders import CONTRACT_ORDER_TYPE
 
 # the events that carry an order: plain orders, and conditional orders of the Algo Service
 ORDER_EVENTS = frozenset({"ORDER_TRADE_UPDATE", "ALGO_UPDATE"})
 
 # a conditional order's stream states while its trigger is working: the order it placed reports the fill
 _ALGO_WORKING = frozenset({"TRIGGERING", "TRIGGERED"})
-
-# ccxt's unified type of a plain order (``parse_order_type_by_market`` for contracts)
-_PLAIN_TYPES = {
-    "limit_maker": "limit",
-    "stop": "limit",
-    "stop_market": "market",
-    "take_profit": "limit",
-    "take_profit_market": "market",
-    "trailing_stop_market": "market",
-}
 
 SymbolOf = Callable[[str], str | None]  # the venue's market id -> our symbol (None: not a market we know)
 
@@ -138,7 +129,7 @@ def order_update_from_event(msg: dict[str, Any], symbol_of: SymbolOf) -> StreamO
         side=str(o.get("S") or "").lower(),
         order_type=_trigger_type(raw_type.upper())
         if is_algo
-        else _PLAIN_TYPES.get(raw_type.lower(), raw_type.lower()),
+        else CONTRACT_ORDER_TYPE.get(raw_type.lower(), raw_type.lower()),
         is_trigger=is_algo,
         reduce_only=o.get("R") is True,
         close_position=o.get("cp") is True,
