@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import nats.errors
 import pytest
 
 from libs.common.messages import ReconcileSummary
@@ -54,8 +55,11 @@ async def wait_all_replicas_current(c: ChaosStack, within: float = 30.0) -> None
     """Poll stream info (bounded) until every replicated stream has a leader and two current peers."""
     deadline = time.monotonic() + within
     while True:
-        health = {s: await replica_health(c, s) for s in REPLICATED}
-        if all(
+        try:
+            health = {s: await replica_health(c, s) for s in REPLICATED}
+        except nats.errors.TimeoutError:  # a stream still electing its leader may not answer: ask again
+            health = {}
+        if health and all(
             r == 3 and leader and len(p) == 2 and all(ok for _, ok in p) for r, leader, p in health.values()
         ):
             return
