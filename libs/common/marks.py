@@ -18,9 +18,9 @@ each: a bot on two symbols must not pay 10 a second for its marks). Per symbol:
   symbol without a usable mark); after an answer, so a symbol the answer did not list (not one the
   venue prices: no mark, never a guess) is refused fast too, not read again per entry.
 
-No per-symbol read as a fallback for a symbol the bulk answer leaves out: both forms read the same
-venue table, so the single read would almost surely fail too (Binance: -1121 invalid symbol), and the
-fallback would add a second code path and a venue call per refused entry for nothing.
+A symbol the bulk answer leaves out is not read again on its own: both forms read the same venue
+table, so the single read would almost surely fail too (Binance: -1121 invalid symbol), at a venue
+call per refused entry.
 
 ``cap_notional`` is the one rule for how much an entry counts against a cap.
 """
@@ -86,6 +86,11 @@ def marks_from_premium_index(
 BULK_FROM = 10
 
 
+def read_covers(symbols: Sequence[str]) -> frozenset[str] | None:
+    """The symbols a read of ``symbols`` answers for: all of them (None) when it is one bulk read."""
+    return None if len(symbols) >= BULK_FROM else frozenset(symbols)
+
+
 async def read_marks(exchange: Any, symbols: Sequence[str]) -> dict[str, float]:
     """The marks of ``symbols`` (at least), by ccxt symbol, through ccxt's implicit
     ``fapiPublicGetPremiumIndex``: without a symbol (every symbol in one read) from ``BULK_FROM`` symbols
@@ -93,7 +98,7 @@ async def read_marks(exchange: Any, symbols: Sequence[str]) -> dict[str, float]:
     when every read failed, the first error is raised. Raises whatever ccxt raises, or ValueError for a
     bulk answer that is not a list."""
     await exchange.load_markets()  # the id -> symbol map; loaded once, then a finished future
-    if len(symbols) >= BULK_FROM:
+    if read_covers(symbols) is None:
         rows = await exchange.fapiPublicGetPremiumIndex()
         return marks_from_premium_index(rows, exchange.markets_by_id)
     # a symbol that is no loaded market is not read (the venue would refuse it, -1121): no mark
@@ -113,8 +118,8 @@ def _covers(symbols: frozenset[str] | None, symbol: str) -> bool:
 
 
 class MarkCache:
-    """Venue marks of every symbol from one shared read, with a hard staleness limit per symbol; ``get``
-    answers None rather than guess."""
+    """Venue marks of the symbols asked about lately, from one shared read at a time, with a hard
+    staleness limit per symbol; ``get`` answers None rather than guess."""
 
     def __init__(
         self,
@@ -198,7 +203,7 @@ class MarkCache:
         if task is None:
             self.reads += 1
             wanted = self._wanted(self.clock())
-            self._in_flight_covers = None if len(wanted) >= BULK_FROM else frozenset(wanted)
+            self._in_flight_covers = read_covers(wanted)
             task = self._in_flight = asyncio.ensure_future(self._read_once(wanted, self._in_flight_covers))
             task.add_done_callback(self._read_done)
         return task

@@ -7,7 +7,14 @@ import asyncio
 
 import pytest
 
-from libs.common.marks import BULK_FROM, MarkCache, cap_notional, marks_from_premium_index, read_marks
+from libs.common.marks import (
+    BULK_FROM,
+    MarkCache,
+    cap_notional,
+    marks_from_premium_index,
+    read_covers,
+    read_marks,
+)
 
 BTC, ETH, SOL = "BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"
 
@@ -37,7 +44,7 @@ class Venue:
             await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
-        if len(symbols) >= BULK_FROM:
+        if read_covers(symbols) is None:  # one bulk read
             return dict(self.prices)
         return {s: p for s, p in self.prices.items() if s in symbols}  # each symbol read alone
 
