@@ -36,6 +36,18 @@ _SPOT_TYPE = {
     "take_profit": "market",
 }
 _TAKE_PROFIT_TYPES = ("take_profit", "take_profit_market", "take_profit_limit")
+
+
+def trigger_order_type(raw_type: str) -> str:
+    """Our type of a conditional order from the venue's upper-case type word (REST answers and stream
+    events alike)."""
+    if "TRAILING" in raw_type:
+        return "trailing_stop_market"
+    if raw_type.startswith("TAKE_PROFIT"):
+        return "take_profit_market"
+    return "stop_market"
+
+
 # the fields read as ccxt reads them (strings, or numbers ccxt turns into strings)
 _TEXT_FIELDS = (
     "status",
@@ -123,13 +135,9 @@ def _read(raw: dict[str, Any], client_order_id: str, is_trigger: bool, symbol: s
     contract = "positionSide" in raw or "cumQuote" in raw
     ccxt_type = (CONTRACT_ORDER_TYPE if contract else _SPOT_TYPE).get(lower_type or "", lower_type)
     if is_trigger:
-        raw_type = str(raw.get("orderType") or raw.get("type") or "").upper()
-        if "TRAILING" in raw_type:
-            order_type = "trailing_stop_market"
-        elif raw_type.startswith("TAKE_PROFIT") or (lower_type in _TAKE_PROFIT_TYPES and trigger_price):
-            order_type = "take_profit_market"
-        else:
-            order_type = "stop_market"
+        order_type = trigger_order_type(str(raw.get("orderType") or raw.get("type") or "").upper())
+        if order_type == "stop_market" and lower_type in _TAKE_PROFIT_TYPES and trigger_price:
+            order_type = "take_profit_market"  # ccxt: a take-profit type with a trigger price
     else:
         order_type = ccxt_type or ""
     order_id = _first(raw, "strategyId", "orderId", "algoId")

@@ -26,7 +26,7 @@ from typing import Any
 from libs.common.state_machine import OrderState
 from libs.venue.order_states import order_state, unified_status
 from libs.venue.parsing import VenueOrder
-from libs.venue.raw_orders import CONTRACT_ORDER_TYPE
+from libs.venue.raw_orders import CONTRACT_ORDER_TYPE, trigger_order_type
 
 # the events that carry an order: plain orders, and conditional orders of the Algo Service
 ORDER_EVENTS = frozenset({"ORDER_TRADE_UPDATE", "ALGO_UPDATE"})
@@ -69,14 +69,6 @@ def _nonzero(v: Any) -> str | None:
     """A number field as text; missing, empty or zero is absent (ccxt's ``omit_zero``)."""
     s = _text(v)
     return None if s is None or float(s) == 0 else s
-
-
-def _trigger_type(raw: str) -> str:
-    if "TRAILING" in raw:
-        return "trailing_stop_market"
-    if raw.startswith("TAKE_PROFIT"):
-        return "take_profit_market"
-    return "stop_market"
 
 
 def order_update_from_event(msg: dict[str, Any], symbol_of: SymbolOf) -> StreamOrderUpdate:
@@ -127,7 +119,7 @@ def order_update_from_event(msg: dict[str, Any], symbol_of: SymbolOf) -> StreamO
         actual_order_id=actual,
         symbol=symbol_of(venue_id) or venue_id,
         side=str(o.get("S") or "").lower(),
-        order_type=_trigger_type(raw_type.upper())
+        order_type=trigger_order_type(raw_type.upper())
         if is_algo
         else CONTRACT_ORDER_TYPE.get(raw_type.lower(), raw_type.lower()),
         is_trigger=is_algo,
