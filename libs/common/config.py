@@ -280,6 +280,12 @@ class EntrySettings(_Base):
     http_port: int = Field(8104, ge=0, le=65535, description="REST port")
     default_leverage: int = Field(5, ge=1, le=125, description="Leverage for signals that name none")
     max_deliver: int = Field(5, ge=1, description="Deliveries before a signal is dead-lettered")
+    unsent_retry_sec: float = Field(
+        2.0,
+        gt=0,
+        description="An accepted entry whose intent publish failed is sent again this often (same msg id) "
+        "until stored; it counts as an open entry meanwhile",
+    )
     default_stop_pct: float = Field(
         0.02, gt=0, lt=1, description="Stage-1 stop distance when a signal names none"
     )

@@ -12,12 +12,15 @@ gap clock immediately.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
+
+import nats.js.errors
 
 from libs.common.bus import BusUnavailable, ConsumerLoop, ConsumerSpec, Delivery
 from libs.common.config import EntrySettings, ExchangeSettings, GuardSettings, NatsSettings
@@ -56,6 +59,11 @@ class EntryContext:
     intent: OrderIntent
     signal: Signal | None
     protected: bool = False
+    # the intent is known to be in the journal (its publish acked, or the journal holds it); until then
+    # it counts as open (it may have been stored) and is sent again under its own msg id
+    stored: bool = True
+    decided: bool = True  # its acceptance is journaled
+    knobs: GuardKnobs | None = None  # the knobs it was accepted under
 
 
 class EntryService(Service):
@@ -86,6 +94,7 @@ class EntryService(Service):
             str, tuple[str, str]
         ] = {}  # stage-1 stop client id -> (entry correlation id, symbol)
         self.open_entries: set[str] = set()
+        self.unsent: set[str] = set()  # accepted entries whose intent publish failed: not yet stored
         self.last_entry_at: dict[str, float] = {}
         self.marks = MarkCache(
             lambda symbols: read_marks(self.ex, symbols),
@@ -150,6 +159,7 @@ class EntryService(Service):
             self.guard.run(self.stop_event),
             self._signals_when_guard_loaded(signals),
             fills.run(self.stop_event),
+            self._send_unsent_until_stopped(),
         ]
 
     async def _signals_when_guard_loaded(self, signals: ConsumerLoop) -> None:
@@ -165,6 +175,7 @@ class EntryService(Service):
         while len(self.entries) > REMEMBER:
             old_cid, _ = self.entries.popitem(last=False)
             self.open_entries.discard(old_cid)
+            self.unsent.discard(old_cid)
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -178,10 +189,14 @@ class EntryService(Service):
     async def on_signal(self, signal: Signal) -> None:
         knobs = self.guard.current() if self.guard else None
         intent = entry_intent_from_signal(signal, default_leverage=self.settings.default_leverage)
-        if intent.client_order_id in self.entries:
-            self._count(
-                "duplicate_signal"
-            )  # redelivered after we already sent it: the bus dedupes the intent too
+        ctx = self.entries.get(intent.client_order_id)
+        if ctx is not None:
+            # accepted before (redelivered, or its intent recovered from the journal): that decision
+            # stands and is never taken again (its own open entry would refuse it); finish sending it
+            self._count("duplicate_signal")
+            ctx.signal = ctx.signal or signal  # a recovered entry gets its signal's stop prices back
+            await self._send(ctx)
+            return
         # the caps' price is the venue's mark read here (cached, bounded staleness), never the signal's
         # ref_price or limit alone; read only when an entry could pass
         mark = await self.marks.get(signal.symbol) if knobs is not None and knobs.allow_entries else None
@@ -198,12 +213,69 @@ class EntryService(Service):
             await self._decided(signal, knobs, decision.reason, None)
             return
         intent = intent.model_copy(update={"notional_usdt": decision.notional_usdt})
-        self._remember(EntryContext(intent, signal))
+        ctx = EntryContext(intent, signal, stored=False, decided=False, knobs=knobs)
+        self._remember(ctx)
         self.open_entries.add(intent.client_order_id)
         self.last_entry_at[signal.symbol] = time.time()
-        # msg id = intent id: a redelivered signal republishes the same intent and is deduped
-        await self.publisher.publish(intent, intent.intent_id)
-        await self._decided(signal, knobs, "", intent)
+        await self._send(ctx)
+
+    async def _send(self, ctx: EntryContext) -> None:
+        """Store an accepted entry's intent, then journal its acceptance, each once.
+
+        A failed publish leaves the intent's fate open (it may have been stored without an ack), so the
+        entry stays counted as open and the publish is repeated under the same msg id (the journal stores
+        it once) by the signal's redelivery or, if that never comes, by ``_send_unsent``. Beyond the
+        dedup window a repeat could store a second copy, so from the second attempt on the journal is
+        asked first. A late intent is not a late order: the router refuses entries older than its
+        ``intent_max_age_sec``, and that refusal ends the open entry."""
+        cid = ctx.intent.client_order_id
+        if not ctx.stored:
+            try:
+                if cid in self.unsent and await self._journaled(ctx.intent):
+                    self._count("unsent_found_stored")
+                else:
+                    await self.publisher.publish(ctx.intent, ctx.intent.intent_id)
+            except Exception:
+                if cid not in self.unsent:
+                    self.unsent.add(cid)
+                    self._count("intent_publish_failed")
+                raise
+            ctx.stored = True
+        self.unsent.discard(cid)
+        if not ctx.decided and ctx.signal is not None:
+            ctx.decided = True
+            await self._decided(ctx.signal, ctx.knobs, "", ctx.intent)
+
+    async def _journaled(self, intent: OrderIntent) -> bool:
+        """Is ``intent`` in the journal? One direct get of its subject (the stream leader answers)."""
+        try:
+            await self.js.get_last_msg(self.nats_settings.stream, self.publisher.subject(intent))
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    async def _send_unsent_until_stopped(self) -> None:
+        """Entries whose signal will not come again (dead-lettered, or the bus was away for longer than its
+        redeliveries) are sent from here; until then each stays an open entry."""
+        while not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), self.settings.unsent_retry_sec)
+            for cid in sorted(self.unsent):
+                ctx = self.entries.get(cid)
+                if ctx is None:
+                    self.unsent.discard(cid)
+                    continue
+                try:
+                    await self._send(ctx)
+                except Exception as e:
+                    log_event(
+                        self.log,
+                        "entry.unsent_retry_failed",
+                        logging.WARNING,
+                        client_order_id=cid,
+                        error=f"{type(e).__name__}: {e}",
+                    )
+                    break  # the bus is still away: the next round tries again
 
     async def _decided(
         self, signal: Signal, knobs: GuardKnobs | None, refusal: str, intent: OrderIntent | None
@@ -266,12 +338,19 @@ class EntryService(Service):
         ):
             self.stops.pop(msg.client_order_id, None)  # placed, or over without a gap of its own to assert
 
-    async def _on_entry_transition(self, t: OrderTransition) -> None:
+    def _track_entry(self, t: OrderTransition) -> EntryContext | None:
+        """An entry's transition: an ended one is no longer open; any one proves its intent is stored."""
         if t.to_state in TERMINAL_ORDER_STATES:
             self.open_entries.discard(t.client_order_id)
+        ctx = self.entries.get(t.client_order_id)
+        if ctx is not None:
+            ctx.stored = True  # the router acted on it (its acceptance is still journaled by ``_send``)
+        return ctx
+
+    async def _on_entry_transition(self, t: OrderTransition) -> None:
+        ctx = self._track_entry(t)
         if t.to_state not in (OrderState.FILLED, OrderState.PARTIALLY_FILLED) or not t.filled_qty:
             return
-        ctx = self.entries.get(t.client_order_id)
         if ctx is not None and ctx.protected:
             return
         side = t.side or (ctx.intent.side if ctx else None)
