@@ -600,6 +600,16 @@ def parse_rates(text: str) -> list[float]:
     return rates
 
 
+def parse_settings(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise SystemExit(f"--set {item!r}: NAME=VALUE, e.g. RISK_MAX_OPEN_ORDERS=10")
+        out[name.strip()] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--rates", default="20,40,60,80", help="signals per second, a comma list")
@@ -619,6 +629,13 @@ def main() -> None:
         help="everything reacts as by default (load shedding included), but a mismatch storm never latches a halt",
     )
     ap.add_argument("--rss-minutes", type=int, default=0, help="one rate for this long, RSS each minute")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service, over the bench's own (repeatable; e.g. RISK_MAX_OPEN_ORDERS=10)",
+    )
     a = ap.parse_args()
     rates = parse_rates(a.rates)
     if a.symbols < 1:
@@ -632,6 +649,7 @@ def main() -> None:
         **BENCH_ENV,
         **(HOLD_POSTURE if a.hold_posture else {}),
         **(NO_MISMATCH_HALT if a.no_mismatch_halt else {}),
+        **parse_settings(a.set),
     }
     stack = LocalStack(run_dir, extra_env={**env, "SIM_SYMBOLS": str(a.symbols)})
     result: dict[str, Any] = {

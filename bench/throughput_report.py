@@ -117,8 +117,21 @@ def rate_summary(records: Sequence[SignalRecord], window: tuple[float, float]) -
         "unsettled_at_window_end": sum(1 for r in accepted if r.settled_at is None or r.settled_at >= end),
         "signal_to_filled_ms": dist(lat),
         "fill_to_stage1_stop_acked_ms": dist(stop),
+        "fill_to_stage1_stop_acked_p99_ms_by_second": stop_p99_by_second(filled, start),
         "stage1_outcomes": dict(Counter(stage1_outcome(r) for r in filled).most_common()),
     }
+
+
+def stop_p99_by_second(filled: Sequence[SignalRecord], start: float) -> list[float]:
+    """fill -> stop ACKED p99 of the fills in each second from ``start``: a posture's reaction shows as
+    the seconds before it, a backlog as a rising tail."""
+    by_second: dict[int, list[float]] = {}
+    for r in filled:
+        if r.stop_acked_at is not None and r.filled_at is not None:
+            by_second.setdefault(int(r.filled_at - start), []).append((r.stop_acked_at - r.filled_at) * 1000)
+    return [
+        round(dist(by_second.get(i, [])).get("p99", 0.0), 1) for i in range(max(by_second, default=-1) + 1)
+    ]
 
 
 def per_signal_ms(cpu_seconds: Mapping[str, float], signals: int) -> dict[str, float]:

@@ -93,6 +93,9 @@ def test_rate_summary_counts_refusals_latencies_and_refused_stops_apart():
     assert s["refused_by_router"] == {"BLOCKED:stale_intent": 1}
     assert s["signal_to_filled_ms"]["n"] == 3 and s["signal_to_filled_ms"]["max"] == pytest.approx(30.0)
     assert s["fill_to_stage1_stop_acked_ms"]["n"] == 2
+    # fills in seconds 0 and 1 had their stops; seconds 2-4 none (refused, blocked, stop refused)
+    p99s = s["fill_to_stage1_stop_acked_p99_ms_by_second"]
+    assert p99s[:2] == [pytest.approx(5.0), pytest.approx(5.0)] and len(p99s) == 2
     assert s["stage1_outcomes"] == {"acked": 2, "refused:MOOT:reduce_only_rejected(-2022)": 1}
     assert s["fills_per_sec"] == 0.3
     # a refused or unsent signal has nothing left to wait for; an accepted one waits for its stop
