@@ -243,15 +243,17 @@ class Observer:
                 return
             r.entry_state, r.entry_reason, r.entry_code = state, t.get("reason", ""), t.get("code")
             if state == "FILLED":
-                r.filled_at = now
+                r.filled_at, r.filled_ms = now, t.get("ts_ms")
                 self.fill_times.append(now)
             if state in ENTRY_SETTLED:
                 r.settled_at = now
                 self.mix.settled(r.signal_id, filled=state == "FILLED")
         elif (r := self.by_stop.get(cid)) is not None:
             r.stop_state, r.stop_reason, r.stop_code = state, t.get("reason", ""), t.get("code")
+            if state == "SUBMITTING":
+                r.stop_submitting_ms = t.get("ts_ms")
             if state == "ACKED" and r.stop_acked_at is None:
-                r.stop_acked_at = now
+                r.stop_acked_at, r.stop_acked_ms = now, t.get("ts_ms")
         elif t.get("bucket") in ("SL", "TP", "EXIT"):
             self.other_protective[f"{t.get('bucket')}:{state}"] += 1
 

@@ -40,6 +40,10 @@ class SignalRecord:
     stop_reason: str = ""
     stop_code: int | None = None
     stop_acked_at: float | None = None
+    # the router's own clock (wall ms, from the transitions): where a slow stop spent its time
+    filled_ms: int | None = None  # the entry's FILLED
+    stop_submitting_ms: int | None = None  # the stop about to be sent (entry, bus and router queue before)
+    stop_acked_ms: int | None = None  # the venue's answer (the venue call before)
 
     @property
     def done(self) -> bool:
@@ -118,6 +122,7 @@ def rate_summary(records: Sequence[SignalRecord], window: tuple[float, float]) -
         "signal_to_filled_ms": dist(lat),
         "fill_to_stage1_stop_acked_ms": dist(stop),
         "fill_to_stage1_stop_acked_p99_ms_by_second": stop_p99_by_second(filled, start),
+        "stage1_stop_legs_ms": stop_legs(filled, start),
         "stage1_outcomes": dict(Counter(stage1_outcome(r) for r in filled).most_common()),
     }
 
@@ -132,6 +137,34 @@ def stop_p99_by_second(filled: Sequence[SignalRecord], start: float) -> list[flo
     return [
         round(dist(by_second.get(i, [])).get("p99", 0.0), 1) for i in range(max(by_second, default=-1) + 1)
     ]
+
+
+def stop_legs(filled: Sequence[SignalRecord], start: float) -> dict:
+    """fill -> stop in two legs on the router's clock: to the stop's SUBMITTING (the entry's reaction,
+    the bus, the router's protect queue) and SUBMITTING -> ACKED (the venue call); overall and as
+    [p99, p99] for each second from ``start`` (by fill time)."""
+    to_submit, venue = [], []
+    by_second: dict[int, tuple[list[float], list[float]]] = {}
+    for r in filled:
+        if None in (r.filled_at, r.filled_ms, r.stop_submitting_ms, r.stop_acked_ms):
+            continue
+        assert r.filled_at is not None and r.filled_ms is not None
+        assert r.stop_submitting_ms is not None and r.stop_acked_ms is not None
+        a, b = float(r.stop_submitting_ms - r.filled_ms), float(r.stop_acked_ms - r.stop_submitting_ms)
+        to_submit.append(a)
+        venue.append(b)
+        sa, sb = by_second.setdefault(int(r.filled_at - start), ([], []))
+        sa.append(a)
+        sb.append(b)
+    seconds = [
+        [round(dist(by_second.get(i, ([], []))[k]).get("p99", 0.0), 1) for k in (0, 1)]
+        for i in range(max(by_second, default=-1) + 1)
+    ]
+    return {
+        "fill_to_submitting": dist(to_submit),
+        "submitting_to_acked": dist(venue),
+        "p99_by_second": seconds,
+    }
 
 
 def per_signal_ms(cpu_seconds: Mapping[str, float], signals: int) -> dict[str, float]:

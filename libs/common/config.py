@@ -280,6 +280,32 @@ class EntrySettings(_Base):
     http_port: int = Field(8104, ge=0, le=65535, description="REST port")
     default_leverage: int = Field(5, ge=1, le=125, description="Leverage for signals that name none")
     max_deliver: int = Field(5, ge=1, description="Deliveries before a signal is dead-lettered")
+    max_entries_waiting: int = Field(
+        10,
+        ge=1,
+        description="Entries sent and not yet answered by the router (acked, filled or refused); past it "
+        "new entries are refused router_behind, at once (the shedding through risk takes seconds)",
+    )
+    max_stops_waiting: int = Field(
+        2,
+        ge=1,
+        description="Stage-1 stops of filled entries sent and not yet answered by the router; past it new "
+        "entries are refused stops_waiting: under overload, positions waiting for protection come first",
+    )
+    hold_behind_sec: float = Field(
+        2.0,
+        ge=0,
+        description="A signal that finds ENTRY_MAX_ENTRIES_WAITING or ENTRY_MAX_STOPS_WAITING reached is "
+        "held for the router's answers until this long after its own timestamp, then refused: a burst "
+        "passes, sustained overload is refused rather than queued",
+    )
+    unanswered_expire_sec: float = Field(
+        60.0,
+        gt=0,
+        description="An order unanswered this long no longer counts against ENTRY_MAX_ENTRIES_WAITING or "
+        "ENTRY_MAX_STOPS_WAITING (an entry still counts as an open entry): a stuck one must not hold "
+        "entries back for good",
+    )
     unsent_retry_sec: float = Field(
         2.0,
         gt=0,

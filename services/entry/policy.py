@@ -15,6 +15,17 @@ from libs.common.messages import GuardKnobs, Signal
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """Orders sent and not yet answered by the router (or their limits)."""
+
+    entries: int
+    stops: int  # stage-1 orders of filled entries
+
+    def reaches(self, limits: Waiting) -> bool:
+        return self.stops >= limits.stops or self.entries >= limits.entries
+
+
+@dataclass(frozen=True, slots=True)
 class EntryDecision:
     accepted: bool
     reason: str = ""
@@ -29,8 +40,13 @@ def entry_decision(
     last_entry_at: float | None,
     open_entries: int,
     mark_price: float | None,
+    waiting: Waiting | None = None,
+    max_waiting: Waiting | None = None,
 ) -> EntryDecision:
-    """Refuse unless every knob allows it (``check_entry``); unreadable knobs refuse (fail safe)."""
+    """Refuse unless every knob allows it (``check_entry``); unreadable knobs refuse (fail safe). Then
+    refuse while ``max_waiting`` orders wait for the router's first answer: the stack is behind, and an
+    entry sent now would only queue on the CPUs the stops need. Stage-1 stops (positions waiting for
+    their protection) are counted apart, with a lower limit: protection first."""
     # no usable mark (None, zero, NaN): no number to count, refused as unpriced
     notional = signal_notional(signal, mark_price) if mark_price is not None and mark_price > 0 else None
     check = check_entry(
@@ -41,6 +57,10 @@ def entry_decision(
         notional_usdt=notional,
         unpriced="mark_price_unavailable",
     )
+    if check.allowed and waiting is not None and max_waiting is not None and waiting.reaches(max_waiting):
+        if waiting.stops >= max_waiting.stops:
+            return EntryDecision(False, f"stops_waiting:{waiting.stops}>={max_waiting.stops}", notional)
+        return EntryDecision(False, f"router_behind:{waiting.entries}>={max_waiting.entries}", notional)
     return EntryDecision(check.allowed, check.reason, check.notional_usdt)
 
 

@@ -44,7 +44,8 @@ from libs.common.state_machine import TERMINAL_ORDER_STATES, OrderState
 from libs.common.telemetry import ENTRY_BLOCKS, SIGNALS, STAGE1_GAPS, Children
 from libs.venue.client import limits_from_settings, make_exchange
 from services.entry.intents import entry_intent_from_signal
-from services.entry.policy import entry_decision
+from services.entry.policy import Waiting, entry_decision
+from services.entry.waiting import Unanswered
 
 REMEMBER = 10_000
 _SIGNALS = Children(SIGNALS)
@@ -95,6 +96,12 @@ class EntryService(Service):
         ] = {}  # stage-1 stop client id -> (entry correlation id, symbol)
         self.open_entries: set[str] = set()
         self.unsent: set[str] = set()  # accepted entries whose intent publish failed: not yet stored
+        # sent and not yet answered by the router: entries, and the stage-1 orders of filled ones (positions
+        # waiting for their stop hold new entries back)
+        self.entries_waiting = Unanswered(settings.unanswered_expire_sec)
+        self.stops_waiting = Unanswered(settings.unanswered_expire_sec)
+        self.max_waiting = Waiting(settings.max_entries_waiting, settings.max_stops_waiting)
+        self._answers = asyncio.Condition()  # notified when a waiting order is answered
         self.last_entry_at: dict[str, float] = {}
         self.marks = MarkCache(
             lambda symbols: read_marks(self.ex, symbols),
@@ -176,6 +183,7 @@ class EntryService(Service):
             old_cid, _ = self.entries.popitem(last=False)
             self.open_entries.discard(old_cid)
             self.unsent.discard(old_cid)
+            self.entries_waiting.answered(old_cid)
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -197,6 +205,9 @@ class EntryService(Service):
             ctx.signal = ctx.signal or signal  # a recovered entry gets its signal's stop prices back
             await self._send(ctx)
             return
+        if knobs is not None and knobs.allow_entries and self._waiting().reaches(self.max_waiting):
+            await self._hold_while_behind(signal)
+            knobs = self.guard.current() if self.guard else None  # they may have moved meanwhile
         # the caps' price is the venue's mark read here (cached, bounded staleness), never the signal's
         # ref_price or limit alone; read only when an entry could pass
         mark = await self.marks.get(signal.symbol) if knobs is not None and knobs.allow_entries else None
@@ -207,6 +218,8 @@ class EntryService(Service):
             last_entry_at=self.last_entry_at.get(signal.symbol),
             open_entries=len(self.open_entries),
             mark_price=mark,
+            waiting=self._waiting(),
+            max_waiting=self.max_waiting,
         )
         if not decision.accepted:
             ENTRY_BLOCKS.labels(decision.reason.split(":", 1)[0]).inc()
@@ -216,8 +229,25 @@ class EntryService(Service):
         ctx = EntryContext(intent, signal, stored=False, decided=False, knobs=knobs)
         self._remember(ctx)
         self.open_entries.add(intent.client_order_id)
+        self.entries_waiting.sent(intent.client_order_id, time.monotonic())
         self.last_entry_at[signal.symbol] = time.time()
         await self._send(ctx)
+
+    def _waiting(self) -> Waiting:
+        now = time.monotonic()
+        return Waiting(self.entries_waiting.count(now), self.stops_waiting.count(now))
+
+    async def _hold_while_behind(self, signal: Signal) -> None:
+        """Hold a signal while too many orders wait for the router, at most until ENTRY_HOLD_BEHIND_SEC
+        after the signal's own timestamp: a burst waits a few ms for its predecessors' answers and
+        passes; under sustained overload signals are refused (``entry_decision``) rather than queued."""
+        left = signal.ts_ms / 1000 + self.settings.hold_behind_sec - time.time()
+        if left <= 0:
+            return
+        self._count("held_behind")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left), self._answers:
+                await self._answers.wait_for(lambda: not self._waiting().reaches(self.max_waiting))
 
     async def _send(self, ctx: EntryContext) -> None:
         """Store an accepted entry's intent, then journal its acceptance, each once.
@@ -311,6 +341,11 @@ class EntryService(Service):
     async def on_transition(self, msg: BusMessage, delivery: Delivery) -> None:
         if not isinstance(msg, OrderTransition):
             return
+        # every state handed to us is an answer of the router
+        cid = msg.client_order_id
+        if self.entries_waiting.answered(cid) | self.stops_waiting.answered(cid):
+            async with self._answers:
+                self._answers.notify_all()
         if msg.bucket is Bucket.ENTRY:
             await self._on_entry_transition(msg)
         elif msg.client_order_id in self.stops and msg.to_state in STOP_FAILED:
@@ -386,9 +421,11 @@ class EntryService(Service):
                 self.stops[i.client_order_id] = (t.correlation_id, t.symbol)
                 while len(self.stops) > REMEMBER:  # a stop never heard of again: the reconciler covers it
                     self.stops.pop(next(iter(self.stops)))
+            self.stops_waiting.sent(i.client_order_id, time.monotonic())
             try:
                 await self.publisher.publish(i, i.intent_id)
             except BusUnavailable as e:
+                self.stops_waiting.answered(i.client_order_id)  # never sent: the gap clock runs instead
                 # could not even ask for the stop: start the gap clock now
                 await self.journal.emit(
                     Stage1GapAssertion(
@@ -427,6 +464,8 @@ class EntryService(Service):
         return {
             "counts": dict(sorted(self.counts.items())),
             "open_entries": len(self.open_entries),
+            "entries_waiting": self.entries_waiting.count(time.monotonic()),
+            "stage1_waiting": self.stops_waiting.count(time.monotonic()),
             "guard": self.guard.status() if self.guard else None,
             "marks": self.marks.status(),
         }

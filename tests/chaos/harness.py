@@ -30,7 +30,9 @@ BTC = "BTC/USDT:USDT"
 ADMIN_TOKEN = "chaos-token"
 # what a bus outage may legitimately cost an entry: refused because the guard knobs could not be read
 # (bus down: fail safe) or were tightened meanwhile; never lost, never sent twice
-FAIL_SAFE = ("guard_unavailable", "entries_blocked:")
+# refusals that only say the stack could not vouch for an entry right now (knobs unread or tight, orders
+# still waiting for the router's answer after an outage): never a signal lost by mistake
+FAIL_SAFE = ("guard_unavailable", "entries_blocked:", "stops_waiting:", "router_behind:")
 
 FAST_ENV = {
     "SIM_TICK_MS": "0",

@@ -1,4 +1,6 @@
-"""An entry intent whose publish failed: its fate is open (it may be stored without an ack), so the entry
+"""Entries and the router: an entry intent whose publish failed, and orders the router has not answered.
+
+An entry intent whose publish failed: its fate is open (it may be stored without an ack), so the entry
 stays open until the intent is provably stored, is stored once, and its decision is taken once.
 
 Found by the cluster chaos test: the entry was counted open before a publish that failed while the
@@ -8,6 +10,7 @@ journal's leader was away; the redelivered signal was decided again, refused by 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -15,8 +18,9 @@ import pytest
 from libs.common.bus import BusUnavailable
 from libs.common.config import GuardSettings
 from libs.common.ids import Bucket
-from libs.common.messages import OrderIntent, Signal, SignalDecision
-from tests.integration.helpers import BTC
+from libs.common.messages import OrderIntent, OrderTransition, Signal, SignalDecision
+from libs.common.state_machine import OrderState
+from tests.integration.helpers import BTC, server_state
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +47,8 @@ async def stored_copies(bus: Any, subject: str) -> int:
     return (info.state.subjects or {}).get(subject, 0)
 
 
-def sig(signal_id: str) -> Signal:
-    return Signal(signal_id=signal_id, symbol=BTC, side="buy", qty=0.01, confidence=0.9)
+def sig(signal_id: str, **kw: Any) -> Signal:
+    return Signal(signal_id=signal_id, symbol=BTC, side="buy", qty=0.01, confidence=0.9, **kw)
 
 
 @pytest.mark.parametrize(
@@ -77,3 +81,50 @@ async def test_entry_whose_intent_publish_failed_is_sent_once_and_then_ends(
     await bus.publish(sig("next"))
     nxt = await bus.tap.wait_for(lambda: bus.tap.of(SignalDecision, signal_id="next"), within=30)
     assert nxt[0].accepted, nxt[0].reason
+
+
+def answer(intent: OrderIntent, to: OrderState, **kw: Any) -> OrderTransition:
+    """What the router would journal for ``intent`` (this test plays the router)."""
+    return OrderTransition(
+        correlation_id=intent.correlation_id,
+        intent_id=intent.intent_id,
+        client_order_id=intent.client_order_id,
+        symbol=intent.symbol,
+        bucket=intent.bucket,
+        side=intent.side,
+        from_state=OrderState.SUBMITTING,
+        to_state=to,
+        **kw,
+    )
+
+
+async def test_orders_waiting_for_the_router_hold_new_entries_back(bus, sim, entry_factory):
+    """No router runs: the test answers. While an entry is unanswered (router_behind), or a filled entry's
+    stop is (stops_waiting), a new signal is held for the answer; one too old to hold is refused."""
+    entry = await entry_factory(max_entries_waiting=1, max_stops_waiting=1, hold_behind_sec=30.0)
+    old = int(time.time() * 1000) - 60_000  # a signal older than the hold: decided at once
+
+    async def decided(signal_id: str, **kw: Any) -> SignalDecision:
+        await bus.publish(sig(signal_id, **kw))
+        return (await bus.tap.wait_for(lambda: bus.tap.of(SignalDecision, signal_id=signal_id)))[0]
+
+    first = await decided("first")
+    assert first.accepted, first.reason
+    assert (await decided("behind", ts_ms=old)).reason == "router_behind:1>=1"
+    (intent,) = bus.tap.of(OrderIntent, correlation_id=first.correlation_id)
+    await bus.publish(answer(intent, OrderState.FILLED, filled_qty=0.01, avg_price=50_000.0))
+    stop = (
+        await bus.tap.wait_for(lambda: [i for i in bus.tap.of(OrderIntent) if i.source == "entry.stage1"])
+    )[0]
+    # the position waits for its stop: no new entry yet
+    assert (await decided("unprotected", ts_ms=old)).reason == "stops_waiting:1>=1"
+    await bus.publish(sig("held"))
+
+    async def held_count() -> int | None:
+        return entry.counts.get("held_behind")
+
+    await server_state(held_count, lambda n: n == 1)  # held: no bus message says so
+    assert not bus.tap.of(SignalDecision, signal_id="held")
+    await bus.publish(answer(stop, OrderState.ACKED))  # protected: the held signal goes on
+    held = (await bus.tap.wait_for(lambda: bus.tap.of(SignalDecision, signal_id="held")))[0]
+    assert held.accepted, held.reason

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from libs.common.messages import GuardKnobs, Signal
 from services.entry.intents import entry_intent_from_signal
-from services.entry.policy import entry_decision
+from services.entry.policy import Waiting, entry_decision
+from services.entry.waiting import Unanswered
 
 MARK = 50_000.0
 CAP = GuardKnobs(max_notional_usdt=10_000)
@@ -74,3 +75,27 @@ def test_each_knob_refuses_in_order_and_an_accepted_signal_says_what_it_counted(
 
 def test_a_nan_mark_is_no_mark():
     assert decide(sig(), mark=float("nan")).reason == "mark_price_unavailable"
+
+
+def test_orders_waiting_for_the_router_hold_new_entries_back_stops_first():
+    limits = Waiting(entries=10, stops=2)
+    assert decide(sig(), waiting=Waiting(9, 1), max_waiting=limits).accepted
+    d = decide(sig(), waiting=Waiting(0, 2), max_waiting=limits)  # two positions wait for their stop
+    assert not d.accepted and d.reason == "stops_waiting:2>=2"
+    d = decide(sig(), waiting=Waiting(10, 2), max_waiting=limits)  # protection is named first
+    assert d.reason == "stops_waiting:2>=2"
+    assert decide(sig(), waiting=Waiting(10, 0), max_waiting=limits).reason == "router_behind:10>=10"
+    # a knob's refusal comes first: it says why the operator's own rules refused
+    assert decide(sig(), knobs=None, waiting=Waiting(10, 2), max_waiting=limits).reason == "guard_unavailable"
+
+
+def test_unanswered_orders_are_counted_until_answered_or_expired():
+    u = Unanswered(expire_sec=60.0)
+    u.sent("a", now=0.0)
+    u.sent("b", now=10.0)
+    u.sent("a", now=20.0)  # sent again (a redelivered signal): its clock starts again, once counted
+    assert u.count(now=30.0) == 2
+    u.answered("b")
+    u.answered("never-sent")
+    assert u.count(now=30.0) == 1
+    assert u.count(now=79.0) == 1 and u.count(now=81.0) == 0  # a stuck one stops holding entries back

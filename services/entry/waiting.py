@@ -1,0 +1,30 @@
+"""Orders sent and not yet answered by the router: the entry's own, instant reading of how far behind the
+stack is. Pure (times are given)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class Unanswered:
+    """Client ids sent and waiting for the router's first answer (any transition), oldest first.
+
+    One unanswered longer than ``expire_sec`` is forgotten: a lost or stuck one must not hold entries
+    back for good (an entry still counts as an open entry elsewhere)."""
+
+    def __init__(self, expire_sec: float) -> None:
+        self.expire_sec = expire_sec
+        self._sent: OrderedDict[str, float] = OrderedDict()
+
+    def sent(self, client_order_id: str, now: float) -> None:
+        self._sent[client_order_id] = now
+        self._sent.move_to_end(client_order_id)
+
+    def answered(self, client_order_id: str) -> bool:
+        """Forget it; True if it was waiting."""
+        return self._sent.pop(client_order_id, None) is not None
+
+    def count(self, now: float) -> int:
+        while self._sent and next(iter(self._sent.values())) < now - self.expire_sec:
+            self._sent.popitem(last=False)
+        return len(self._sent)
