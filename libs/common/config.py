@@ -286,24 +286,18 @@ class EntrySettings(_Base):
         description="Entries sent and not yet answered by the router (acked, filled or refused); past it "
         "new entries are refused router_behind, at once (the shedding through risk takes seconds)",
     )
-    max_stops_waiting: int = Field(
-        2,
-        ge=1,
-        description="Stage-1 stops of filled entries sent and not yet answered by the router; past it new "
-        "entries are refused stops_waiting: under overload, positions waiting for protection come first",
-    )
-    hold_behind_sec: float = Field(
-        2.0,
-        ge=0,
-        description="A signal that finds ENTRY_MAX_ENTRIES_WAITING or ENTRY_MAX_STOPS_WAITING reached is "
-        "held for the router's answers until this long after its own timestamp, then refused: a burst "
-        "passes, sustained overload is refused rather than queued",
+    stop_waiting_sec: float = Field(
+        0.25,
+        gt=0,
+        description="A filled entry's stage-1 stop unanswered by the router this long refuses new entries "
+        "(stop_waiting) until it is answered: under overload, positions waiting for protection come "
+        "first. Keep it above the venue's usual order round trip",
     )
     unanswered_expire_sec: float = Field(
         60.0,
         gt=0,
         description="An order unanswered this long no longer counts against ENTRY_MAX_ENTRIES_WAITING or "
-        "ENTRY_MAX_STOPS_WAITING (an entry still counts as an open entry): a stuck one must not hold "
+        "ENTRY_STOP_WAITING_SEC (an entry still counts as an open entry): a stuck one must not hold "
         "entries back for good",
     )
     unsent_retry_sec: float = Field(

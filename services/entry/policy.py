@@ -18,11 +18,11 @@ from libs.common.messages import GuardKnobs, Signal
 class Waiting:
     """Orders sent and not yet answered by the router (or their limits)."""
 
-    entries: int
-    stops: int  # stage-1 orders of filled entries
+    entries: int  # how many entries
+    stop_sec: float  # how long the oldest stage-1 order of a filled entry has waited (0: none waits)
 
     def reaches(self, limits: Waiting) -> bool:
-        return self.stops >= limits.stops or self.entries >= limits.entries
+        return self.stop_sec >= limits.stop_sec or self.entries >= limits.entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +44,9 @@ def entry_decision(
     max_waiting: Waiting | None = None,
 ) -> EntryDecision:
     """Refuse unless every knob allows it (``check_entry``); unreadable knobs refuse (fail safe). Then
-    refuse while ``max_waiting`` orders wait for the router's first answer: the stack is behind, and an
-    entry sent now would only queue on the CPUs the stops need. Stage-1 stops (positions waiting for
-    their protection) are counted apart, with a lower limit: protection first."""
+    refuse while orders wait for the router's first answer past ``max_waiting``: the stack is behind,
+    and an entry sent now would only queue on the CPUs the stops need. For stage-1 stops (positions
+    waiting for their protection) one late stop is enough: protection first."""
     # no usable mark (None, zero, NaN): no number to count, refused as unpriced
     notional = signal_notional(signal, mark_price) if mark_price is not None and mark_price > 0 else None
     check = check_entry(
@@ -58,8 +58,9 @@ def entry_decision(
         unpriced="mark_price_unavailable",
     )
     if check.allowed and waiting is not None and max_waiting is not None and waiting.reaches(max_waiting):
-        if waiting.stops >= max_waiting.stops:
-            return EntryDecision(False, f"stops_waiting:{waiting.stops}>={max_waiting.stops}", notional)
+        if waiting.stop_sec >= max_waiting.stop_sec:
+            late = f"{waiting.stop_sec * 1000:.0f}>={max_waiting.stop_sec * 1000:.0f}ms"
+            return EntryDecision(False, f"stop_waiting:{late}", notional)
         return EntryDecision(False, f"router_behind:{waiting.entries}>={max_waiting.entries}", notional)
     return EntryDecision(check.allowed, check.reason, check.notional_usdt)
 

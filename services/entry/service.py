@@ -100,8 +100,7 @@ class EntryService(Service):
         # waiting for their stop hold new entries back)
         self.entries_waiting = Unanswered(settings.unanswered_expire_sec)
         self.stops_waiting = Unanswered(settings.unanswered_expire_sec)
-        self.max_waiting = Waiting(settings.max_entries_waiting, settings.max_stops_waiting)
-        self._answers = asyncio.Condition()  # notified when a waiting order is answered
+        self.max_waiting = Waiting(settings.max_entries_waiting, settings.stop_waiting_sec)
         self.last_entry_at: dict[str, float] = {}
         self.marks = MarkCache(
             lambda symbols: read_marks(self.ex, symbols),
@@ -205,9 +204,6 @@ class EntryService(Service):
             ctx.signal = ctx.signal or signal  # a recovered entry gets its signal's stop prices back
             await self._send(ctx)
             return
-        if knobs is not None and knobs.allow_entries and self._waiting().reaches(self.max_waiting):
-            await self._hold_while_behind(signal)
-            knobs = self.guard.current() if self.guard else None  # they may have moved meanwhile
         # the caps' price is the venue's mark read here (cached, bounded staleness), never the signal's
         # ref_price or limit alone; read only when an entry could pass
         mark = await self.marks.get(signal.symbol) if knobs is not None and knobs.allow_entries else None
@@ -235,19 +231,7 @@ class EntryService(Service):
 
     def _waiting(self) -> Waiting:
         now = time.monotonic()
-        return Waiting(self.entries_waiting.count(now), self.stops_waiting.count(now))
-
-    async def _hold_while_behind(self, signal: Signal) -> None:
-        """Hold a signal while too many orders wait for the router, at most until ENTRY_HOLD_BEHIND_SEC
-        after the signal's own timestamp: a burst waits a few ms for its predecessors' answers and
-        passes; under sustained overload signals are refused (``entry_decision``) rather than queued."""
-        left = signal.ts_ms / 1000 + self.settings.hold_behind_sec - time.time()
-        if left <= 0:
-            return
-        self._count("held_behind")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(left), self._answers:
-                await self._answers.wait_for(lambda: not self._waiting().reaches(self.max_waiting))
+        return Waiting(self.entries_waiting.count(now), self.stops_waiting.oldest_sec(now))
 
     async def _send(self, ctx: EntryContext) -> None:
         """Store an accepted entry's intent, then journal its acceptance, each once.
@@ -342,10 +326,8 @@ class EntryService(Service):
         if not isinstance(msg, OrderTransition):
             return
         # every state handed to us is an answer of the router
-        cid = msg.client_order_id
-        if self.entries_waiting.answered(cid) | self.stops_waiting.answered(cid):
-            async with self._answers:
-                self._answers.notify_all()
+        self.entries_waiting.answered(msg.client_order_id)
+        self.stops_waiting.answered(msg.client_order_id)
         if msg.bucket is Bucket.ENTRY:
             await self._on_entry_transition(msg)
         elif msg.client_order_id in self.stops and msg.to_state in STOP_FAILED:
@@ -466,6 +448,7 @@ class EntryService(Service):
             "open_entries": len(self.open_entries),
             "entries_waiting": self.entries_waiting.count(time.monotonic()),
             "stage1_waiting": self.stops_waiting.count(time.monotonic()),
+            "stage1_oldest_waiting_sec": round(self.stops_waiting.oldest_sec(time.monotonic()), 3),
             "guard": self.guard.status() if self.guard else None,
             "marks": self.marks.status(),
         }

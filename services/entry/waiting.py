@@ -20,11 +20,18 @@ class Unanswered:
         self._sent[client_order_id] = now
         self._sent.move_to_end(client_order_id)
 
-    def answered(self, client_order_id: str) -> bool:
-        """Forget it; True if it was waiting."""
-        return self._sent.pop(client_order_id, None) is not None
+    def answered(self, client_order_id: str) -> None:
+        self._sent.pop(client_order_id, None)
 
     def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self._sent)
+
+    def oldest_sec(self, now: float) -> float:
+        """How long the oldest one has waited (0.0: none waits)."""
+        self._expire(now)
+        return now - next(iter(self._sent.values())) if self._sent else 0.0
+
+    def _expire(self, now: float) -> None:
         while self._sent and next(iter(self._sent.values())) < now - self.expire_sec:
             self._sent.popitem(last=False)
-        return len(self._sent)

@@ -32,7 +32,7 @@ ADMIN_TOKEN = "chaos-token"
 # (bus down: fail safe) or were tightened meanwhile; never lost, never sent twice
 # refusals that only say the stack could not vouch for an entry right now (knobs unread or tight, orders
 # still waiting for the router's answer after an outage): never a signal lost by mistake
-FAIL_SAFE = ("guard_unavailable", "entries_blocked:", "stops_waiting:", "router_behind:")
+FAIL_SAFE = ("guard_unavailable", "entries_blocked:", "stop_waiting:", "router_behind:")
 
 FAST_ENV = {
     "SIM_TICK_MS": "0",

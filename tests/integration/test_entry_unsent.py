@@ -20,7 +20,7 @@ from libs.common.config import GuardSettings
 from libs.common.ids import Bucket
 from libs.common.messages import OrderIntent, OrderTransition, Signal, SignalDecision
 from libs.common.state_machine import OrderState
-from tests.integration.helpers import BTC, server_state
+from tests.integration.helpers import BTC
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,8 @@ async def stored_copies(bus: Any, subject: str) -> int:
     return (info.state.subjects or {}).get(subject, 0)
 
 
-def sig(signal_id: str, **kw: Any) -> Signal:
-    return Signal(signal_id=signal_id, symbol=BTC, side="buy", qty=0.01, confidence=0.9, **kw)
+def sig(signal_id: str) -> Signal:
+    return Signal(signal_id=signal_id, symbol=BTC, side="buy", qty=0.01, confidence=0.9)
 
 
 @pytest.mark.parametrize(
@@ -100,31 +100,24 @@ def answer(intent: OrderIntent, to: OrderState, **kw: Any) -> OrderTransition:
 
 async def test_orders_waiting_for_the_router_hold_new_entries_back(bus, sim, entry_factory):
     """No router runs: the test answers. While an entry is unanswered (router_behind), or a filled entry's
-    stop is (stops_waiting), a new signal is held for the answer; one too old to hold is refused."""
-    entry = await entry_factory(max_entries_waiting=1, max_stops_waiting=1, hold_behind_sec=30.0)
-    old = int(time.time() * 1000) - 60_000  # a signal older than the hold: decided at once
+    stop is (stop_waiting), a new signal is refused at once; each answer lets entries on."""
+    entry = await entry_factory(max_entries_waiting=1, stop_waiting_sec=0.001)
 
-    async def decided(signal_id: str, **kw: Any) -> SignalDecision:
-        await bus.publish(sig(signal_id, **kw))
+    async def decided(signal_id: str) -> SignalDecision:
+        await bus.publish(sig(signal_id))
         return (await bus.tap.wait_for(lambda: bus.tap.of(SignalDecision, signal_id=signal_id)))[0]
 
     first = await decided("first")
     assert first.accepted, first.reason
-    assert (await decided("behind", ts_ms=old)).reason == "router_behind:1>=1"
+    assert (await decided("behind")).reason == "router_behind:1>=1"
     (intent,) = bus.tap.of(OrderIntent, correlation_id=first.correlation_id)
     await bus.publish(answer(intent, OrderState.FILLED, filled_qty=0.01, avg_price=50_000.0))
     stop = (
         await bus.tap.wait_for(lambda: [i for i in bus.tap.of(OrderIntent) if i.source == "entry.stage1"])
     )[0]
     # the position waits for its stop: no new entry yet
-    assert (await decided("unprotected", ts_ms=old)).reason == "stops_waiting:1>=1"
-    await bus.publish(sig("held"))
-
-    async def held_count() -> int | None:
-        return entry.counts.get("held_behind")
-
-    await server_state(held_count, lambda n: n == 1)  # held: no bus message says so
-    assert not bus.tap.of(SignalDecision, signal_id="held")
-    await bus.publish(answer(stop, OrderState.ACKED))  # protected: the held signal goes on
-    held = (await bus.tap.wait_for(lambda: bus.tap.of(SignalDecision, signal_id="held")))[0]
-    assert held.accepted, held.reason
+    assert (await decided("unprotected")).reason.startswith("stop_waiting:")
+    await bus.publish(answer(stop, OrderState.ACKED))
+    await entry.fills.wait_until(lambda: entry.stops_waiting.count(time.monotonic()) == 0)
+    after = await decided("after")
+    assert after.accepted, after.reason

@@ -78,15 +78,17 @@ def test_a_nan_mark_is_no_mark():
 
 
 def test_orders_waiting_for_the_router_hold_new_entries_back_stops_first():
-    limits = Waiting(entries=10, stops=2)
-    assert decide(sig(), waiting=Waiting(9, 1), max_waiting=limits).accepted
-    d = decide(sig(), waiting=Waiting(0, 2), max_waiting=limits)  # two positions wait for their stop
-    assert not d.accepted and d.reason == "stops_waiting:2>=2"
-    d = decide(sig(), waiting=Waiting(10, 2), max_waiting=limits)  # protection is named first
-    assert d.reason == "stops_waiting:2>=2"
-    assert decide(sig(), waiting=Waiting(10, 0), max_waiting=limits).reason == "router_behind:10>=10"
+    limits = Waiting(entries=10, stop_sec=0.25)
+    assert decide(sig(), waiting=Waiting(9, 0.2), max_waiting=limits).accepted
+    d = decide(sig(), waiting=Waiting(0, 0.3), max_waiting=limits)  # a position waits for its stop
+    assert not d.accepted and d.reason == "stop_waiting:300>=250ms"
+    d = decide(sig(), waiting=Waiting(10, 0.3), max_waiting=limits)  # protection is named first
+    assert d.reason == "stop_waiting:300>=250ms"
+    assert decide(sig(), waiting=Waiting(10, 0.0), max_waiting=limits).reason == "router_behind:10>=10"
     # a knob's refusal comes first: it says why the operator's own rules refused
-    assert decide(sig(), knobs=None, waiting=Waiting(10, 2), max_waiting=limits).reason == "guard_unavailable"
+    assert (
+        decide(sig(), knobs=None, waiting=Waiting(10, 1.0), max_waiting=limits).reason == "guard_unavailable"
+    )
 
 
 def test_unanswered_orders_are_counted_until_answered_or_expired():
@@ -98,4 +100,6 @@ def test_unanswered_orders_are_counted_until_answered_or_expired():
     u.answered("b")
     u.answered("never-sent")
     assert u.count(now=30.0) == 1
+    assert u.oldest_sec(now=30.0) == 10.0  # "a", sent again at 20
     assert u.count(now=79.0) == 1 and u.count(now=81.0) == 0  # a stuck one stops holding entries back
+    assert u.oldest_sec(now=81.0) == 0.0
