@@ -238,9 +238,9 @@ class EntryService(Service):
 
         A failed publish leaves the intent's fate open (it may have been stored without an ack), so the
         entry stays counted as open and the publish is repeated under the same msg id (the journal stores
-        it once) by the signal's redelivery or, if that never comes, by ``_send_unsent``. Beyond the
-        dedup window a repeat could store a second copy, so from the second attempt on the journal is
-        asked first. A late intent is not a late order: the router refuses entries older than its
+        it once) by the signal's redelivery or, if that never comes, by ``_send_unsent_until_stopped``.
+        Beyond the dedup window a repeat could store a second copy, so from the second attempt on the
+        journal is asked first. A late intent is not a late order: the router refuses entries older than its
         ``intent_max_age_sec``, and that refusal ends the open entry."""
         cid = ctx.intent.client_order_id
         if not ctx.stored:
