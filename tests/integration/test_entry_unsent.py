@@ -20,6 +20,7 @@ from libs.common.config import GuardSettings
 from libs.common.ids import Bucket
 from libs.common.messages import OrderIntent, OrderTransition, Signal, SignalDecision
 from libs.common.state_machine import OrderState
+from tests.builders import transition
 from tests.integration.helpers import BTC
 
 pytestmark = pytest.mark.integration
@@ -85,17 +86,7 @@ async def test_entry_whose_intent_publish_failed_is_sent_once_and_then_ends(
 
 def answer(intent: OrderIntent, to: OrderState, **kw: Any) -> OrderTransition:
     """What the router would journal for ``intent`` (this test plays the router)."""
-    return OrderTransition(
-        correlation_id=intent.correlation_id,
-        intent_id=intent.intent_id,
-        client_order_id=intent.client_order_id,
-        symbol=intent.symbol,
-        bucket=intent.bucket,
-        side=intent.side,
-        from_state=OrderState.SUBMITTING,
-        to_state=to,
-        **kw,
-    )
+    return transition(intent, OrderState.SUBMITTING, to, **kw)
 
 
 async def test_orders_waiting_for_the_router_hold_new_entries_back(bus, sim, entry_factory):
